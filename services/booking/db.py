@@ -1,0 +1,187 @@
+"""Booking's tables (SQLAlchemy 2 ORM) and the queries availability needs."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from shared.auth import add_api_keys_table
+from shared.db import UtcDateTime as UtcDateTimeType
+from shared.inbox import add_inbox_table
+from shared.outbox import add_outbox_table
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+outbox = add_outbox_table(Base.metadata)
+inbox = add_inbox_table(Base.metadata)
+api_keys = add_api_keys_table(Base.metadata)
+
+UtcDateTime = UtcDateTimeType()
+
+
+class Location(Base):
+    __tablename__ = "locations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    timezone: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str] = mapped_column(String(500))
+    phone: Mapped[str] = mapped_column(String(20))
+    min_notice_minutes: Mapped[int] = mapped_column(Integer, default=60)
+    horizon_days: Mapped[int] = mapped_column(Integer, default=90)
+    late_cancel_hours: Mapped[int] = mapped_column(Integer, default=24)
+    slot_step_minutes: Mapped[int] = mapped_column(Integer, default=15)
+    ics_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    rooms: Mapped[list[Room]] = relationship(back_populates="location", order_by="Room.name")
+
+
+class Room(Base):
+    __tablename__ = "rooms"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    location_id: Mapped[str] = mapped_column(ForeignKey("locations.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+
+    location: Mapped[Location] = relationship(back_populates="rooms")
+
+    __table_args__ = (UniqueConstraint("location_id", "name", name="uq_rooms_location_name"),)
+
+
+class Treatment(Base):
+    """A treatment type (the contract calls it a service): modality, length, turnover."""
+
+    __tablename__ = "treatments"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    modality: Mapped[str] = mapped_column(String(64))
+    duration_minutes: Mapped[int] = mapped_column(Integer)
+    buffer_minutes: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Therapist(Base):
+    __tablename__ = "therapists"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    modalities: Mapped[list[str]] = mapped_column(JSON)
+    ics_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    working_hours: Mapped[list[WorkingHours]] = relationship(
+        cascade="all, delete-orphan", order_by="(WorkingHours.weekday, WorkingHours.start)"
+    )
+
+
+class WorkingHours(Base):
+    __tablename__ = "working_hours"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    therapist_id: Mapped[str] = mapped_column(ForeignKey("therapists.id"), index=True)
+    location_id: Mapped[str] = mapped_column(ForeignKey("locations.id"))
+    weekday: Mapped[int] = mapped_column(Integer)
+    start: Mapped[str] = mapped_column(String(5))  # "HH:MM", wall clock at the location
+    end: Mapped[str] = mapped_column(String(5))
+
+
+class TimeOff(Base):
+    __tablename__ = "time_off"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    therapist_id: Mapped[str] = mapped_column(ForeignKey("therapists.id"))
+    start_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    end_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
+
+    __table_args__ = (Index("ix_time_off_therapist_span", "therapist_id", "start_at", "end_at"),)
+
+
+class Client(Base):
+    __tablename__ = "clients"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    first_name: Mapped[str] = mapped_column(String(100))
+    last_name: Mapped[str] = mapped_column(String(100))
+    phone: Mapped[str] = mapped_column(String(20), index=True)
+    email: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    date_of_birth: Mapped[date | None] = mapped_column(Date, nullable=True)
+    sms_consent: Mapped[bool] = mapped_column(Boolean, default=False)
+    sms_consent_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    sms_consent_source: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class Session(Base):
+    """A booked treatment. ``blocked_until`` = end + buffer: the span therapist and room are held.
+
+    On PostgreSQL two exclusion constraints (see the migration) make a double booking of a
+    therapist or a room impossible, whatever the application checks.
+    """
+
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id"), index=True)
+    treatment_id: Mapped[str] = mapped_column(ForeignKey("treatments.id"))
+    location_id: Mapped[str] = mapped_column(ForeignKey("locations.id"))
+    therapist_id: Mapped[str] = mapped_column(ForeignKey("therapists.id"))
+    room_id: Mapped[str] = mapped_column(ForeignKey("rooms.id"))
+    start_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    end_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    blocked_until: Mapped[datetime] = mapped_column(UtcDateTime)
+    status: Mapped[str] = mapped_column(String(20))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    cancel_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    late_cancel: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    client: Mapped[Client] = relationship(lazy="joined")
+    treatment: Mapped[Treatment] = relationship(lazy="joined")
+    location: Mapped[Location] = relationship(lazy="joined")
+    therapist: Mapped[Therapist] = relationship(lazy="joined")
+
+    __table_args__ = (
+        Index("ix_sessions_therapist_span", "therapist_id", "start_at", "blocked_until"),
+        Index("ix_sessions_room_span", "room_id", "start_at", "blocked_until"),
+        Index("ix_sessions_location_start", "location_id", "start_at"),
+    )
+
+
+class IdempotentRequest(Base):
+    """The first answer to a request carrying an ``Idempotency-Key``, replayed on a retry."""
+
+    __tablename__ = "idempotency_keys"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int] = mapped_column(Integer)
+    response_body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)

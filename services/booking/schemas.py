@@ -1,0 +1,226 @@
+"""The HTTP API's request and response bodies: what the outside sees of booking."""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, time
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
+
+from shared.timeutil import as_utc, zone
+
+_HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LocationIn(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    timezone: str = Field(description="IANA zone, e.g. America/New_York")
+    address: str = Field(min_length=1, max_length=500)
+    phone: str
+    min_notice_minutes: int = Field(default=60, ge=0, le=60 * 24 * 14)
+    horizon_days: int = Field(default=90, ge=1, le=730)
+    late_cancel_hours: int = Field(default=24, ge=0, le=24 * 14)
+    slot_step_minutes: int = Field(default=15, ge=5, le=120)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        zone(value)
+        return value
+
+
+class RoomIn(Strict):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class RoomOut(BaseModel):
+    id: str
+    location_id: str
+    name: str
+
+
+class LocationOut(BaseModel):
+    id: str
+    name: str
+    timezone: str
+    address: str
+    phone: str
+    min_notice_minutes: int
+    horizon_days: int
+    late_cancel_hours: int
+    slot_step_minutes: int
+    rooms: list[RoomOut]
+    ics_url: str
+
+
+class TreatmentIn(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    modality: str = Field(min_length=1, max_length=64, examples=["medical_massage"])
+    duration_minutes: int = Field(ge=5, le=480)
+    buffer_minutes: int = Field(default=0, ge=0, le=120)
+
+
+class TreatmentOut(TreatmentIn):
+    id: str
+
+
+class WorkingHoursIn(Strict):
+    location_id: str
+    weekday: int = Field(ge=0, le=6, description="0 = Monday")
+    start: str = Field(examples=["09:00"])
+    end: str = Field(examples=["17:00"])
+
+    @field_validator("start", "end")
+    @classmethod
+    def _hhmm(cls, value: str) -> str:
+        if not _HHMM.match(value):
+            raise ValueError("must be a 24-hour time HH:MM, e.g. 09:00")
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> WorkingHoursIn:
+        if time.fromisoformat(self.start) >= time.fromisoformat(self.end):
+            raise ValueError("end must be after start")
+        return self
+
+
+class TherapistIn(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    modalities: list[str] = Field(min_length=1)
+    working_hours: list[WorkingHoursIn] = Field(default_factory=list)
+
+
+class TherapistOut(BaseModel):
+    id: str
+    name: str
+    modalities: list[str]
+    working_hours: list[WorkingHoursIn]
+    ics_url: str
+
+
+class TimeOffIn(Strict):
+    start: datetime
+    end: datetime
+    reason: str | None = Field(default=None, max_length=500)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TimeOffIn:
+        self.start, self.end = as_utc(self.start), as_utc(self.end)
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+
+class TimeOffOut(BaseModel):
+    id: str
+    therapist_id: str
+    start: datetime
+    end: datetime
+    reason: str | None
+    #: Sessions already booked inside the time off: the front desk should move them.
+    conflicting_session_ids: list[str] = Field(default_factory=list)
+
+
+class ClientIn(Strict):
+    first_name: str = Field(min_length=1, max_length=100)
+    last_name: str = Field(min_length=1, max_length=100)
+    phone: str = Field(description="E.164, or national in the clinic's default region")
+    email: EmailStr | None = None
+    date_of_birth: date | None = None
+    sms_consent: bool = False
+    sms_consent_source: str = Field(default="front_desk", max_length=100)
+
+
+class ClientPatch(Strict):
+    first_name: str | None = Field(default=None, min_length=1, max_length=100)
+    last_name: str | None = Field(default=None, min_length=1, max_length=100)
+    phone: str | None = None
+    email: EmailStr | None = None
+    date_of_birth: date | None = None
+    sms_consent: bool | None = None
+    sms_consent_source: str = Field(default="front_desk", max_length=100)
+
+
+class ClientOut(BaseModel):
+    id: str
+    first_name: str
+    last_name: str
+    phone: str
+    email: str | None
+    date_of_birth: date | None
+    sms_consent: bool
+    sms_consent_at: datetime | None
+    sms_consent_source: str | None
+
+
+class SlotOut(BaseModel):
+    start: datetime
+    end: datetime
+    therapist_id: str
+    room_id: str
+
+
+class SessionIn(Strict):
+    client_id: str
+    service_id: str
+    location_id: str
+    start: datetime
+    therapist_id: str | None = None
+
+    @field_validator("start")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        return as_utc(value)
+
+
+class RescheduleIn(Strict):
+    start: datetime
+    therapist_id: str | None = None
+
+    @field_validator("start")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        return as_utc(value)
+
+
+class CancelIn(Strict):
+    reason: str = Field(min_length=1, max_length=500)
+
+
+SessionStatus = Literal["booked", "confirmed", "checked_in", "completed", "cancelled", "no_show"]
+
+
+class SessionOut(BaseModel):
+    id: str
+    status: SessionStatus
+    version: int
+    client_id: str
+    service_id: str
+    location_id: str
+    therapist_id: str
+    room_id: str
+    start: datetime
+    end: datetime
+    late_cancel: bool
+    cancel_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ApiKeyIn(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    role: Literal["admin", "front_desk"]
+    location_ids: list[str] = Field(default_factory=list)
+
+
+class ApiKeyOut(BaseModel):
+    id: str
+    name: str
+    role: str
+    location_ids: list[str]
+    api_key: str = Field(description="shown this once; only its hash is stored")

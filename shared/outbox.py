@@ -1,0 +1,143 @@
+"""The transactional outbox: an event is written with the change it announces, then relayed.
+
+``enqueue`` adds the event to the caller's transaction. ``OutboxRelay`` publishes committed
+rows to JetStream, each with ``Nats-Msg-Id`` = the event id, and marks a row published
+only after the PubAck. If NATS is down the rows wait; nothing is lost and nothing leaves
+before its transaction commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.db import UtcDateTime, transaction
+from shared.events import CloudEvent
+from shared.timeutil import utcnow
+
+log = structlog.get_logger(__name__)
+
+_metadata = MetaData()
+
+outbox = Table(
+    "outbox",
+    _metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("event_id", String(64), nullable=False, unique=True),
+    Column("subject", String(200), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("published_at", UtcDateTime(), nullable=True, index=True),
+)
+
+Publish = Callable[[str, bytes, str], Awaitable[Any]]
+
+
+def add_outbox_table(metadata: MetaData) -> Table:
+    """Copy the outbox table into a service's metadata."""
+    return outbox.to_metadata(metadata)
+
+
+async def enqueue(session: AsyncSession, event: CloudEvent[Any]) -> None:
+    """Add ``event`` to the current transaction; it leaves only if the transaction commits."""
+    await session.execute(
+        insert(outbox).values(
+            event_id=event.id,
+            subject=event.type,
+            payload=event.model_dump_json(),
+            created_at=utcnow(),
+        )
+    )
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows in order; woken after each commit, polls otherwise."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        publish: Publish,
+        *,
+        poll_seconds: float = 1.0,
+        batch_size: int = 200,
+    ) -> None:
+        self._sessions = sessions
+        self._publish = publish
+        self._poll_seconds = poll_seconds
+        self._batch_size = batch_size
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.published = 0
+
+    def wake(self) -> None:
+        """Tell the relay a transaction with events just committed."""
+        self._wakeup.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                sent = await self.relay_once()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                delay = min(0.2 * 2**failures, 5.0)
+                log.warning("outbox.publish_failed", error=type(exc).__name__, retry_in=delay)
+                await asyncio.sleep(delay)
+                continue
+            if sent == self._batch_size:
+                continue  # more rows are waiting
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll_seconds)
+            self._wakeup.clear()
+
+    async def relay_once(self) -> int:
+        """Publish one batch of pending rows; returns how many were published."""
+        async with transaction(self._sessions) as session:
+            query = (
+                select(outbox.c.id, outbox.c.event_id, outbox.c.subject, outbox.c.payload)
+                .where(outbox.c.published_at.is_(None))
+                .order_by(outbox.c.id)
+                .limit(self._batch_size)
+            )
+            if session.bind.dialect.name == "postgresql":
+                # Replicas share the table: each row is taken by one relay at a time.
+                query = query.with_for_update(skip_locked=True)
+            rows = (await session.execute(query)).all()
+            for row in rows:
+                await self._publish(row.subject, row.payload.encode(), row.event_id)
+                await session.execute(
+                    update(outbox).where(outbox.c.id == row.id).values(published_at=utcnow())
+                )
+            self.published += len(rows)
+            return len(rows)
