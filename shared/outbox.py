@@ -123,7 +123,7 @@ class OutboxRelay:
 
     async def relay_once(self) -> int:
         """Publish one batch of pending rows; returns how many were published."""
-        async with transaction(self._sessions) as session:
+        async with transaction(self._sessions, write=True) as session:
             query = (
                 select(outbox.c.id, outbox.c.event_id, outbox.c.subject, outbox.c.payload)
                 .where(outbox.c.published_at.is_(None))
