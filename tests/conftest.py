@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,8 @@ async def nats_url(nats_server: EmbeddedNats) -> AsyncIterator[str]:
     nc = await nats.connect(nats_server.url)
     js = nc.jetstream()
     for stream in STREAM_SUBJECTS:
-        try:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
             await js.purge_stream(stream)
-        except nats.js.errors.NotFoundError:
-            pass
     await nc.close()
     yield nats_server.url
 

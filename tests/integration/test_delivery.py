@@ -1,0 +1,318 @@
+"""Delivery guarantees against a real nats-server: outbox while NATS is down, DLQ, retries,
+and booking's consumers applying each event once."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import pytest
+import pytest_asyncio
+from faststream.nats import NatsBroker
+from sqlalchemy import Column, MetaData, String, Table, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.booking.app import create_app
+from shared import events
+from shared.broker import (
+    Consumer,
+    ensure_consumer,
+    ensure_streams,
+    jetstream,
+    make_broker,
+    register_consumer,
+)
+from shared.db import create_engine, sessionmaker_for, transaction
+from shared.inbox import add_inbox_table
+from shared.natsd import EmbeddedNats, free_port
+from tests.integration.test_booking_api import (
+    make_clinic,
+    next_monday_at,
+    session_body,
+    settings_for,
+)
+from tests.support import AUTH, EventTap, eventually, serve, sqlite_url, wait_ready
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def publish_event(
+    nats_url: str, event: events.CloudEvent[Any] | bytes, subject: str | None = None
+) -> None:
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    if isinstance(event, bytes):
+        await js.publish(subject or "", event, headers={"Nats-Msg-Id": str(uuid.uuid4())})
+    else:
+        await js.publish(
+            event.type, event.model_dump_json().encode(), headers={"Nats-Msg-Id": str(uuid.uuid4())}
+        )
+    await nc.close()
+
+
+async def dlq_messages(nats_url: str, subject: str) -> list[Any]:
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    sub = await js.pull_subscribe(subject, stream=events.DLQ_STREAM)
+    try:
+        msgs = await sub.fetch(100, timeout=0.5)
+    except nats.errors.TimeoutError:
+        msgs = []
+    await sub.unsubscribe()
+    await nc.close()
+    return msgs
+
+
+async def test_an_event_written_while_nats_is_down_leaves_when_it_is_back(tmp_path: Path) -> None:
+    server = EmbeddedNats(tmp_path / "nats", port=free_port()).start()
+    app = create_app(settings_for(sqlite_url(tmp_path), server.url))
+    try:
+        async with serve(app) as base_url:
+            await wait_ready(base_url)
+            async with httpx.AsyncClient(base_url=base_url, headers=AUTH, timeout=30) as client:
+                clinic = await make_clinic(client)
+                server.stop()
+                booked = await client.post(
+                    "/v1/sessions", json=session_body(clinic, next_monday_at(10))
+                )
+                assert booked.status_code == 201, "the write must succeed while NATS is down"
+                assert (await client.get("/readyz")).status_code == 503
+                server.start()
+                async with EventTap(server.url, events.SESSION_BOOKED) as tap:
+                    await tap.wait_for(
+                        lambda e: e["data"]["session_id"] == booked.json()["id"], timeout=30
+                    )
+                    # Deliver-new tap: make sure it is the stored message, once, in the stream.
+                nc = await nats.connect(server.url)
+                stored = await nc.jetstream().get_last_msg(
+                    events.BOOKING_STREAM, events.SESSION_BOOKED
+                )
+                await nc.close()
+                assert json.loads(stored.data)["data"]["session_id"] == booked.json()["id"]
+    finally:
+        server.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def booking_app(
+    sqlite_database_url: str, nats_url: str
+) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    app = create_app(settings_for(sqlite_database_url, nats_url))
+    async with serve(app) as base_url:
+        await wait_ready(base_url)
+        async with httpx.AsyncClient(base_url=base_url, headers=AUTH, timeout=30) as client:
+            yield client, app
+
+
+def reply_event(
+    phone: str, intent: str = "confirm", client_id: str | None = None
+) -> events.CloudEvent[Any]:
+    return events.make_event(
+        events.REPLY_RECEIVED,
+        "reminders",
+        events.ReplyReceived(phone=phone, client_id=client_id, intent=intent),  # type: ignore[arg-type]
+    )
+
+
+async def test_a_malformed_event_goes_to_the_dlq_and_the_consumer_goes_on(
+    booking_app: Any, nats_url: str
+) -> None:
+    client, _app = booking_app
+    clinic = await make_clinic(client)
+    session = (
+        await client.post("/v1/sessions", json=session_body(clinic, next_monday_at(10)))
+    ).json()
+
+    await publish_event(nats_url, b'{"this is": "not a cloudevent"', subject=events.REPLY_RECEIVED)
+    parked = await eventually(
+        lambda: dlq_messages(nats_url, "dlq.REMINDERS.booking-replies"),
+        what="the malformed event in the DLQ",
+    )
+    assert parked[0].data == b'{"this is": "not a cloudevent"'
+    assert "malformed" in parked[0].headers["Dlq-Error"]
+    assert parked[0].headers["Dlq-Original-Subject"] == events.REPLY_RECEIVED
+
+    async with EventTap(nats_url, events.SESSION_CONFIRMED) as tap:
+        await publish_event(nats_url, reply_event("+12125550199"))
+        confirmed = await tap.wait_for(lambda e: e["data"]["session_id"] == session["id"])
+    assert confirmed["data"]["status"] == "confirmed"
+    assert (await client.get(f"/v1/sessions/{session['id']}")).json()["status"] == "confirmed"
+
+
+async def test_a_redelivered_reply_is_applied_once(booking_app: Any, nats_url: str) -> None:
+    client, _app = booking_app
+    clinic = await make_clinic(client)
+    first = (
+        await client.post("/v1/sessions", json=session_body(clinic, next_monday_at(10)))
+    ).json()
+    second = (
+        await client.post("/v1/sessions", json=session_body(clinic, next_monday_at(12)))
+    ).json()
+    reply = reply_event("+12125550199", client_id=clinic["client"]["id"])
+    async with EventTap(nats_url, events.SESSION_CONFIRMED) as tap:
+        await publish_event(nats_url, reply)
+        await tap.wait_for(lambda e: e["data"]["session_id"] == first["id"])
+        await publish_event(nats_url, reply)  # same event id, new message: the inbox drops it
+        marker = reply_event("+10000000000")
+        await publish_event(nats_url, marker)
+        await eventually(
+            lambda: _consumer_caught_up(nats_url, "booking-replies"),
+            what="the consumer to catch up",
+        )
+    assert (await client.get(f"/v1/sessions/{second['id']}")).json()["status"] == "booked"
+    assert (await client.get(f"/v1/sessions/{first['id']}")).json()["version"] == 2
+
+
+async def _consumer_caught_up(nats_url: str, durable: str) -> bool:
+    nc = await nats.connect(nats_url)
+    info = await nc.jetstream().consumer_info(events.REMINDERS_STREAM, durable)
+    await nc.close()
+    return info.num_pending == 0 and info.num_ack_pending == 0
+
+
+async def test_stop_from_a_phone_withdraws_consent_for_its_clients(
+    booking_app: Any, nats_url: str
+) -> None:
+    client, _app = booking_app
+    clinic = await make_clinic(client)
+    change = events.make_event(
+        events.CONSENT_CHANGED,
+        "reminders",
+        events.ConsentChanged(phone="+12125550199", sms_consent=False, source="STOP"),
+    )
+    async with EventTap(nats_url, events.CLIENT_UPDATED) as tap:
+        await publish_event(nats_url, change)
+        updated = await tap.wait_for(lambda e: e["data"]["client"]["id"] == clinic["client"]["id"])
+    assert updated["data"]["client"]["sms_consent"] is False
+    row = (await client.get(f"/v1/clients/{clinic['client']['id']}")).json()
+    assert row["sms_consent"] is False and row["sms_consent_source"] == "sms:STOP"
+
+
+# -- the shared consumer plumbing, with a handler we control ---------------------------
+
+_metadata = MetaData()
+applied = Table("applied", _metadata, Column("event_id", String(64), primary_key=True))
+add_inbox_table(_metadata)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def flaky_consumer(
+    tmp_path: Path, nats_url: str
+) -> AsyncIterator[tuple[Consumer, Any, dict[str, int]]]:
+    engine = create_engine(sqlite_url(tmp_path, "flaky"))
+    async with engine.begin() as conn:
+        await conn.run_sync(_metadata.create_all)
+    sessions = sessionmaker_for(engine)
+    failures: dict[str, int] = {}
+
+    async def handler(session: AsyncSession, event: events.CloudEvent[Any]) -> None:
+        await session.execute(insert(applied).values(event_id=event.id))
+        if failures.get(event.data.phone, 0) > 0:
+            failures[event.data.phone] -= 1
+            raise RuntimeError("partner system is down")
+
+    purpose = f"flaky{uuid.uuid4().hex[:8]}"
+    consumer = Consumer(
+        service="test",
+        purpose=purpose,
+        stream=events.REMINDERS_STREAM,
+        subject=events.REPLY_RECEIVED,
+        handler=handler,
+        max_deliver=3,
+        retry_base_seconds=0.05,
+    )
+    broker: NatsBroker = make_broker(nats_url, "test")
+    register_consumer(broker, consumer, sessions)
+    await broker.connect()
+    await ensure_streams(jetstream(broker))
+    await ensure_consumer(jetstream(broker), consumer)
+    await broker.start()
+    yield consumer, sessions, failures
+    await broker.stop()
+    await engine.dispose()
+
+
+async def _applied_ids(sessions: Any) -> set[str]:
+    async with transaction(sessions) as session:
+        return set(await session.scalars(select(applied.c.event_id)))
+
+
+async def test_a_failing_handler_is_retried_then_applied_once(
+    flaky_consumer: Any, nats_url: str
+) -> None:
+    consumer, sessions, failures = flaky_consumer
+    failures["+12125550001"] = 2  # fails twice, succeeds on the third and last delivery
+    event = reply_event("+12125550001")
+    await publish_event(nats_url, event)
+    await eventually(lambda: _has(sessions, event.id), what="the event to be applied after retries")
+    assert await _consumer_caught_up_on(nats_url, consumer)
+    assert consumer.dead_lettered == []
+
+
+async def test_a_handler_failing_every_time_ends_in_the_dlq(
+    flaky_consumer: Any, nats_url: str
+) -> None:
+    consumer, sessions, failures = flaky_consumer
+    failures["+12125550002"] = 99
+    event = reply_event("+12125550002")
+    await publish_event(nats_url, event)
+    parked = await eventually(
+        lambda: dlq_messages(nats_url, f"dlq.REMINDERS.{consumer.durable}"),
+        what="the event in the DLQ",
+    )
+    assert json.loads(parked[0].data)["id"] == event.id
+    assert "partner system is down" in parked[0].headers["Dlq-Error"]
+    assert event.id not in await _applied_ids(sessions)
+    # The consumer is still alive: the next good event is applied.
+    good = reply_event("+12125550003")
+    await publish_event(nats_url, good)
+    await eventually(lambda: _has(sessions, good.id), what="the next event after a dead letter")
+
+
+async def _has(sessions: Any, event_id: str) -> bool:
+    return event_id in await _applied_ids(sessions)
+
+
+async def _consumer_caught_up_on(nats_url: str, consumer: Consumer) -> bool:
+    return await eventually(lambda: _consumer_caught_up(nats_url, consumer.durable), what="ack")
+
+
+async def test_changed_consumer_config_is_applied_on_start(nats_url: str) -> None:
+    broker = make_broker(nats_url, "test")
+    await broker.connect()
+    js = jetstream(broker)
+    await ensure_streams(js)
+
+    async def noop(_s: AsyncSession, _e: events.CloudEvent[Any]) -> None:
+        return None
+
+    name = f"cfg{uuid.uuid4().hex[:8]}"
+    old = Consumer(
+        "test",
+        name,
+        events.REMINDERS_STREAM,
+        events.REPLY_RECEIVED,
+        noop,
+        max_deliver=3,
+        ack_wait_seconds=30,
+    )
+    await ensure_consumer(js, old)
+    new = Consumer(
+        "test",
+        name,
+        events.REMINDERS_STREAM,
+        events.REPLY_RECEIVED,
+        noop,
+        max_deliver=7,
+        ack_wait_seconds=12,
+    )
+    await ensure_consumer(js, new)
+    info = await js.consumer_info(events.REMINDERS_STREAM, new.durable)
+    await broker.stop()
+    assert info.config.max_deliver == 7
+    assert info.config.ack_wait == 12
