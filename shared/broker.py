@@ -43,7 +43,7 @@ def make_broker(nats_url: str, name: str) -> NatsBroker:
         nats_url,
         name=name,
         max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
+        reconnect_time_wait=1,
         connect_timeout=2,
     )
 

@@ -199,7 +199,7 @@ class PlanEvent(Payload):
     progress: dict[str, Any] = Field(default_factory=dict)
 
 
-PayloadT = TypeVar("PayloadT", bound=BaseModel)
+PayloadT = TypeVar("PayloadT")
 
 
 class CloudEvent(BaseModel, Generic[PayloadT]):

@@ -130,7 +130,7 @@ class OutboxRelay:
                 .order_by(outbox.c.id)
                 .limit(self._batch_size)
             )
-            if session.bind.dialect.name == "postgresql":
+            if session.get_bind().dialect.name == "postgresql":
                 # Replicas share the table: each row is taken by one relay at a time.
                 query = query.with_for_update(skip_locked=True)
             rows = (await session.execute(query)).all()

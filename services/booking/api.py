@@ -97,7 +97,7 @@ def client_out(row: db.Client) -> ClientOut:
 def session_out(row: db.Session) -> SessionOut:
     return SessionOut(
         id=row.id,
-        status=row.status,  # type: ignore[arg-type]
+        status=row.status,
         version=row.version,
         client_id=row.client_id,
         service_id=row.treatment_id,

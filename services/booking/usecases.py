@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
@@ -174,7 +174,7 @@ async def list_treatments(app: Booking) -> Sequence[db.Treatment]:
 
 async def get_treatment(app: Booking, treatment_id: str) -> db.Treatment:
     async with app.read() as session:
-        return await _get(session, db.Treatment, treatment_id, "service")  # type: ignore[no-any-return]
+        return await _get(session, db.Treatment, treatment_id, "service")
 
 
 def _check_hours_do_not_overlap(hours: Sequence[Any]) -> None:
@@ -351,7 +351,7 @@ async def update_client(app: Booking, client_id: str, data: ClientPatch) -> db.C
 
 async def get_client(app: Booking, client_id: str) -> db.Client:
     async with app.read() as session:
-        return await _get(session, db.Client, client_id, "client")  # type: ignore[no-any-return]
+        return await _get(session, db.Client, client_id, "client")
 
 
 async def list_clients(
@@ -418,7 +418,7 @@ async def _calendars(
     def overlapping(start_col: Any, end_col: Any) -> Any:
         return and_(start_col < window.end, end_col > window.start)
 
-    blocking = [db.Session.status.in_(domain.BLOCKING_STATUSES)]
+    blocking: list[ColumnElement[bool]] = [db.Session.status.in_(domain.BLOCKING_STATUSES)]
     if exclude_session is not None:
         blocking.append(db.Session.id != exclude_session)
 
@@ -699,7 +699,7 @@ async def book(
 
 async def get_session(app: Booking, session_id: str) -> db.Session:
     async with app.read() as session:
-        return await _get(session, db.Session, session_id, "session")  # type: ignore[no-any-return]
+        return await _get(session, db.Session, session_id, "session")
 
 
 async def list_sessions(
