@@ -3,7 +3,6 @@
 Domain failures become HTTP statuses here and nowhere else.
 """
 
-
 from datetime import datetime
 from typing import Annotated, Any
 
