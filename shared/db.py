@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Dialect, TypeDecorator, event
+from sqlalchemy import DateTime, Dialect, Engine, TypeDecorator, event
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -76,16 +79,30 @@ def sessionmaker_for(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+#: One asyncio lock per SQLite engine: writers in this process queue in order instead of
+#: polling SQLite's busy handler, which lets waiters in at random and makes p99 explode.
+_sqlite_writers: weakref.WeakKeyDictionary[Engine, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _writer_lock(sessions: async_sessionmaker[AsyncSession]) -> asyncio.Lock | None:
+    bind = sessions.kw.get("bind")
+    if not isinstance(bind, AsyncEngine) or bind.dialect.name != "sqlite":
+        return None
+    return _sqlite_writers.setdefault(bind.sync_engine, asyncio.Lock())
+
+
 @asynccontextmanager
 async def transaction(
     sessions: async_sessionmaker[AsyncSession], *, write: bool = False
 ) -> AsyncIterator[AsyncSession]:
     """One unit of work: commits on success, rolls back on any exception.
 
-    ``write=True`` serializes writers on SQLite (``BEGIN IMMEDIATE``); PostgreSQL relies on
-    constraints instead, so the option is a no-op there.
+    ``write=True`` serializes writers on SQLite (an in-process queue, then ``BEGIN
+    IMMEDIATE`` against other processes); PostgreSQL relies on constraints instead, so
+    the option changes nothing there.
     """
-    async with sessions() as session:
+    lock = _writer_lock(sessions) if write else None
+    async with lock if lock is not None else contextlib.nullcontext(), sessions() as session:
         try:
             if write:
                 await session.connection(execution_options={SERIALIZED: True})

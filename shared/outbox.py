@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -19,6 +19,7 @@ from sqlalchemy import (
     Column,
     Integer,
     MetaData,
+    Select,
     String,
     Table,
     Text,
@@ -123,21 +124,42 @@ class OutboxRelay:
 
     async def relay_once(self) -> int:
         """Publish one batch of pending rows; returns how many were published."""
-        async with transaction(self._sessions, write=True) as session:
-            query = (
-                select(outbox.c.id, outbox.c.event_id, outbox.c.subject, outbox.c.payload)
-                .where(outbox.c.published_at.is_(None))
-                .order_by(outbox.c.id)
-                .limit(self._batch_size)
-            )
+        async with transaction(self._sessions) as session:
             if session.get_bind().dialect.name == "postgresql":
-                # Replicas share the table: each row is taken by one relay at a time.
-                query = query.with_for_update(skip_locked=True)
-            rows = (await session.execute(query)).all()
-            for row in rows:
-                await self._publish(row.subject, row.payload.encode(), row.event_id)
-                await session.execute(
-                    update(outbox).where(outbox.c.id == row.id).values(published_at=utcnow())
-                )
-            self.published += len(rows)
-            return len(rows)
+                # Replicas share the table: each row is taken by one relay at a time, and
+                # the row locks (not a table lock) are held while publishing.
+                rows = (
+                    await session.execute(self._pending().with_for_update(skip_locked=True))
+                ).all()
+                await self._publish_rows(rows)
+                await self._mark(session, rows)
+                return len(rows)
+            rows = (await session.execute(self._pending())).all()
+        # SQLite has one write lock for the whole file: never hold it while waiting on NATS.
+        # A crash between publish and mark republishes; Nats-Msg-Id makes that a no-op.
+        await self._publish_rows(rows)
+        if rows:
+            async with transaction(self._sessions, write=True) as session:
+                await self._mark(session, rows)
+        return len(rows)
+
+    def _pending(self) -> Select[Any]:
+        return (
+            select(outbox.c.id, outbox.c.event_id, outbox.c.subject, outbox.c.payload)
+            .where(outbox.c.published_at.is_(None))
+            .order_by(outbox.c.id)
+            .limit(self._batch_size)
+        )
+
+    async def _publish_rows(self, rows: Sequence[Any]) -> None:
+        for row in rows:  # in order: a session's booked must not overtake its cancelled
+            await self._publish(row.subject, row.payload.encode(), row.event_id)
+
+    async def _mark(self, session: AsyncSession, rows: Sequence[Any]) -> None:
+        if rows:
+            await session.execute(
+                update(outbox)
+                .where(outbox.c.id.in_([r.id for r in rows]))
+                .values(published_at=utcnow())
+            )
+        self.published += len(rows)

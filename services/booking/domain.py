@@ -10,6 +10,7 @@ import bisect
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -64,10 +65,14 @@ class Interval:
         return self.start <= other.start and other.end <= self.end
 
 
+def _bounds(iv: Interval) -> tuple[datetime, datetime]:
+    return iv.start, iv.end
+
+
 def merge(intervals: Iterable[Interval]) -> list[Interval]:
     """Sorted, non-overlapping cover of ``intervals`` (touching spans join)."""
     merged: list[Interval] = []
-    for iv in sorted(intervals):
+    for iv in sorted(intervals, key=_bounds):
         if merged and iv.start <= merged[-1].end:
             if iv.end > merged[-1].end:
                 merged[-1] = Interval(merged[-1].start, iv.end)
@@ -163,11 +168,11 @@ class Treatment:
     duration_minutes: int
     buffer_minutes: int = 0
 
-    @property
+    @cached_property
     def duration(self) -> timedelta:
         return timedelta(minutes=self.duration_minutes)
 
-    @property
+    @cached_property
     def occupied(self) -> timedelta:
         """Therapist and room are held for the treatment plus the turnover buffer."""
         return timedelta(minutes=self.duration_minutes + self.buffer_minutes)
@@ -212,22 +217,21 @@ class BookingPolicy:
     step: timedelta = timedelta(minutes=15)
 
 
-def _grid_starts(
-    free: Interval, length: timedelta, step: timedelta, tz: ZoneInfo
-) -> Iterable[datetime]:
-    """Starts on the wall-clock grid (:00, :15, …) inside ``free`` leaving ``length`` room."""
+def _grid_starts(first: datetime, last: datetime, step: timedelta, tz: ZoneInfo) -> list[datetime]:
+    """Starts on the wall-clock grid (:00, :15, …) from ``first`` to ``last`` inclusive."""
+    if last < first:
+        return []
     step_minutes = int(step.total_seconds() // 60)
-    local = free.start.astimezone(tz)
-    minutes = local.hour * 60 + local.minute
-    offset = (-minutes) % step_minutes
-    start = free.start + timedelta(minutes=offset)
-    if local.second or local.microsecond:
-        start -= timedelta(seconds=local.second, microseconds=local.microsecond)
-        if start < free.start:
-            start += step
-    while start + length <= free.end:
-        yield start
+    local = first.astimezone(tz)
+    offset = timedelta(minutes=(-(local.hour * 60 + local.minute)) % step_minutes)
+    start = first + offset - timedelta(seconds=local.second, microseconds=local.microsecond)
+    if start < first:
         start += step
+    starts = []
+    while start <= last:
+        starts.append(start)
+        start += step
+    return starts
 
 
 def free_starts_for(
@@ -242,18 +246,24 @@ def free_starts_for(
 
     The treatment must end within working hours; the buffer after it must not run into
     another booking (it may run past closing: turnover happens after the client leaves).
+    Works on free pieces rather than testing every start: cost grows with the answer.
     """
     if treatment.modality not in therapist.modalities:
         return []
     spans = working_spans(therapist.hours, location_id, tz, window)
     if not spans:
         return []
-    busy = BusyIndex(therapist.busy)
-    starts = []
+    busy = merge(therapist.busy)
+    busy_starts = [b.start for b in busy]
+    duration, occupied = treatment.duration, treatment.occupied
+    starts: list[datetime] = []
     for span in spans:
-        for start in _grid_starts(span, treatment.duration, step, tz):
-            if busy.is_free(Interval(start, start + treatment.occupied)):
-                starts.append(start)
+        for piece in subtract([span], busy):
+            latest = span.end - duration
+            following = bisect.bisect_left(busy_starts, piece.start)
+            if following < len(busy_starts):
+                latest = min(latest, busy_starts[following] - occupied)
+            starts.extend(_grid_starts(piece.start, latest, step, tz))
     return starts
 
 
