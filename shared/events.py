@@ -215,6 +215,10 @@ class CloudEvent(BaseModel, Generic[PayloadT]):
     data: PayloadT
 
 
+#: Parametrized once: ``CloudEvent[...]`` builds a new class on every subscript.
+AnyEvent = CloudEvent[Any]
+_RawEvent = CloudEvent[dict[str, Any]]
+
 #: Which payload model each event type carries.
 PAYLOAD_TYPES: dict[str, type[BaseModel]] = {
     **{subject: SessionEvent for subject in SESSION_EVENTS},
@@ -241,12 +245,12 @@ def make_event(
         raise ValueError(f"unknown event type {event_type!r}")
     if not isinstance(data, expected):
         raise TypeError(f"{event_type} carries {expected.__name__}, not {type(data).__name__}")
-    return CloudEvent[Any](source=source, type=event_type, data=data, subject=subject)
+    return AnyEvent(source=source, type=event_type, data=data, subject=subject)
 
 
 def parse_event(raw: bytes, expected_type: str | None = None) -> CloudEvent[Any]:
     """Parse a JSON envelope and its payload; raises ``ValueError`` naming what is wrong."""
-    envelope = CloudEvent[dict[str, Any]].model_validate_json(raw)
+    envelope = _RawEvent.model_validate_json(raw)
     if expected_type is not None and envelope.type != expected_type:
         raise ValueError(
             f"event type {envelope.type!r} arrived where {expected_type!r} was expected"
@@ -255,4 +259,6 @@ def parse_event(raw: bytes, expected_type: str | None = None) -> CloudEvent[Any]
     if model is None:
         raise ValueError(f"unknown event type {envelope.type!r}")
     data = model.model_validate(envelope.data)
-    return CloudEvent[Any](**{**envelope.model_dump(exclude={"data"}), "data": data})
+    # Both parts are validated already: assemble without validating again.
+    fields = {name: getattr(envelope, name) for name in type(envelope).model_fields if name != "data"}
+    return AnyEvent.model_construct(**fields, data=data)
