@@ -10,9 +10,13 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Respons
 from fastapi.responses import JSONResponse
 
 from services.booking import db, domain, usecases
+from services.booking.calendar_secrets import SecretKeyUnusable
+from services.booking.calendar_sync import CalendarSync, DuplicateLink, LinkView
 from services.booking.schemas import (
     ApiKeyIn,
     ApiKeyOut,
+    CalendarLinkIn,
+    CalendarLinkOut,
     CancelIn,
     ClientIn,
     ClientOut,
@@ -48,6 +52,8 @@ ERROR_STATUS: dict[type[Exception], int] = {
     domain.NoRoomFree: 409,
     domain.TherapistUnavailable: 409,
     domain.IllegalTransition: 409,
+    DuplicateLink: 409,
+    SecretKeyUnusable: 503,
 }
 
 
@@ -116,7 +122,35 @@ def treatment_out(row: db.Treatment) -> TreatmentOut:
     return TreatmentOut.model_validate(row, from_attributes=True)
 
 
-def build_router(booking: usecases.Booking, authenticate: Any, base_url: str) -> APIRouter:
+def calendar_link_out(view: LinkView) -> CalendarLinkOut:
+    link = view.link
+    return CalendarLinkOut(
+        id=link.id,
+        owner_type=link.owner_type,
+        owner_id=link.owner_id,
+        direction=link.direction,
+        kind=link.kind,
+        url=link.url,
+        username=link.username,
+        has_password=link.password_encrypted is not None,
+        timezone=link.timezone,
+        status=view.status,
+        last_synced_at=link.last_synced_at,
+        last_error=link.last_error,
+        last_error_at=link.last_error_at,
+        consecutive_failures=link.consecutive_failures,
+        pending_pushes=view.pending_pushes,
+        busy_spans=view.busy_spans,
+        created_at=link.created_at,
+    )
+
+
+def build_router(
+    booking: usecases.Booking,
+    authenticate: Any,
+    base_url: str,
+    calendar: CalendarSync | None = None,
+) -> APIRouter:
     router = APIRouter(prefix="/v1")
     Caller = Annotated[Principal, Depends(authenticate)]
 
@@ -379,6 +413,33 @@ def build_router(booking: usecases.Booking, authenticate: Any, base_url: str) ->
     async def location_calendar(location_id: str, token: str) -> Response:
         body = await usecases.location_feed(booking, location_id, token)
         return Response(body, media_type="text/calendar; charset=utf-8")
+
+    # -- calendar links (CalDAV push and pull, ICS pull): admin only ------------------
+    if calendar is not None:
+        sync = calendar
+
+        @router.post(
+            "/calendar-links", status_code=201, response_model=CalendarLinkOut, tags=["calendars"]
+        )
+        async def create_calendar_link(body: CalendarLinkIn, caller: Caller) -> CalendarLinkOut:
+            admin(caller)
+            return calendar_link_out(await sync.create_link(body))
+
+        @router.get("/calendar-links", response_model=list[CalendarLinkOut], tags=["calendars"])
+        async def list_calendar_links(caller: Caller) -> list[CalendarLinkOut]:
+            admin(caller)
+            return [calendar_link_out(v) for v in await sync.list_links()]
+
+        @router.get("/calendar-links/{link_id}", response_model=CalendarLinkOut, tags=["calendars"])
+        async def get_calendar_link(link_id: str, caller: Caller) -> CalendarLinkOut:
+            admin(caller)
+            return calendar_link_out(await sync.get_link(link_id))
+
+        @router.delete("/calendar-links/{link_id}", status_code=204, tags=["calendars"])
+        async def delete_calendar_link(link_id: str, caller: Caller) -> Response:
+            admin(caller)
+            await sync.delete_link(link_id)
+            return Response(status_code=204)
 
     # -- API keys ---------------------------------------------------------------------
     @router.post("/api-keys", status_code=201, response_model=ApiKeyOut, tags=["auth"])

@@ -16,6 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from services.booking import api, usecases
+from services.booking.calendar_secrets import box_for
+from services.booking.calendar_sync import CalendarSync, SyncTimings
 from services.booking.migrate import upgrade
 from services.booking.settings import BookingSettings
 from shared import events
@@ -46,10 +48,13 @@ class Runtime:
     broker: NatsBroker
     relay: OutboxRelay
     consumers: list[Consumer]
+    calendar: CalendarSync
     nats_ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def build_consumers(booking: usecases.Booking, settings: BookingSettings) -> list[Consumer]:
+def build_consumers(
+    booking: usecases.Booking, settings: BookingSettings, calendar: CalendarSync
+) -> list[Consumer]:
     async def on_reply(session: Any, event: CloudEvent[Any]) -> None:
         await usecases.apply_reply(session, event, booking.clock())
 
@@ -63,10 +68,21 @@ def build_consumers(booking: usecases.Booking, settings: BookingSettings) -> lis
         "retry_base_seconds": settings.retry_base_seconds,
         "after_commit": booking.on_commit,
     }
-    return [
+    consumers = [
         Consumer(purpose="replies", subject=events.REPLY_RECEIVED, handler=on_reply, **common),
         Consumer(purpose="consent", subject=events.CONSENT_CHANGED, handler=on_consent, **common),
     ]
+    if settings.calendar_sync_enabled:
+        # Our own session events, to write them into linked CalDAV calendars.
+        consumers.append(
+            Consumer(
+                purpose="caldav",
+                subject="booking.session.*",
+                handler=calendar.on_session_event,
+                **{**common, "stream": events.BOOKING_STREAM, "after_commit": calendar.wake},
+            )
+        )
+    return consumers
 
 
 async def _connect_when_possible(runtime: Runtime) -> None:
@@ -109,16 +125,26 @@ def create_app(settings: BookingSettings | None = None) -> FastAPI:
     booking = usecases.Booking(
         sessions=sessions, default_phone_region=settings.default_phone_region, on_commit=relay.wake
     )
-    consumers = build_consumers(booking, settings)
+    box = box_for(
+        settings.secret_keys(),
+        production=settings.app_env == "production",
+        uses_dev_key=settings.secret_key_is_dev_value,
+    )
+    calendar = CalendarSync(booking, box, SyncTimings.from_settings(settings))
+    consumers = build_consumers(booking, settings, calendar)
     for consumer in consumers:
         register_consumer(broker, consumer, sessions)
-    runtime = Runtime(settings, booking, broker, relay, consumers)
+    runtime = Runtime(settings, booking, broker, relay, consumers, calendar)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if settings.migrate_on_start:
             await asyncio.to_thread(upgrade, settings.database_url)
         relay.start()
+        if not box.usable:
+            log.warning("calendar_passwords.disabled", reason="BOOKING_SECRET_KEY")
+        if settings.calendar_sync_enabled:
+            calendar.start()
         connecting = asyncio.create_task(_connect_when_possible(runtime))
         try:
             yield
@@ -126,6 +152,7 @@ def create_app(settings: BookingSettings | None = None) -> FastAPI:
             connecting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await connecting
+            await calendar.stop()
             await relay.stop()
             with contextlib.suppress(Exception):
                 await broker.stop()
@@ -140,7 +167,7 @@ def create_app(settings: BookingSettings | None = None) -> FastAPI:
     app.state.runtime = runtime
     api.install_error_handlers(app)
     authenticate = Authenticator(sessions, settings.admin_api_key)
-    app.include_router(api.build_router(booking, authenticate, settings.base_url))
+    app.include_router(api.build_router(booking, authenticate, settings.base_url, calendar))
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:

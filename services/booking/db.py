@@ -6,6 +6,7 @@ from datetime import date, datetime
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Date,
     ForeignKey,
@@ -185,3 +186,100 @@ class IdempotentRequest(Base):
     status_code: Mapped[int] = mapped_column(Integer)
     response_body: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+# ---------------------------------------------------------------------------------------
+# Calendar sync (see calendar_sync.py): outside calendars linked to a therapist or a
+# location, what still has to be written to each, and the busy time read from them.
+
+
+class CalendarLink(Base):
+    """A CalDAV calendar we write sessions into (push), or one we read busy time from (pull).
+
+    The password is stored encrypted (Fernet, ``BOOKING_SECRET_KEY``) and never returned.
+    ``consecutive_failures``, ``retry_at`` and the lease are the sync's bookkeeping: a
+    calendar that keeps failing is retried ever more slowly without holding up the others,
+    and one replica at a time works on a link.
+    """
+
+    __tablename__ = "calendar_links"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner_type: Mapped[str] = mapped_column(String(20))  # therapist | location
+    owner_id: Mapped[str] = mapped_column(String(36))
+    direction: Mapped[str] = mapped_column(String(10))  # push | pull
+    kind: Mapped[str] = mapped_column(String(10))  # caldav | ics
+    url: Mapped[str] = mapped_column(String(2000))
+    username: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    password_encrypted: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: Zone for all-day and floating times of a pulled calendar (IANA).
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_synced_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_error_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    retry_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+    __table_args__ = (
+        UniqueConstraint(
+            "owner_type", "owner_id", "direction", "url", name="uq_calendar_links_target"
+        ),
+        Index("ix_calendar_links_owner", "owner_type", "owner_id", "direction"),
+    )
+
+
+class CalendarPush(Base):
+    """One session in one push calendar: written up to ``pushed_version``, wanted at
+    ``wanted_version``. A row with ``pushed_version`` NULL or behind is still to do."""
+
+    __tablename__ = "calendar_pushes"
+
+    link_id: Mapped[str] = mapped_column(
+        ForeignKey("calendar_links.id", ondelete="CASCADE"), primary_key=True
+    )
+    session_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    wanted_version: Mapped[int] = mapped_column(Integer, default=0)
+    pushed_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: Whether the calendar holds the event after the last push (False: it was removed).
+    in_calendar: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Where the event was stored (the server's URL of it), for removing it later.
+    href: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    #: When the latest change asking for this push was seen (the lag of a pending push).
+    requested_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        Index("ix_calendar_pushes_session", "session_id"),
+        Index("ix_calendar_pushes_due", "link_id", "next_attempt_at"),
+    )
+
+
+class ExternalBusy(Base):
+    """A span a therapist's own calendar says they are busy; blocks availability like time off.
+
+    Only the span and the event's UID are kept, never its title: it is the therapist's
+    private calendar.
+    """
+
+    __tablename__ = "external_busy"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    link_id: Mapped[str] = mapped_column(
+        ForeignKey("calendar_links.id", ondelete="CASCADE"), index=True
+    )
+    therapist_id: Mapped[str] = mapped_column(String(36))
+    start_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    end_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    uid: Mapped[str] = mapped_column(String(500))
+
+    __table_args__ = (
+        Index("ix_external_busy_therapist_span", "therapist_id", "start_at", "end_at"),
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import date, datetime, time
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
 
@@ -224,3 +225,77 @@ class ApiKeyOut(BaseModel):
     role: str
     location_ids: list[str]
     api_key: str = Field(description="shown this once; only its hash is stored")
+
+
+# -- calendar links (calendar_sync.py) -------------------------------------------------
+
+
+class CalendarLinkIn(Strict):
+    owner_type: Literal["therapist", "location"]
+    owner_id: str
+    direction: Literal["push", "pull"] = Field(
+        description="push: sessions are written there; pull: its busy time blocks availability"
+    )
+    kind: Literal["caldav", "ics"] = Field(description="ics: a read-only iCalendar URL (pull)")
+    url: str = Field(
+        min_length=1,
+        max_length=2000,
+        description="the calendar collection's URL (CalDAV) or the feed's URL (ICS)",
+    )
+    username: str | None = Field(default=None, min_length=1, max_length=200)
+    password: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1000,
+        description="stored encrypted, never returned",
+    )
+    timezone: str | None = Field(
+        default=None,
+        description="IANA zone for all-day and floating times of a pulled calendar; "
+        "defaults to the owner's location",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _calendar_url(cls, value: str) -> str:
+        parts = urlsplit(value.strip())
+        if parts.scheme not in {"http", "https", "webcal"} or not parts.hostname:
+            raise ValueError("must be an http(s) URL, e.g. https://dav.example.com/cal/ana/")
+        if parts.username or parts.password:
+            raise ValueError("put the credentials in username and password, not in the URL")
+        return value.strip()
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            zone(value)
+        return value
+
+    @model_validator(mode="after")
+    def _caldav_is_http(self) -> CalendarLinkIn:
+        if self.kind == "caldav" and self.url.startswith("webcal:"):
+            raise ValueError("url: webcal:// is for ICS subscriptions; CalDAV needs http(s)")
+        return self
+
+
+class CalendarLinkOut(BaseModel):
+    id: str
+    owner_type: str
+    owner_id: str
+    direction: str
+    kind: str
+    url: str
+    username: str | None
+    has_password: bool = Field(description="the password itself is never returned")
+    timezone: str
+    status: Literal["pending", "ok", "retrying", "failing"] = Field(
+        description="failing: failed calendar_failure_threshold times in a row"
+    )
+    last_synced_at: datetime | None
+    last_error: str | None = Field(description="the most recent error, kept after recovery")
+    last_error_at: datetime | None
+    consecutive_failures: int
+    pending_pushes: int | None = Field(description="push links: sessions not yet written")
+    busy_spans: int | None = Field(description="pull links: busy spans read last time")
+    created_at: datetime

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from shared.settings import ServiceSettings
+
+#: The documented development key for calendar passwords. With ``APP_ENV=production`` it
+#: is refused: no password is stored or read with it (see ``calendar_secrets.py``).
+DEV_BOOKING_SECRET_KEY = "dev-booking-secret-change-me"  # noqa: S105 (documented dev value)
 
 
 class BookingSettings(ServiceSettings):
@@ -14,6 +20,32 @@ class BookingSettings(ServiceSettings):
     default_phone_region: str = "US"
     migrate_on_start: bool = True
 
+    # -- calendar sync (calendar_sync.py) ------------------------------------------------
+    #: Encrypts calendar passwords at rest. Any string (a Fernet key is used as is, anything
+    #: else is hashed into one); several comma-separated keys rotate: the first encrypts,
+    #: all decrypt.
+    booking_secret_key: str = DEV_BOOKING_SECRET_KEY
+    #: A file holding the key instead (Docker/Kubernetes secret); wins over the variable.
+    booking_secret_key_file: Path | None = None
+    #: Run the push worker, the pull and the reconcile jobs in this process.
+    calendar_sync_enabled: bool = True
+    #: How often the push worker looks for due pushes when nobody woke it up.
+    calendar_push_poll_seconds: float = 5.0
+    #: Calendars pushed to at the same time; one calendar is written by one task at a time.
+    calendar_push_concurrency: int = 8
+    #: First retry delay after a calendar failed; doubles per consecutive failure, capped.
+    calendar_retry_base_seconds: float = 2.0
+    calendar_retry_max_seconds: float = 300.0
+    #: Consecutive failures after which a link is reported as failing (log, GET status).
+    calendar_failure_threshold: int = 5
+    #: How often pull links are read, and push links compared with the sessions.
+    calendar_pull_interval_seconds: float = 300.0
+    calendar_reconcile_interval_seconds: float = 900.0
+    #: How far ahead busy time is read from outside calendars (days).
+    calendar_pull_horizon_days: int = 120
+    #: Timeout of one request to an outside calendar.
+    calendar_http_timeout_seconds: float = 15.0
+
     @property
     def database_url(self) -> str:
         return self.booking_database_url or self.sqlite_url("booking")
@@ -21,3 +53,16 @@ class BookingSettings(ServiceSettings):
     @property
     def base_url(self) -> str:
         return (self.public_base_url or f"http://127.0.0.1:{self.booking_port}").rstrip("/")
+
+    def secret_keys(self) -> list[str]:
+        """The calendar-password keys, newest first (from the file when one is named)."""
+        raw = (
+            self.booking_secret_key_file.read_text()
+            if self.booking_secret_key_file is not None
+            else self.booking_secret_key
+        )
+        return [k.strip() for k in raw.split(",") if k.strip()]
+
+    @property
+    def secret_key_is_dev_value(self) -> bool:
+        return DEV_BOOKING_SECRET_KEY in self.secret_keys()

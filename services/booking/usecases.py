@@ -443,6 +443,17 @@ async def _calendars(
         )
         for tid, start, end in offs:
             busy[tid].append(domain.Interval(start, end))
+        # Busy time read from the therapist's own calendar (calendar_sync's pull links).
+        outside = await session.execute(
+            select(
+                db.ExternalBusy.therapist_id, db.ExternalBusy.start_at, db.ExternalBusy.end_at
+            ).where(
+                db.ExternalBusy.therapist_id.in_(ids),
+                overlapping(db.ExternalBusy.start_at, db.ExternalBusy.end_at),
+            )
+        )
+        for tid, start, end in outside:
+            busy[tid].append(domain.Interval(start, end))
 
     calendars = [
         domain.TherapistCalendar(

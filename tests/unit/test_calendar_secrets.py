@@ -1,0 +1,88 @@
+"""Calendar passwords at rest: Fernet under BOOKING_SECRET_KEY, refused with the dev key in
+production, rotation, and the link body's validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+from pydantic import ValidationError
+
+from services.booking.calendar_secrets import CredentialBox, SecretKeyUnusable, box_for
+from services.booking.schemas import CalendarLinkIn
+from services.booking.settings import DEV_BOOKING_SECRET_KEY, BookingSettings
+
+
+def test_a_password_round_trips_and_is_not_stored_readable() -> None:
+    box = CredentialBox(["a long random secret"])
+    token = box.encrypt("hunter2")
+    assert "hunter2" not in token
+    assert box.decrypt(token) == "hunter2"
+    assert box.encrypt("hunter2") != token  # random IV: equal passwords do not show
+
+
+def test_a_fernet_key_is_used_as_it_is() -> None:
+    key = Fernet.generate_key().decode()
+    token = CredentialBox([key]).encrypt("pw")
+    assert Fernet(key.encode()).decrypt(token.encode()) == b"pw"
+
+
+def test_keys_rotate_the_first_encrypts_and_all_decrypt() -> None:
+    old = CredentialBox(["old key"]).encrypt("pw")
+    rotated = CredentialBox(["new key", "old key"])
+    assert rotated.decrypt(old) == "pw"
+    assert CredentialBox(["new key"]).decrypt(rotated.encrypt("pw")) == "pw"
+    with pytest.raises(SecretKeyUnusable, match="does not decrypt"):
+        CredentialBox(["new key"]).decrypt(old)
+
+
+def test_production_refuses_the_documented_dev_key() -> None:
+    settings = BookingSettings(app_env="production", admin_api_key="real")
+    assert settings.secret_key_is_dev_value
+    box = box_for(settings.secret_keys(), production=True, uses_dev_key=True)
+    assert not box.usable
+    with pytest.raises(SecretKeyUnusable, match="BOOKING_SECRET_KEY"):
+        box.encrypt("pw")
+    assert box_for([DEV_BOOKING_SECRET_KEY], production=False, uses_dev_key=True).usable
+    assert box_for(["real"], production=True, uses_dev_key=False).usable
+
+
+def test_the_key_can_come_from_a_secret_file(tmp_path: Path) -> None:
+    secret = tmp_path / "booking_secret_key"
+    secret.write_text("from-the-file, older-key\n")
+    settings = BookingSettings(booking_secret_key_file=secret)
+    assert settings.secret_keys() == ["from-the-file", "older-key"]
+    assert not settings.secret_key_is_dev_value
+
+
+BODY = {
+    "owner_type": "therapist",
+    "owner_id": "t1",
+    "direction": "push",
+    "kind": "caldav",
+    "url": "https://dav.example.com/ana/work/",
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"url": "https://ana:pw@dav.example.com/"}, "not in the URL"),
+        ({"url": "file:///etc/passwd"}, "http"),
+        ({"url": "webcal://example.com/a.ics"}, "webcal"),
+        ({"timezone": "Europe/Atlantis"}, "timezone"),
+        ({"direction": "both"}, "direction"),
+        ({"password": "x", "extra": 1}, "extra"),
+    ],
+)
+def test_link_bodies_are_validated(change: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        CalendarLinkIn.model_validate({**BODY, **change})
+
+
+def test_a_webcal_ics_subscription_is_accepted_for_pull() -> None:
+    link = CalendarLinkIn.model_validate(
+        {**BODY, "direction": "pull", "kind": "ics", "url": "webcal://example.com/a.ics"}
+    )
+    assert link.url == "webcal://example.com/a.ics"
