@@ -35,6 +35,7 @@ from shared.broker import (
 from shared.db import create_engine, sessionmaker_for
 from shared.events import CloudEvent
 from shared.outbox import OutboxRelay
+from shared.process import freeze_startup_heap
 
 log = structlog.get_logger(__name__)
 
@@ -79,7 +80,11 @@ def build_consumers(
                 purpose="caldav",
                 subject="booking.session.*",
                 handler=calendar.on_session_event,
-                **{**common, "stream": events.BOOKING_STREAM, "after_commit": calendar.wake},
+                **{
+                    **common,
+                    "stream": events.BOOKING_STREAM,
+                    "after_commit": calendar.wake_if_marked,
+                },
             )
         )
     return consumers
@@ -146,6 +151,7 @@ def create_app(settings: BookingSettings | None = None) -> FastAPI:
         if settings.calendar_sync_enabled:
             calendar.start()
         connecting = asyncio.create_task(_connect_when_possible(runtime))
+        freeze_startup_heap()
         try:
             yield
         finally:

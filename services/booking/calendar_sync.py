@@ -230,6 +230,7 @@ class CalendarSync:
         self.instance = instance or uuid.uuid4().hex[:12]
         self._executor: ThreadPoolExecutor | None = None
         self._wakeup = asyncio.Event()
+        self._marked = False
         self._loop_task: asyncio.Task[None] | None = None
         self._link_tasks: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
@@ -289,8 +290,18 @@ class CalendarSync:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     def wake(self) -> None:
-        """Tell the push worker new rows are due (called after the consumer commits)."""
+        """Tell the push worker new rows are due."""
         self._wakeup.set()
+
+    def wake_if_marked(self) -> None:
+        """After the consumer commits: wake the push worker only if the event queued pushes.
+
+        Most clinics link few calendars; waking (and querying) on every session event
+        would cost every booking a database round trip for nothing.
+        """
+        if self._marked:
+            self._marked = False
+            self._wakeup.set()
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking calendar call in the sync's own threads, off the event loop."""
@@ -331,6 +342,7 @@ class CalendarSync:
         now = self.booking.clock()
         for link_id in sorted(link_ids):
             await mark_for_push(session, link_id, data.session_id, data.version, now)
+        self._marked = self._marked or bool(link_ids)
 
     # -- leases ------------------------------------------------------------------------
 

@@ -173,6 +173,7 @@ class Session(Base):
         Index("ix_sessions_therapist_span", "therapist_id", "start_at", "blocked_until"),
         Index("ix_sessions_room_span", "room_id", "start_at", "blocked_until"),
         Index("ix_sessions_location_start", "location_id", "start_at"),
+        Index("ix_sessions_start_at", "start_at", "blocked_until"),
     )
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, select
+from sqlalchemy import func, select, union_all
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
@@ -385,6 +385,11 @@ def _treatment(row: db.Treatment) -> domain.Treatment:
     return domain.Treatment(row.id, row.modality, row.duration_minutes, row.buffer_minutes)
 
 
+#: No stored session lasts longer than this (treatment plus buffer). It bounds the index
+#: range read for sessions that start before a window and reach into it.
+LONGEST_SESSION = timedelta(days=1)
+
+
 async def _calendars(
     session: AsyncSession,
     location: db.Location,
@@ -395,98 +400,91 @@ async def _calendars(
     exclude_session: str | None = None,
 ) -> tuple[list[domain.TherapistCalendar], list[domain.RoomCalendar]]:
     """Therapists who work at ``location`` and do ``modality``, and the location's rooms,
-    each with everything that keeps them busy during ``window`` (at any location)."""
+    each with everything that keeps them busy during ``window`` (at any location).
+
+    Four queries whatever the size of the clinic: staff with their hours, rooms, live
+    sessions in the window, and time off plus outside-calendar busy time.
+    """
     tz = zone(location.timezone)
-    therapist_query = (
-        select(db.Therapist)
-        .options(selectinload(db.Therapist.working_hours))
-        .where(
-            db.Therapist.id.in_(
-                select(db.WorkingHours.therapist_id).where(
-                    db.WorkingHours.location_id == location.id
-                )
-            )
+    works_here = select(db.WorkingHours.therapist_id).where(
+        db.WorkingHours.location_id == location.id
+    )
+    staff_query = (
+        select(
+            db.Therapist.id,
+            db.Therapist.modalities,
+            db.WorkingHours.location_id,
+            db.WorkingHours.weekday,
+            db.WorkingHours.start,
+            db.WorkingHours.end,
         )
+        .join(db.WorkingHours, db.WorkingHours.therapist_id == db.Therapist.id)
+        .where(db.Therapist.id.in_(works_here))
     )
     if therapist_id is not None:
-        therapist_query = therapist_query.where(db.Therapist.id == therapist_id)
-    therapists = [
-        t for t in (await session.scalars(therapist_query)).all() if modality in t.modalities
-    ]
-    ids = [t.id for t in therapists]
-
-    def overlapping(start_col: Any, end_col: Any) -> Any:
-        return and_(start_col < window.end, end_col > window.start)
-
-    blocking: list[ColumnElement[bool]] = [db.Session.status.in_(domain.BLOCKING_STATUSES)]
-    if exclude_session is not None:
-        blocking.append(db.Session.id != exclude_session)
-
-    busy: dict[str, list[domain.Interval]] = defaultdict(list)
-    load: dict[str, dict[date, int]] = defaultdict(lambda: defaultdict(int))
-    if ids:
-        rows = await session.execute(
-            select(db.Session.therapist_id, db.Session.start_at, db.Session.blocked_until).where(
-                db.Session.therapist_id.in_(ids),
-                overlapping(db.Session.start_at, db.Session.blocked_until),
-                *blocking,
-            )
-        )
-        for tid, start, until in rows:
-            busy[tid].append(domain.Interval(start, until))
-            load[tid][start.astimezone(tz).date()] += 1
-        offs = await session.execute(
-            select(db.TimeOff.therapist_id, db.TimeOff.start_at, db.TimeOff.end_at).where(
-                db.TimeOff.therapist_id.in_(ids),
-                overlapping(db.TimeOff.start_at, db.TimeOff.end_at),
-            )
-        )
-        for tid, start, end in offs:
-            busy[tid].append(domain.Interval(start, end))
-        # Busy time read from the therapist's own calendar (calendar_sync's pull links).
-        outside = await session.execute(
-            select(
-                db.ExternalBusy.therapist_id, db.ExternalBusy.start_at, db.ExternalBusy.end_at
-            ).where(
-                db.ExternalBusy.therapist_id.in_(ids),
-                overlapping(db.ExternalBusy.start_at, db.ExternalBusy.end_at),
-            )
-        )
-        for tid, start, end in outside:
-            busy[tid].append(domain.Interval(start, end))
-
-    calendars = [
-        domain.TherapistCalendar(
-            id=t.id,
-            modalities=frozenset(t.modalities),
-            hours=[
+        staff_query = staff_query.where(db.Therapist.id == therapist_id)
+    hours: dict[str, list[domain.WeeklyHours]] = defaultdict(list)
+    for tid, modalities, location_id, weekday, opens, closes in await session.execute(staff_query):
+        if modality in modalities:
+            hours[tid].append(
                 domain.WeeklyHours(
-                    h.location_id, h.weekday, time.fromisoformat(h.start), time.fromisoformat(h.end)
+                    location_id, weekday, time.fromisoformat(opens), time.fromisoformat(closes)
                 )
-                for h in t.working_hours
-            ],
-            busy=busy[t.id],
-            load_by_day=dict(load[t.id]),
-        )
-        for t in therapists
-    ]
+            )
 
-    room_ids = list(
+    room_ids = sorted(
         await session.scalars(select(db.Room.id).where(db.Room.location_id == location.id))
     )
-    room_busy: dict[str, list[domain.Interval]] = defaultdict(list)
-    if room_ids:
-        rows = await session.execute(
-            select(db.Session.room_id, db.Session.start_at, db.Session.blocked_until).where(
-                db.Session.room_id.in_(room_ids),
-                overlapping(db.Session.start_at, db.Session.blocked_until),
-                *blocking,
-            )
+    rooms: dict[str, list[domain.Interval]] = {rid: [] for rid in room_ids}
+    busy: dict[str, list[domain.Interval]] = {tid: [] for tid in hours}
+    load: dict[str, dict[date, int]] = {tid: defaultdict(int) for tid in hours}
+
+    live = select(
+        db.Session.therapist_id, db.Session.room_id, db.Session.start_at, db.Session.blocked_until
+    ).where(
+        db.Session.start_at < window.end,
+        db.Session.start_at >= window.start - LONGEST_SESSION,
+        db.Session.blocked_until > window.start,
+        db.Session.status.in_(domain.BLOCKING_STATUSES),
+    )
+    if exclude_session is not None:
+        live = live.where(db.Session.id != exclude_session)
+    for tid, rid, start, until in await session.execute(live):
+        span = domain.Interval(start, until)
+        if tid in busy:
+            busy[tid].append(span)
+            load[tid][start.astimezone(tz).date()] += 1
+        if rid in rooms:
+            rooms[rid].append(span)
+
+    if busy:
+        off = select(db.TimeOff.therapist_id, db.TimeOff.start_at, db.TimeOff.end_at).where(
+            db.TimeOff.therapist_id.in_(busy),
+            db.TimeOff.start_at < window.end,
+            db.TimeOff.end_at > window.start,
         )
-        for rid, start, until in rows:
-            room_busy[rid].append(domain.Interval(start, until))
-    rooms = [domain.RoomCalendar(rid, room_busy[rid]) for rid in room_ids]
-    return calendars, rooms
+        # Busy time read from the therapist's own calendar (calendar_sync's pull links).
+        outside = select(
+            db.ExternalBusy.therapist_id, db.ExternalBusy.start_at, db.ExternalBusy.end_at
+        ).where(
+            db.ExternalBusy.therapist_id.in_(busy),
+            db.ExternalBusy.start_at < window.end,
+            db.ExternalBusy.end_at > window.start,
+        )
+        for tid, start, end in await session.execute(union_all(off, outside)):
+            busy[tid].append(domain.Interval(start, end))
+
+    therapists = [
+        domain.TherapistCalendar(
+            id=tid,
+            modalities=frozenset({modality}),
+            hours=hours[tid],
+            busy=busy[tid],
+            load_by_day=dict(load[tid]),
+        )
+        for tid in sorted(hours)
+    ]
+    return therapists, [domain.RoomCalendar(rid, spans) for rid, spans in rooms.items()]
 
 
 MAX_AVAILABILITY_DAYS = 62
@@ -570,8 +568,6 @@ def session_event(row: db.Session, **extra: Any) -> events.SessionEvent:
 async def _announce_session(
     session: AsyncSession, row: db.Session, event_type: str, **extra: Any
 ) -> None:
-    await session.flush()
-    await session.refresh(row, ["client", "therapist", "location", "treatment"])
     await enqueue(
         session, events.make_event(event_type, SOURCE, session_event(row, **extra), subject=row.id)
     )
@@ -673,6 +669,11 @@ async def book(
                 location_id=location.id,
                 therapist_id=therapist_id,
                 room_id=room_id,
+                # The event is built from these; setting them saves reloading after flush.
+                client=client,
+                treatment=treatment,
+                location=location,
+                therapist=await _get(session, db.Therapist, therapist_id, "therapist"),
                 start_at=data.start,
                 end_at=data.start + timedelta(minutes=treatment.duration_minutes),
                 blocked_until=data.start
@@ -783,6 +784,8 @@ async def reschedule(
             exclude_session=row.id,
         )
         duration = timedelta(minutes=row.treatment.duration_minutes)
+        if therapist != row.therapist_id:
+            row.therapist = await _get(session, db.Therapist, therapist, "therapist")
         row.therapist_id, row.room_id = therapist, room_id
         row.start_at, row.end_at = start, start + duration
         row.blocked_until = start + duration + timedelta(minutes=row.treatment.buffer_minutes)
