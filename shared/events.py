@@ -69,12 +69,14 @@ CONSENT_CHANGED = "reminders.consent.changed"
 REFERRAL_STATUSES = (
     "created",
     "sent",
+    "received",
     "accepted",
     "declined",
     "scheduled",
     "completed",
     "cancelled",
     "expired",
+    "failed",
 )
 PLAN_CREATED = "referrals.plan.created"
 PLAN_UPDATED = "referrals.plan.updated"
@@ -260,5 +262,7 @@ def parse_event(raw: bytes, expected_type: str | None = None) -> CloudEvent[Any]
         raise ValueError(f"unknown event type {envelope.type!r}")
     data = model.model_validate(envelope.data)
     # Both parts are validated already: assemble without validating again.
-    fields = {name: getattr(envelope, name) for name in type(envelope).model_fields if name != "data"}
+    fields = {
+        name: getattr(envelope, name) for name in type(envelope).model_fields if name != "data"
+    }
     return AnyEvent.model_construct(**fields, data=data)

@@ -14,10 +14,12 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
 
+from services.referrals.seed import seed_demo as seed_referrals
 from shared.natsd import EmbeddedNats, port_open
 from shared.settings import DEV_ADMIN_API_KEY, PROJECT_ROOT
 from tools.commands import SERVICE_COMMANDS
@@ -68,7 +70,17 @@ def main() -> int:
             wait_ready(service_url(name), process)
 
         demo = seed_demo(service_url("booking"), admin_key)
-        print_welcome(demo, admin_key)
+        partners: dict[str, Any] = {}
+        if "referrals" in children:
+            clients = httpx.get(
+                f"{service_url('booking')}/v1/clients",
+                headers={"Authorization": f"Bearer {admin_key}"},
+                timeout=10,
+            ).json()
+            partners = seed_referrals(
+                service_url("referrals"), admin_key, clients[0] if clients else None
+            )
+        print_welcome(demo, admin_key, partners)
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         while all(p.poll() is None for p in children.values()):
             time.sleep(0.5)
@@ -91,7 +103,7 @@ def main() -> int:
             nats.stop()
 
 
-def print_welcome(demo: dict[str, object], admin_key: str) -> None:
+def print_welcome(demo: dict[str, object], admin_key: str, partners: dict[str, Any]) -> None:
     booking = service_url("booking")
     auth = {"Authorization": f"Bearer {admin_key}"}
     location = httpx.get(f"{booking}/v1/locations", headers=auth).json()[0]
@@ -115,6 +127,15 @@ def print_welcome(demo: dict[str, object], admin_key: str) -> None:
         print(
             "\nSeeded the demo clinic: two locations, four therapists, four treatments, three clients."
         )
+    if partners.get("seeded"):
+        print("\nSeeded two partner providers and a care plan. Their keys are shown only now:")
+        for partner in partners.get("partners", []):
+            print(f"  {partner['name']}: {partner['api_key']}")
+        first = partners.get("partners", [{}])[0].get("api_key")
+        if first:
+            print(
+                f'  curl -s -H "Authorization: Bearer {first}" {service_url("referrals")}/v1/partner/referrals'
+            )
     print("\nCtrl-C stops everything.")
 
 

@@ -1,0 +1,1 @@
+"""The referrals service: partners, multi-therapy care plans, referrals and their lifecycle."""

@@ -1,0 +1,164 @@
+"""Partner webhooks: POST the signed FHIR Bundle, retry with backoff, give up at the deadline.
+
+The ``deliveries`` table is the queue. The dispatcher claims due rows (each claim holds a
+row for the request timeout plus a margin, so a replica that dies mid-send only delays
+it), sends them concurrently, and records each answer: 2xx is delivered; anything else,
+a timeout or a refused connection is retried after ``base × 2^(attempt-1)`` (capped, with
+jitter) until the delivery's deadline, then it has failed. Replicas share the table;
+on PostgreSQL claims skip rows another replica holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import httpx
+import structlog
+
+from services.referrals import domain, usecases
+from services.referrals.signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, sign
+from services.referrals.usecases import OutgoingWebhook
+
+log = structlog.get_logger(__name__)
+
+USER_AGENT = "clinic-referrals-webhook/1.0"
+
+
+class WebhookDispatcher:
+    def __init__(
+        self,
+        app: usecases.Referrals,
+        *,
+        timeout_seconds: float,
+        backoff_seconds: float,
+        backoff_max_seconds: float,
+        concurrency: int,
+        poll_seconds: float,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self._app = app
+        self._timeout = timeout_seconds
+        self._backoff = backoff_seconds
+        self._backoff_max = backoff_max_seconds
+        self._concurrency = concurrency
+        self._poll = poll_seconds
+        self._client = client
+        self._owns_client = client is None
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
+        #: The last claim took all the capacity there was: more may be due.
+        self._saturated = False
+        self.sent = 0
+
+    def wake(self) -> None:
+        """A transaction that may have queued a delivery just committed."""
+        self._wakeup.set()
+
+    def retry_delay(self, attempts: int) -> float:
+        return domain.retry_delay_seconds(attempts, self._backoff, self._backoff_max)
+
+    def start(self) -> None:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=self._timeout,
+                follow_redirects=False,
+                headers={"User-Agent": USER_AGENT},
+                limits=httpx.Limits(max_connections=self._concurrency * 2),
+            )
+        self._task = asyncio.create_task(self._run(), name="webhook-dispatcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for task in list(self._in_flight):
+            task.cancel()
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+        if self._owns_client and self._client is not None:
+            await self._client.aclose()
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            free = self._concurrency - len(self._in_flight)
+            claimed = 0
+            if free > 0:
+                try:
+                    batch = await usecases.claim_due_deliveries(
+                        self._app, free, lease_seconds=self._timeout + 30
+                    )
+                    failures = 0
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    failures += 1
+                    delay = min(0.2 * 2**failures, 5.0)
+                    log.warning("webhook.claim_failed", error=type(exc).__name__, retry_in=delay)
+                    await asyncio.sleep(delay)
+                    continue
+                claimed = len(batch)
+                self._saturated = claimed == free
+                for outgoing in batch:
+                    task = asyncio.create_task(self._deliver(outgoing))
+                    self._in_flight.add(task)
+                    task.add_done_callback(self._finished)
+            if claimed and claimed == free:
+                continue  # maybe more are due; the next pass claims what capacity allows
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll)
+            self._wakeup.clear()
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        if self._saturated:
+            self._wakeup.set()  # capacity is back and deliveries may be waiting for it
+
+    async def _deliver(self, outgoing: OutgoingWebhook) -> None:
+        assert self._client is not None
+        headers = {
+            "Content-Type": "application/fhir+json",
+            SIGNATURE_HEADER: sign(outgoing.secret, outgoing.body, int(time.time())),
+            DELIVERY_HEADER: outgoing.delivery_id,
+            EVENT_HEADER: f"referral.{outgoing.kind}",
+        }
+        status: int | None = None
+        error: str | None = None
+        try:
+            response = await self._client.post(outgoing.url, content=outgoing.body, headers=headers)
+            status = response.status_code
+            ok = 200 <= status < 300
+            if not ok:
+                error = f"HTTP {status}"
+        except httpx.HTTPError as exc:
+            ok = False
+            error = f"{type(exc).__name__}: {exc}"[:300] or type(exc).__name__
+        log.info(
+            "webhook.attempt",
+            delivery_id=outgoing.delivery_id,
+            referral_id=outgoing.referral_id,
+            kind=outgoing.kind,
+            attempt=outgoing.attempt,
+            status_code=status,
+            ok=ok,
+        )
+        if ok:
+            self.sent += 1
+        try:
+            await usecases.record_delivery(
+                self._app,
+                outgoing.delivery_id,
+                ok=ok,
+                status_code=status,
+                error=error,
+                retry_delay=self.retry_delay,
+            )
+        except Exception as exc:
+            # The claim's lease runs out and the delivery is offered again: at least once.
+            log.error(
+                "webhook.record_failed", delivery_id=outgoing.delivery_id, error=type(exc).__name__
+            )
