@@ -36,17 +36,6 @@ log = structlog.get_logger(__name__)
 SOURCE = "referrals"
 SYSTEM = "system"
 
-#: Lifecycle words whose transitions happen here but which the shared contract
-#: (``shared.events.REFERRAL_STATUSES``) does not list yet. Their events are held back, not
-#: published under a type consumers cannot parse (reminders reads ``referrals.referral.>``
-#: and would dead-letter them); they leave as soon as the contract lists the words.
-UNANNOUNCED_UNTIL_CONTRACTED = ("received", "failed")
-
-
-def announced(status: str) -> bool:
-    """Whether a transition to ``status`` is published (see UNANNOUNCED_UNTIL_CONTRACTED)."""
-    return status in events.REFERRAL_STATUSES
-
 
 class NotFound(Exception):
     """A referenced row does not exist, or is not the caller's to see (404)."""
@@ -188,9 +177,6 @@ def referral_payload(
 
 
 async def _announce(session: AsyncSession, row: db.Referral) -> None:
-    if not announced(row.status):
-        log.info("referral.unannounced", referral_id=row.id, status=row.status)
-        return
     partner = await _held(session, db.Partner, row.partner_id)
     assert partner is not None
     client = await _held(session, db.Client, row.client_id)

@@ -15,7 +15,7 @@ from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.servicerequest import ServiceRequest
 from fhir.resources.R4B.task import Task
 
-from services.referrals import signing, usecases
+from services.referrals import signing
 from shared import events
 from tests.referrals_support import (
     as_partner,
@@ -70,10 +70,9 @@ async def test_a_partner_webhook_gets_a_signed_fhir_bundle_once_after_a_500(
                     and e["data"]["referral_id"] == created["id"]
                 )
             )
-            if usecases.announced("received"):
-                await tap.wait_for(lambda e: e["type"] == "referrals.referral.received")
+            await tap.wait_for(lambda e: e["type"] == "referrals.referral.received")
         statuses = [e["data"]["status"] for e in tap.events() if e["subject"] == created["id"]]
-        assert statuses == [s for s in ("created", "sent", "received") if usecases.announced(s)]
+        assert statuses == ["created", "sent", "received"]
         assert sent["data"]["partner"] == {"id": partner["id"], "discipline": "physical_therapy"}
 
         # The first attempt got a 500, the second a 200: the partner has it exactly once.
