@@ -6,15 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, Response
 from faststream.nats import NatsBroker
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 
 from services.referrals import api, usecases
 from services.referrals.deadlines import DeadlineScheduler
@@ -26,17 +23,12 @@ from shared import events
 from shared.auth import Authenticator
 from shared.broker import (
     Consumer,
-    ensure_consumer,
-    ensure_streams,
     jetstream,
-    make_broker,
-    publish_raw,
-    register_consumer,
-    watch_max_deliveries,
 )
 from shared.db import create_engine, sessionmaker_for
 from shared.events import CloudEvent
 from shared.outbox import OutboxRelay
+from shared.service import Messaging, add_ops_routes
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +49,7 @@ class Runtime:
     dispatcher: WebhookDispatcher
     deadlines: DeadlineScheduler | None
     consumers: list[Consumer]
-    nats_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    nats_ready: asyncio.Event
 
 
 def build_consumers(referrals: usecases.Referrals, settings: ReferralsSettings) -> list[Consumer]:
@@ -82,45 +74,14 @@ def build_consumers(referrals: usecases.Referrals, settings: ReferralsSettings) 
     ]
 
 
-async def _connect_when_possible(runtime: Runtime) -> None:
-    """Bring NATS up in the background: HTTP works (and the outbox fills) while it is away."""
-    delay = 0.2
-    while True:
-        try:
-            await runtime.broker.connect()
-            js = jetstream(runtime.broker)
-            await ensure_streams(js)
-            for consumer in runtime.consumers:
-                await ensure_consumer(js, consumer)
-            await runtime.broker.start()
-            await watch_max_deliveries(runtime.broker, runtime.consumers)
-            runtime.nats_ready.set()
-            log.info("nats.ready", url=runtime.settings.nats_url)
-            if runtime.deadlines is not None:
-                runtime.deadlines.start()
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("nats.unavailable", error=f"{type(exc).__name__}: {exc}", retry_in=delay)
-            with contextlib.suppress(Exception):
-                await runtime.broker.stop()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
-
 def create_app(settings: ReferralsSettings | None = None) -> FastAPI:
     settings = settings or ReferralsSettings()
     engine = create_engine(settings.database_url)
     sessions = sessionmaker_for(engine)
-    broker = make_broker(settings.nats_url, "referrals")
-
-    async def publish(subject: str, payload: bytes, msg_id: str) -> None:
-        if not runtime.nats_ready.is_set():
-            raise ConnectionError("NATS is not connected yet")
-        await publish_raw(jetstream(broker), subject, payload, msg_id)
-
-    relay = OutboxRelay(sessions, publish, poll_seconds=settings.outbox_poll_seconds)
+    messaging = Messaging(
+        "referrals", settings.nats_url, sessions, outbox_poll_seconds=settings.outbox_poll_seconds
+    )
+    broker, relay = messaging.broker, messaging.relay
     referrals = usecases.Referrals(
         sessions=sessions,
         secretbox=SecretBox(settings.referrals_secret_key),
@@ -157,30 +118,33 @@ def create_app(settings: ReferralsSettings | None = None) -> FastAPI:
     referrals.wakers[usecases.DISPATCHER] = dispatcher.wake
     if deadlines is not None:
         referrals.wakers[usecases.DEADLINES] = deadlines.wake
-    consumers = build_consumers(referrals, settings)
-    for consumer in consumers:
-        register_consumer(broker, consumer, sessions)
-    runtime = Runtime(settings, referrals, broker, relay, dispatcher, deadlines, consumers)
+    messaging.add_consumers(build_consumers(referrals, settings))
+    if deadlines is not None:
+        messaging.when_ready(deadlines.start)
+    runtime = Runtime(
+        settings,
+        referrals,
+        broker,
+        relay,
+        dispatcher,
+        deadlines,
+        messaging.consumers,
+        messaging.ready,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if settings.migrate_on_start:
             await asyncio.to_thread(upgrade, settings.database_url)
-        relay.start()
         dispatcher.start()
-        connecting = asyncio.create_task(_connect_when_possible(runtime))
+        messaging.start()
         try:
             yield
         finally:
-            connecting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await connecting
             if deadlines is not None:
                 await deadlines.stop()
             await dispatcher.stop()
-            await relay.stop()
-            with contextlib.suppress(Exception):
-                await broker.stop()
+            await messaging.stop()
             await engine.dispose()
 
     app = FastAPI(
@@ -199,33 +163,12 @@ def create_app(settings: ReferralsSettings | None = None) -> FastAPI:
     app.include_router(api.build_partner_router(referrals, authenticate))
     app.include_router(api.build_fhir_router(referrals, authenticate))
 
-    @app.get("/healthz", tags=["ops"])
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    def scheduler_role() -> dict[str, Any]:
+        # Informative: a standby is as ready as the leader.
+        if deadlines is None:
+            return {}
+        return {"scheduler": "active" if deadlines.leader else "standby"}
 
-    @app.get("/readyz", tags=["ops"])
-    async def readyz() -> JSONResponse:
-        checks: dict[str, str] = {}
-        try:
-            async with engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-            checks["database"] = "ok"
-        except Exception as exc:
-            checks["database"] = type(exc).__name__
-        connected = (
-            runtime.nats_ready.is_set()
-            and broker.connection is not None
-            and broker.connection.is_connected
-        )
-        checks["nats"] = "ok" if connected else "unavailable"
-        ready = all(v == "ok" for v in checks.values())
-        body: dict[str, Any] = {"ready": ready, **checks}
-        if deadlines is not None:  # informative: a standby is as ready as the leader
-            body["scheduler"] = "active" if deadlines.leader else "standby"
-        return JSONResponse(body, status_code=200 if ready else 503)
-
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    add_ops_routes(app, engine, messaging, scheduler_role)
 
     return app

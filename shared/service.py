@@ -1,0 +1,148 @@
+"""What every service's composition root needs around NATS: the broker, the durable
+consumers, the outbox relay, a connection made whenever NATS is reachable, and the
+``/healthz``, ``/readyz`` and ``/metrics`` routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from shared.broker import (
+    Consumer,
+    ensure_consumer,
+    ensure_streams,
+    jetstream,
+    make_broker,
+    publish_raw,
+    register_consumer,
+    watch_max_deliveries,
+)
+from shared.outbox import OutboxRelay
+
+log = structlog.get_logger(__name__)
+
+
+class Messaging:
+    """A service's link to NATS JetStream.
+
+    HTTP keeps working while NATS is away: the outbox fills, and the relay empties it once
+    :meth:`start`'s background connection succeeds (it retries with backoff forever).
+    """
+
+    def __init__(
+        self,
+        service: str,
+        nats_url: str,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        outbox_poll_seconds: float = 1.0,
+    ) -> None:
+        self.service = service
+        self.nats_url = nats_url
+        self.sessions = sessions
+        self.broker = make_broker(nats_url, service)
+        self.relay = OutboxRelay(sessions, self._publish, poll_seconds=outbox_poll_seconds)
+        self.consumers: list[Consumer] = []
+        self.ready = asyncio.Event()
+        self._on_ready: list[Callable[[], None]] = []
+        self._connecting: asyncio.Task[None] | None = None
+
+    def add_consumers(self, consumers: Sequence[Consumer]) -> None:
+        for consumer in consumers:
+            register_consumer(self.broker, consumer, self.sessions)
+            self.consumers.append(consumer)
+
+    def when_ready(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once NATS is connected and the consumers are running."""
+        self._on_ready.append(callback)
+
+    @property
+    def connected(self) -> bool:
+        connection = self.broker.connection if self.ready.is_set() else None
+        return connection is not None and connection.is_connected
+
+    async def _publish(self, subject: str, payload: bytes, msg_id: str) -> None:
+        if not self.ready.is_set():
+            raise ConnectionError("NATS is not connected yet")
+        await publish_raw(jetstream(self.broker), subject, payload, msg_id)
+
+    def start(self) -> None:
+        self.relay.start()
+        self._connecting = asyncio.create_task(self._connect_when_possible(), name="nats-connect")
+
+    async def stop(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connecting
+        await self.relay.stop()
+        with contextlib.suppress(Exception):
+            await self.broker.stop()
+
+    async def _connect_when_possible(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self.broker.connect()
+                js = jetstream(self.broker)
+                await ensure_streams(js)
+                for consumer in self.consumers:
+                    await ensure_consumer(js, consumer)
+                await self.broker.start()
+                await watch_max_deliveries(self.broker, self.consumers)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "nats.unavailable", error=f"{type(exc).__name__}: {exc}", retry_in=delay
+                )
+                with contextlib.suppress(Exception):
+                    await self.broker.stop()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self.ready.set()
+        log.info("nats.ready", service=self.service, url=self.nats_url)
+        for callback in self._on_ready:
+            callback()
+
+
+def add_ops_routes(
+    app: FastAPI,
+    engine: AsyncEngine,
+    messaging: Messaging,
+    details: Callable[[], dict[str, Any]] | None = None,
+) -> None:
+    """``/healthz`` (the process answers), ``/readyz`` (database and NATS reachable; 503
+    otherwise) and ``/metrics`` (Prometheus). ``details`` adds informative fields."""
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz() -> JSONResponse:
+        checks: dict[str, str] = {}
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = type(exc).__name__
+        checks["nats"] = "ok" if messaging.connected else "unavailable"
+        ready = all(v == "ok" for v in checks.values())
+        body: dict[str, Any] = {"ready": ready, **checks, **(details() if details else {})}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
