@@ -10,8 +10,9 @@ from alembic import command
 from sqlalchemy import create_engine, inspect
 
 from services.booking.app import create_app
-from services.booking.migrate import alembic_config
+from services.booking.migrate import MIGRATIONS
 from shared.db import sync_url
+from shared.migrations import alembic_config
 from tests.integration.test_booking_api import make_clinic, settings_for
 from tests.support import AUTH, serve, wait_ready
 
@@ -46,7 +47,7 @@ async def test_production_with_the_dev_secret_key_stores_no_password(
 
 async def test_the_migration_goes_up_down_and_up_again(database_url: str) -> None:
     def run() -> tuple[set[str], set[str]]:
-        config = alembic_config(database_url)
+        config = alembic_config(MIGRATIONS, database_url)
         engine = create_engine(sync_url(database_url))
         try:
             command.upgrade(config, "head")
