@@ -21,7 +21,6 @@ import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import nats.errors
 import structlog
 from apscheduler.executors.asyncio import AsyncIOExecutor
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
@@ -31,8 +30,8 @@ from nats.js.client import JetStreamContext
 from sqlalchemy import Engine, create_engine, event
 
 from services.referrals import usecases
-from services.referrals.lease import Lease
 from services.referrals.usecases import DeadlinePlan
+from shared.lease import Lease
 
 log = structlog.get_logger(__name__)
 
@@ -184,7 +183,7 @@ class DeadlineScheduler:
         """
         self._start_scheduler()
         log.info("scheduler.active", holder=lease.holder)
-        keeper = asyncio.create_task(self._keep(lease), name="scheduler-lease-keeper")
+        keeper = asyncio.create_task(lease.keep(), name="scheduler-lease-keeper")
         self._wakeup.set()  # plan whatever the previous holder left unplanned
         try:
             while not keeper.done():
@@ -211,23 +210,6 @@ class DeadlineScheduler:
         failure = keeper.exception()
         if failure is not None:
             raise failure
-
-    async def _keep(self, lease: Lease) -> None:
-        """Renew every third of the TTL; return once the lease is lost. Without NATS for half
-        a TTL, step down: by then a standby may be about to take over."""
-        loop = asyncio.get_running_loop()
-        renewed_at = loop.time()
-        while True:
-            await asyncio.sleep(lease.renew_every_seconds)
-            try:
-                if not await lease.renew():
-                    return
-                renewed_at = loop.time()
-            except (OSError, TimeoutError, nats.errors.Error) as exc:
-                if loop.time() - renewed_at >= lease.ttl_seconds / 2:
-                    log.warning("scheduler.lease_unrenewable", error=type(exc).__name__)
-                    lease.revision = None
-                    return
 
     def _start_scheduler(self) -> None:
         self._engine = jobstore_engine(self._jobstore_url)

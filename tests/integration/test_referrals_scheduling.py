@@ -10,8 +10,8 @@ from pathlib import Path
 import nats
 import pytest
 
-from services.referrals.lease import Lease
 from shared import events
+from shared.lease import Lease
 from tests.referrals_support import (
     client_event,
     known_client,

@@ -1,18 +1,22 @@
 """A lease in NATS KV: at most one holder at a time, and it lapses when the holder dies.
 
-The key (``referrals-scheduler`` in bucket ``leases``) is created only if absent, renewed
-with a compare-and-set on its last revision, and carries a per-message TTL: if the holder
-stops renewing (crash, partition) the key vanishes after the TTL and a standby's create
-succeeds. A holder that fails to renew has lost the lease and must stop acting at once.
+Used for "one active scheduler": an APScheduler job store is never shared by two
+schedulers, so every replica runs, but only the lease holder schedules.
 
-Kept inside the referrals service for now; nothing here is referrals-specific, so it can
-move to ``shared`` as is.
+The key is created only if absent, renewed with a compare-and-set on its last revision
+every third of the TTL, and carries a per-message TTL: if the holder stops renewing (crash,
+``kill -9``, partition) the key vanishes after the TTL and a standby's create succeeds. A
+holder that cannot renew for half a TTL steps down on its own, well before anyone else can
+take over. Services share one bucket (``leases``), each with its own key.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
+import time
 import uuid
 
 import nats.errors
@@ -23,8 +27,14 @@ from nats.js.kv import KeyValue
 
 log = structlog.get_logger(__name__)
 
-#: JetStream error code of a failed "expected last subject sequence" check.
+DEFAULT_BUCKET = "leases"
+
+#: JetStream error codes of a failed "expected last subject sequence" check.
 WRONG_LAST_SEQUENCE = (10071, 10164)
+
+
+def instance_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class Lease:
@@ -32,23 +42,35 @@ class Lease:
         self,
         js: JetStreamContext,
         *,
-        bucket: str,
         key: str,
-        ttl_seconds: int,
+        ttl_seconds: float,
+        bucket: str = DEFAULT_BUCKET,
         holder: str | None = None,
     ) -> None:
         self._js = js
         self.bucket = bucket
         self.key = key
         self.ttl_seconds = max(1, int(ttl_seconds))
-        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.holder = holder or instance_id()
+        self.revision: int | None = None
+        #: Set when the lease is lost while held: stop acting at once.
+        self.lost = asyncio.Event()
+        self._renewed_at = 0.0
         self._kv: KeyValue | None = None
         self._per_message_ttl = True
-        self.revision: int | None = None
 
     @property
     def held(self) -> bool:
-        return self.revision is not None
+        """Believed held: acquired, not lost, renewed less than three quarters of a TTL ago.
+
+        The server drops the entry a full TTL after our last renewal reached it, so a
+        standby cannot hold it while this says yes.
+        """
+        return (
+            self.revision is not None
+            and not self.lost.is_set()
+            and time.monotonic() - self._renewed_at < self.ttl_seconds * 0.75
+        )
 
     @property
     def renew_every_seconds(self) -> float:
@@ -86,8 +108,20 @@ class Lease:
         except nats.js.errors.KeyWrongLastSequenceError:
             self.revision = None
             return False
+        self._renewed_at = time.monotonic()
+        self.lost.clear()
         log.info("lease.acquired", key=self.key, holder=self.holder)
         return True
+
+    async def acquire(self) -> None:
+        """Wait until this instance holds the lease."""
+        while True:
+            try:
+                if await self.try_acquire():
+                    return
+            except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
+                log.warning("lease.unavailable", key=self.key, error=type(exc).__name__)
+            await asyncio.sleep(self.renew_every_seconds)
 
     async def renew(self) -> bool:
         """Extend the lease; ``False`` means it was lost (expired, or taken by another)."""
@@ -108,7 +142,22 @@ class Lease:
                 return False
             raise
         self.revision = ack.seq
+        self._renewed_at = time.monotonic()
         return True
+
+    async def keep(self) -> None:
+        """Renew until the lease is lost (taken, or NATS unreachable for half a TTL); then
+        set :attr:`lost` and return."""
+        while not self.lost.is_set():
+            await asyncio.sleep(self.renew_every_seconds)
+            try:
+                if not await self.renew():
+                    self.lost.set()
+            except (TimeoutError, OSError, nats.errors.Error, nats.js.errors.Error) as exc:
+                if time.monotonic() - self._renewed_at >= self.ttl_seconds / 2:
+                    log.warning("lease.unrenewable", key=self.key, error=type(exc).__name__)
+                    self.revision = None
+                    self.lost.set()
 
     async def release(self) -> None:
         """Give the lease up now, so a standby need not wait for the TTL."""
@@ -121,3 +170,5 @@ class Lease:
             log.info("lease.released", key=self.key, holder=self.holder)
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             log.warning("lease.release_failed", key=self.key, error=type(exc).__name__)
+        with contextlib.suppress(Exception):
+            self.lost.clear()
