@@ -44,6 +44,9 @@ browser:
 bench: setup
 	$(BIN)/python bench/booking.py
 	$(BIN)/python bench/availability.py
+	$(BIN)/python bench/calendar_sync.py
+	$(BIN)/python bench/reminders.py
+	$(BIN)/python bench/referrals.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

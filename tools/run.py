@@ -22,7 +22,7 @@ import httpx
 from services.referrals.seed import seed_demo as seed_referrals
 from shared.natsd import EmbeddedNats, port_open
 from shared.settings import DEV_ADMIN_API_KEY, PROJECT_ROOT
-from tools.commands import SERVICE_COMMANDS
+from tools.commands import SANDBOX_COMMAND, SERVICE_COMMANDS
 from tools.seed import seed_demo
 
 PORTS = {"booking": "BOOKING_PORT", "reminders": "REMINDERS_PORT", "referrals": "REFERRALS_PORT"}
@@ -33,13 +33,19 @@ def service_url(name: str) -> str:
     return f"http://127.0.0.1:{os.environ.get(PORTS[name], DEFAULT_PORTS[name])}"
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+def _argv(command: list[str]) -> list[str]:
+    return [sys.executable if part == "python" else part for part in command]
+
+
+def wait_ready(
+    url: str, process: subprocess.Popen[bytes], timeout: float = 60.0, path: str = "/readyz"
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{url} exited with code {process.returncode}; see the log above")
         try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+            if httpx.get(f"{url}{path}", timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -61,13 +67,23 @@ def main() -> int:
     else:
         nats = EmbeddedNats(var / "nats", port=port, host=host).start()
 
+    # The Twilio sandbox stands in for Twilio: reminders sends to it, it posts the phones'
+    # replies back to reminders. Quiet hours are off so a demo booking texts at once.
+    sandbox_port = os.environ.setdefault("SANDBOX_PORT", "8025")
+    os.environ.setdefault("SANDBOX_INBOUND_URL", f"{service_url('reminders')}/twilio/inbound")
+    os.environ.setdefault("TWILIO_API_BASE_URL", f"http://127.0.0.1:{sandbox_port}")
+    os.environ.setdefault("QUIET_HOURS_START", "00:00")
+    os.environ.setdefault("QUIET_HOURS_END", "24:00")
+
     children: dict[str, subprocess.Popen[bytes]] = {}
     try:
+        sandbox = subprocess.Popen(_argv(SANDBOX_COMMAND), cwd=PROJECT_ROOT)
+        children["twilio-sandbox"] = sandbox
+        wait_ready(f"http://127.0.0.1:{sandbox_port}", sandbox, path="/_sandbox/health")
         for name, command in SERVICE_COMMANDS.items():
-            argv = [sys.executable if part == "python" else part for part in command]
-            children[name] = subprocess.Popen(argv, cwd=PROJECT_ROOT)
-        for name, process in children.items():
-            wait_ready(service_url(name), process)
+            children[name] = subprocess.Popen(_argv(command), cwd=PROJECT_ROOT)
+        for name in SERVICE_COMMANDS:
+            wait_ready(service_url(name), children[name])
 
         demo = seed_demo(service_url("booking"), admin_key)
         partners: dict[str, Any] = {}
@@ -116,6 +132,9 @@ def print_welcome(demo: dict[str, object], admin_key: str, partners: dict[str, A
     for name in SERVICE_COMMANDS:
         print(f"  {name:<10} {service_url(name)}   docs: {service_url(name)}/docs")
     print(f"  NATS       {os.environ['NATS_URL']}")
+    print(
+        f"  phones     {os.environ['TWILIO_API_BASE_URL']}/   (the Twilio sandbox: texts and replies)"
+    )
     print(f"\nAdmin API key (development only): {admin_key}")
     print(f"\nFree times for {service['name']} at {location['name']} next week:")
     print(

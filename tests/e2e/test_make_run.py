@@ -28,9 +28,12 @@ ADMIN = "e2e-admin-key"
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     var = tmp_path_factory.mktemp("var")
-    ports = {"booking": free_port(), "nats": free_port()}
+    ports = {name: free_port() for name in ("booking", "reminders", "referrals", "sandbox", "nats")}
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "SANDBOX_"))},
+        "REMINDERS_PORT": str(ports["reminders"]),
+        "REFERRALS_PORT": str(ports["referrals"]),
+        "SANDBOX_PORT": str(ports["sandbox"]),
         "VAR_DIR": str(var),
         "NATS_URL": f"nats://127.0.0.1:{ports['nats']}",
         "BOOKING_PORT": str(ports["booking"]),

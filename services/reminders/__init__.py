@@ -1,0 +1,1 @@
+"""The reminders service: texts clients about their sessions over Twilio, at the right time."""

@@ -1,0 +1,165 @@
+"""A phone texts the clinic: keywords, consent, confirmations, and the one answer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.reminders import db, domain, texts
+from services.reminders.usecases import SOURCE, Reminders, enqueue, new_id, set_consent
+from shared import events
+
+log = structlog.get_logger(__name__)
+
+
+async def _next_session(
+    session: AsyncSession, client_ids: Sequence[str], now: datetime, statuses: frozenset[str]
+) -> db.Session | None:
+    return (
+        await session.scalars(
+            select(db.Session)
+            .where(
+                db.Session.client_id.in_(client_ids),
+                db.Session.status.in_(statuses),
+                db.Session.start_at > now,
+            )
+            .order_by(db.Session.start_at)
+            .limit(1)
+        )
+    ).first()
+
+
+async def _any_location(session: AsyncSession) -> db.Session | None:
+    return (
+        await session.scalars(select(db.Session).order_by(db.Session.updated_at.desc()).limit(1))
+    ).first()
+
+
+@dataclass(frozen=True)
+class Inbound:
+    sid: str
+    phone: str
+    body: str
+
+
+async def handle_inbound(app: Reminders, message: Inbound) -> str | None:
+    """A phone texted the clinic. Returns the one answer to send back, if any.
+
+    STOP-family and START-family words are answered by Twilio itself (and an app's answer
+    to an opted-out phone would fail), so those get none from us.
+    """
+    now = app.clock()
+    intent = domain.parse_reply(message.body)
+    region = app.settings.default_phone_region
+    async with app.write() as session:
+        seen = (
+            await session.scalars(select(db.Message).where(db.Message.provider_sid == message.sid))
+        ).first()
+        if seen is not None:
+            answer = await session.scalar(
+                select(db.Message.body).where(db.Message.in_reply_to == seen.id)
+            )
+            return answer
+        inbound = db.Message(
+            id=new_id(),
+            direction="inbound",
+            phone=message.phone,
+            body=message.body,
+            status="received",
+            provider_sid=message.sid,
+            reason=intent,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(inbound)
+        clients = (
+            await session.scalars(select(db.Client).where(db.Client.phone == message.phone))
+        ).all()
+        client_ids = [c.id for c in clients]
+        answer = None
+        if intent in ("opt_out", "opt_in"):
+            await set_consent(session, message.phone, intent == "opt_in", "sms", now)
+        else:
+            upcoming = (
+                await _next_session(session, client_ids, now, domain.UPCOMING) if clients else None
+            )
+            place = upcoming or (await _any_location(session))
+            ctx = texts.TextContext(
+                first_name=clients[0].first_name if clients else "",
+                location=place.location_name if place else app.settings.clinic_name,
+                phone=texts.display_phone(
+                    place.location_phone if place else app.settings.clinic_phone, region
+                ),
+            )
+            if intent == "help":
+                answer = texts.render("help", ctx)
+            elif not clients:
+                answer = texts.render("unknown_phone", ctx)
+            elif intent == "confirm":
+                target = await _next_session(session, client_ids, now, frozenset({"booked"}))
+                target = target or upcoming
+                if target is not None:
+                    ctx = texts.TextContext(
+                        first_name=next(c.first_name for c in clients if c.id == target.client_id),
+                        when=texts.local_when(target.start_at, ZoneInfo(target.location_timezone)),
+                        location=target.location_name,
+                        phone=ctx.phone,
+                    )
+                    answer = texts.render("ack_confirm", ctx)
+                else:
+                    answer = texts.render("ack_nothing_to_confirm", ctx)
+                await _announce_reply(session, message.phone, clients, target, "confirm")
+            elif intent == "reschedule":
+                answer = texts.render("ack_reschedule", ctx)
+                await _announce_reply(session, message.phone, clients, upcoming, "reschedule")
+            else:
+                answer = texts.render("other", ctx)
+                await _announce_reply(session, message.phone, clients, upcoming, "other")
+            if intent == "help" and clients:
+                await _announce_reply(session, message.phone, clients, upcoming, "help")
+        if answer is not None:
+            session.add(
+                db.Message(
+                    id=new_id(),
+                    direction="reply",
+                    phone=message.phone,
+                    body=answer,
+                    status="replied",
+                    in_reply_to=inbound.id,
+                    client_id=client_ids[0] if client_ids else None,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+    log.info("reply.received", phone=message.phone, intent=intent, known=bool(client_ids))
+    return answer
+
+
+async def _announce_reply(
+    session: AsyncSession,
+    phone: str,
+    clients: Sequence[db.Client],
+    target: db.Session | None,
+    intent: Literal["confirm", "reschedule", "help", "other"],
+) -> None:
+    client_id = target.client_id if target is not None else clients[0].id
+    await enqueue(
+        session,
+        events.make_event(
+            events.REPLY_RECEIVED,
+            SOURCE,
+            events.ReplyReceived(
+                phone=phone,
+                client_id=client_id,
+                session_id=target.id if target is not None else None,
+                intent=intent,
+            ),
+        ),
+    )
