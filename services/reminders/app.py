@@ -17,15 +17,11 @@ from typing import Any
 
 import structlog
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, Response
 from faststream.nats import NatsBroker
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 
 from services.reminders import api, delivery, jobs, planning, usecases
 from services.reminders.aftercare import AftercareLibrary
 from services.reminders.gate import Gate, gated_sessionmaker
-from services.reminders.lease import Lease
 from services.reminders.links import Links
 from services.reminders.migrate import upgrade
 from services.reminders.scheduler import build_scheduler
@@ -35,16 +31,12 @@ from shared import events
 from shared.auth import Authenticator
 from shared.broker import (
     Consumer,
-    ensure_consumer,
-    ensure_streams,
     jetstream,
-    make_broker,
-    publish_raw,
-    register_consumer,
-    watch_max_deliveries,
 )
 from shared.db import create_engine, is_sqlite
+from shared.lease import Lease
 from shared.outbox import OutboxRelay
+from shared.service import Messaging, add_ops_routes
 
 log = structlog.get_logger(__name__)
 
@@ -63,7 +55,7 @@ class Runtime:
     broker: NatsBroker
     relay: OutboxRelay
     consumers: list[Consumer]
-    nats_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    nats_ready: asyncio.Event
     lease: Lease | None = None
     role: str = "starting"
     became_active: asyncio.Event = field(default_factory=asyncio.Event)
@@ -110,36 +102,15 @@ def build_consumers(app: usecases.Reminders, settings: RemindersSettings) -> lis
     ]
 
 
-async def _connect_when_possible(runtime: Runtime) -> None:
-    """Bring NATS up in the background: webhooks work (and the outbox fills) while it is away."""
-    delay = 0.2
-    while True:
-        try:
-            await runtime.broker.connect()
-            js = jetstream(runtime.broker)
-            await ensure_streams(js)
-            for consumer in runtime.consumers:
-                await ensure_consumer(js, consumer)
-            await runtime.broker.start()
-            await watch_max_deliveries(runtime.broker, runtime.consumers)
-            runtime.nats_ready.set()
-            log.info("nats.ready", url=runtime.settings.nats_url)
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("nats.unavailable", error=f"{type(exc).__name__}: {exc}", retry_in=delay)
-            with contextlib.suppress(Exception):
-                await runtime.broker.stop()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
-
 async def _lead(runtime: Runtime) -> None:
     """Wait for the lease; while it is held, be the one scheduler."""
     await runtime.nats_ready.wait()
     app = runtime.reminders
-    lease = Lease(jetstream(runtime.broker), runtime.settings.scheduler_lease_seconds)
+    lease = Lease(
+        jetstream(runtime.broker),
+        key="reminders-scheduler",
+        ttl_seconds=runtime.settings.scheduler_lease_seconds,
+    )
     runtime.lease = lease
     while True:
         runtime.role = "standby"
@@ -187,14 +158,10 @@ def create_app(settings: RemindersSettings | None = None) -> FastAPI:
     engine = create_engine(settings.database_url)
     gate = Gate(enabled=is_sqlite(engine))
     sessions = gated_sessionmaker(engine, gate)
-    broker = make_broker(settings.nats_url, "reminders")
-
-    async def publish(subject: str, payload: bytes, msg_id: str) -> None:
-        if not runtime.nats_ready.is_set():
-            raise ConnectionError("NATS is not connected yet")
-        await publish_raw(jetstream(broker), subject, payload, msg_id)
-
-    relay = OutboxRelay(sessions, publish, poll_seconds=settings.outbox_poll_seconds)
+    messaging = Messaging(
+        "reminders", settings.nats_url, sessions, outbox_poll_seconds=settings.outbox_poll_seconds
+    )
+    broker, relay = messaging.broker, messaging.relay
     library = AftercareLibrary(settings.aftercare_dir)
     library.load()  # a broken aftercare file stops the start, with the file named
     links = Links(
@@ -209,10 +176,8 @@ def create_app(settings: RemindersSettings | None = None) -> FastAPI:
         aftercare=library,
         on_commit=relay.wake,
     )
-    consumers = build_consumers(reminders, settings)
-    for consumer in consumers:
-        register_consumer(broker, consumer, sessions)
-    runtime = Runtime(settings, reminders, broker, relay, consumers)
+    messaging.add_consumers(build_consumers(reminders, settings))
+    runtime = Runtime(settings, reminders, broker, relay, messaging.consumers, messaging.ready)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -221,20 +186,16 @@ def create_app(settings: RemindersSettings | None = None) -> FastAPI:
         reminders.sender = Sender(settings)
         reminders.planner_wakeup = asyncio.Event()
         reminders.batch.start()
-        relay.start()
-        connecting = asyncio.create_task(_connect_when_possible(runtime), name="nats-connect")
+        messaging.start()
         leading = asyncio.create_task(_lead(runtime), name="scheduler-lease")
         try:
             yield
         finally:
-            for task in (leading, connecting):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            leading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await leading
             await reminders.batch.stop()
-            await relay.stop()
-            with contextlib.suppress(Exception):
-                await broker.stop()
+            await messaging.stop()
             await reminders.sender.close()
             await engine.dispose()
 
@@ -250,32 +211,7 @@ def create_app(settings: RemindersSettings | None = None) -> FastAPI:
     authenticate = Authenticator(sessions, settings.admin_api_key)
     app.include_router(api.build_router(reminders, authenticate))
 
-    @app.get("/healthz", tags=["ops"])
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok", "role": runtime.role}
-
-    @app.get("/readyz", tags=["ops"])
-    async def readyz() -> JSONResponse:
-        checks: dict[str, str] = {}
-        try:
-            async with engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-            checks["database"] = "ok"
-        except Exception as exc:
-            checks["database"] = type(exc).__name__
-        connected = (
-            runtime.nats_ready.is_set()
-            and broker.connection is not None
-            and broker.connection.is_connected
-        )
-        checks["nats"] = "ok" if connected else "unavailable"
-        ready = all(v == "ok" for v in checks.values())
-        return JSONResponse(
-            {"ready": ready, "role": runtime.role, **checks}, status_code=200 if ready else 503
-        )
-
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    # The role is informative: a standby is as ready as the active scheduler.
+    add_ops_routes(app, engine, messaging, lambda: {"role": runtime.role})
 
     return app

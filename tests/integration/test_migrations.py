@@ -10,7 +10,7 @@ from alembic import command
 
 from shared.migrations import alembic_config
 
-SERVICES = ["booking", "referrals"]
+SERVICES = ["booking", "reminders", "referrals"]
 
 
 @pytest.mark.parametrize("service", SERVICES)
