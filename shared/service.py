@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
+import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -26,6 +27,7 @@ from shared.broker import (
     register_consumer,
     watch_max_deliveries,
 )
+from shared.logging import configure_logging
 from shared.outbox import OutboxRelay
 
 log = structlog.get_logger(__name__)
@@ -146,3 +148,29 @@ def add_ops_routes(
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def run_service(
+    create_app: Callable[[Any], FastAPI],
+    settings: Any,
+    *,
+    host: str,
+    port: int,
+    upgrade: Callable[[str], None],
+    argv: Sequence[str],
+) -> None:
+    """A service's ``__main__``: ``migrate`` only migrates the database; anything else serves.
+
+    ``settings`` is the service's settings object (log level, database URL).
+    """
+    configure_logging(settings.log_level)
+    if list(argv) == ["migrate"]:
+        upgrade(settings.database_url)
+        return
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )

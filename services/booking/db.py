@@ -12,34 +12,19 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    MetaData,
     String,
     Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from shared.auth import add_api_keys_table
 from shared.db import UtcDateTime as UtcDateTimeType
-from shared.inbox import add_inbox_table
-from shared.outbox import add_outbox_table
-
-NAMING = {
-    "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
+from shared.tables import service_metadata
 
 
 class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING)
+    metadata = service_metadata()
 
-
-outbox = add_outbox_table(Base.metadata)
-inbox = add_inbox_table(Base.metadata)
-api_keys = add_api_keys_table(Base.metadata)
 
 UtcDateTime = UtcDateTimeType()
 

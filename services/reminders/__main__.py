@@ -5,26 +5,21 @@ from __future__ import annotations
 
 import sys
 
-import uvicorn
-
 from services.reminders.app import create_app
 from services.reminders.migrate import upgrade
 from services.reminders.settings import RemindersSettings
-from shared.logging import configure_logging
+from shared.service import run_service
 
 
 def main() -> None:
     settings = RemindersSettings()
-    configure_logging(settings.log_level)
-    if sys.argv[1:] == ["migrate"]:
-        upgrade(settings.database_url)
-        return
-    uvicorn.run(
-        create_app(settings),
+    run_service(
+        create_app,
+        settings,
         host=settings.reminders_host,
         port=settings.reminders_port,
-        log_level=settings.log_level.lower(),
-        access_log=False,
+        upgrade=upgrade,
+        argv=sys.argv[1:],
     )
 
 

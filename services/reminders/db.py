@@ -14,7 +14,6 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
-    MetaData,
     String,
     Table,
     Text,
@@ -22,27 +21,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.auth import add_api_keys_table
 from shared.db import UtcDateTime as UtcDateTimeType
-from shared.inbox import add_inbox_table
-from shared.outbox import add_outbox_table
-
-NAMING = {
-    "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
+from shared.tables import service_metadata
 
 
 class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING)
+    metadata = service_metadata()
 
-
-outbox = add_outbox_table(Base.metadata)
-inbox = add_inbox_table(Base.metadata)
-api_keys = add_api_keys_table(Base.metadata)
 
 #: APScheduler's SQLAlchemyJobStore table, declared here so Alembic owns it (the store
 #: would create the same table itself; with it present, it creates nothing).
