@@ -4,6 +4,7 @@ over HTTP, the reminders app on a chosen port, and reminders as a child process.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
@@ -43,9 +44,13 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+_phone_numbers = itertools.count(uuid.uuid4().int % 10_000)
+
+
 def new_phone() -> str:
-    """A fresh US number the sandbox delivers to (555-01xx fictional range, random)."""
-    return f"+1212555{uuid.uuid4().int % 10_000:04d}"
+    """A US number no other test of this run has used (the sandbox keeps every thread, so a
+    random number shared by two tests would show one's messages in the other's count)."""
+    return f"+1212555{next(_phone_numbers) % 10_000:04d}"
 
 
 @dataclass

@@ -27,6 +27,7 @@ from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
 from tools.twilio_sandbox import SandboxSettings, create_app, sandbox_client, serve_in_thread
+from tools.twilio_sandbox.sandbox import AUTO_REPLIES
 
 ACCOUNT = "AC" + "a1" * 16
 TOKEN = "integration-test-token"
@@ -563,3 +564,20 @@ async def test_async_client_through_sandbox_client(sandbox: Running) -> None:
         assert fetched.sid == created.sid
     finally:
         await http.close()
+
+
+def test_help_is_left_to_the_application(sandbox: Running, receiver: Receiver) -> None:
+    """The clinic's Messaging Service hands HELP to the application, so the client gets
+    one answer (the clinic's), not Twilio's default as well; STOP still gets Twilio's."""
+    phone = "+15551110020"
+    sandbox.admin("POST", f"/_sandbox/phones/{phone}/reply", json={"body": "HELP"})
+    receiver.wait_for(lambda hits: any(h.params.get("Body") == "HELP" for h in hits))
+    sandbox.admin("POST", f"/_sandbox/phones/{phone}/reply", json={"body": "STOP"})
+    thread = [
+        m
+        for m in sandbox.admin("GET", "/_sandbox/messages").json()["messages"]
+        if phone in (m.get("to"), m.get("from"))
+    ]
+    bodies = [m["body"] for m in thread if m.get("to") == phone]
+    assert AUTO_REPLIES["help"] not in bodies
+    assert bodies.count(AUTO_REPLIES["stop"]) == 1

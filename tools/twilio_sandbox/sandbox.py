@@ -202,7 +202,7 @@ class Sandbox:
             self.store.opted_out.add(phone)
         elif word == "start":
             self.store.opted_out.discard(phone)
-        if word is not None:
+        if word is not None and (word != "help" or settings.twilio_answers_help):
             self._outbound_reply(phone, AUTO_REPLIES[word], from_twilio=True)
         result = await self.network.inbound_webhook(inbound, word.upper() if word else None)
         replies = [self._outbound_reply(phone, text) for text in result.replies]

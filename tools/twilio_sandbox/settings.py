@@ -55,6 +55,10 @@ class SandboxSettings(BaseSettings):
     port: int = 8025
     #: Where a phone's reply is posted, as Twilio posts an incoming SMS to the number's webhook.
     inbound_url: str = "http://127.0.0.1:8002/twilio/inbound"
+    #: Twilio answers HELP itself unless the Messaging Service's Advanced Opt-Out hands HELP
+    #: to the application. The clinic configures it so (its answer names the clinic and its
+    #: phone), so by default the sandbox leaves HELP to the application: one answer, not two.
+    twilio_answers_help: bool = False
     #: The one phone number the sandbox account owns; ``From`` must be this number.
     from_number: str = DEFAULT_FROM_NUMBER
     messaging_service_sid: str = Field(
