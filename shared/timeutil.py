@@ -18,13 +18,6 @@ def as_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
-def from_db(moment: datetime) -> datetime:
-    """SQLite hands datetimes back naive; they were stored as UTC."""
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
-
-
 def zone(name: str) -> ZoneInfo:
     """The IANA zone called ``name``; ``ValueError`` names it when it does not exist."""
     try:

@@ -10,11 +10,11 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, union_all
+from sqlalchemy import select, union_all
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
@@ -64,7 +64,6 @@ class Booking:
     clock: Callable[[], datetime] = utcnow
     default_phone_region: str = "US"
     on_commit: Callable[[], None] = lambda: None
-    _listeners: list[Callable[[], None]] = field(default_factory=list)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
@@ -876,11 +875,6 @@ async def issue_api_key(
             session, key_id=key_id, name=name, role=role, location_ids=location_ids
         )
         return key_id, key
-
-
-async def count_sessions(app: Booking) -> int:
-    async with app.read() as session:
-        return int(await session.scalar(select(func.count()).select_from(db.Session)) or 0)
 
 
 # ---------------------------------------------------------------------------------------

@@ -10,10 +10,8 @@ process is open and holds new ones back meanwhile. Other processes' transactions
 on their own, so the job store just waits for them. PostgreSQL locks rows, not the
 database, so there the gate is off.
 
-Writers of this process also queue on an asyncio lock before ``BEGIN IMMEDIATE``: SQLite
-lets one writer in at a time anyway, and its busy handler makes the others sleep in
-growing steps, which under a burst (hundreds of sends at once) costs far more than waiting
-in line.
+Writers of this process queue in line before ``BEGIN IMMEDIATE`` in
+``shared.db.transaction(write=True)``, as in every service.
 """
 
 from __future__ import annotations
@@ -23,9 +21,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
-
-from shared.db import SERIALIZED
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 
 class Gate:
@@ -37,8 +33,6 @@ class Gate:
         self._reopened = asyncio.Event()
         self._reopened.set()
         self._exclusive = asyncio.Lock()
-        #: One writing transaction of this process at a time.
-        self.writer = asyncio.Lock()
 
     async def enter(self) -> None:
         if not self.enabled:
@@ -72,12 +66,9 @@ class Gate:
 
 
 class GatedSession(AsyncSession):
-    """An ``AsyncSession`` that counts itself open with the gate from enter to exit, and
-    holds the writer lock from a serialized ``connection()`` (``transaction(write=True)``)
-    until it closes."""
+    """An ``AsyncSession`` that counts itself open with the gate from enter to exit."""
 
     gate: Gate
-    _writing = False
 
     async def __aenter__(self) -> GatedSession:
         await self.gate.enter()
@@ -88,20 +79,10 @@ class GatedSession(AsyncSession):
             raise
         return self
 
-    async def connection(self, *args: Any, **kwargs: Any) -> AsyncConnection:
-        options = kwargs.get("execution_options") or {}
-        if self.gate.enabled and options.get(SERIALIZED) and not self._writing:
-            await self.gate.writer.acquire()
-            self._writing = True
-        return await super().connection(*args, **kwargs)
-
     async def __aexit__(self, *exc: Any) -> None:
         try:
             await super().__aexit__(*exc)
         finally:
-            if self._writing:
-                self._writing = False
-                self.gate.writer.release()
             self.gate.leave()
 
 
