@@ -22,11 +22,11 @@ from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from nats.js import api
 from nats.js.client import JetStreamContext
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db import transaction
 from shared.events import DLQ_STREAM, STREAM_SUBJECTS, CloudEvent, dlq_subject, parse_event
 from shared.inbox import claim
+from shared.uow import UnitOfWork
 
 log = structlog.get_logger(__name__)
 
@@ -94,7 +94,6 @@ class Consumer:
     max_deliver: int = DEFAULT_MAX_DELIVER
     ack_wait_seconds: float = 30.0
     retry_base_seconds: float = 1.0
-    after_commit: Callable[[], None] | None = None
     dead_lettered: list[str] = field(default_factory=list)
 
     @property
@@ -171,10 +170,11 @@ async def dead_letter(
     )
 
 
-def register_consumer(
-    broker: NatsBroker, consumer: Consumer, sessions: async_sessionmaker[AsyncSession]
-) -> None:
-    """Attach ``consumer`` to the broker: parse, apply once, ack; or retry; or dead-letter."""
+def register_consumer(broker: NatsBroker, consumer: Consumer, uow: UnitOfWork) -> None:
+    """Attach ``consumer`` to the broker: parse, apply once, ack; or retry; or dead-letter.
+
+    The handler runs in ``uow.write()``: its after-commit hooks (the outbox relay, a
+    planner) run once its transaction has committed, before the ack."""
     subscriber = broker.subscriber(
         consumer.subject,
         stream=JStream(consumer.stream, declare=False),
@@ -203,7 +203,7 @@ def register_consumer(
             await message.reject()
             return
         try:
-            async with transaction(sessions, write=True) as session:
+            async with uow.write() as session:
                 if await claim(session, consumer.durable, event.id):
                     await consumer.handler(session, event)
         except Exception as exc:
@@ -229,8 +229,6 @@ def register_consumer(
                 await message.nack(delay=consumer.retry_delay(delivered))
             return
         await message.ack()
-        if consumer.after_commit is not None:
-            consumer.after_commit()
 
     subscriber(consume)
 

@@ -1,6 +1,7 @@
 """The transactional outbox: an event is written with the change it announces, then relayed.
 
-``enqueue`` adds the event to the caller's transaction. ``OutboxRelay`` publishes committed
+``enqueue`` adds the event to the caller's transaction and asks for the relay to be woken
+once it commits (``shared.uow.after_commit``). ``OutboxRelay`` publishes committed
 rows to JetStream, each with ``Nats-Msg-Id`` = the event id, and marks a row published
 only after the PubAck. If NATS is down the rows wait; nothing is lost and nothing leaves
 before its transaction commits.
@@ -8,8 +9,6 @@ before its transaction commits.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -32,6 +31,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from shared.db import UtcDateTime, transaction
 from shared.events import CloudEvent
 from shared.timeutil import utcnow
+from shared.uow import after_commit
+from shared.worker import Worker
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +51,9 @@ outbox = Table(
     Column("published_at", UtcDateTime(), nullable=True, index=True),
 )
 
+#: The waker name a transaction with events asks for (``UnitOfWork.on_commit``).
+OUTBOX = "outbox"
+
 Publish = Callable[[str, bytes, str], Awaitable[Any]]
 
 
@@ -59,7 +63,9 @@ def add_outbox_table(metadata: MetaData) -> Table:
 
 
 async def enqueue(session: AsyncSession, event: CloudEvent[Any]) -> None:
-    """Add ``event`` to the current transaction; it leaves only if the transaction commits."""
+    """Add ``event`` to the current transaction; it leaves only if the transaction commits,
+    and the relay is woken then."""
+    after_commit(session, OUTBOX)
     await session.execute(
         insert(outbox).values(
             event_id=event.id,
@@ -83,44 +89,22 @@ class OutboxRelay:
     ) -> None:
         self._sessions = sessions
         self._publish = publish
-        self._poll_seconds = poll_seconds
         self._batch_size = batch_size
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self.worker = Worker("outbox-relay", self._step, poll_seconds=poll_seconds)
         self.published = 0
 
     def wake(self) -> None:
         """Tell the relay a transaction with events just committed."""
-        self._wakeup.set()
+        self.worker.wake()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+        self.worker.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self.worker.stop()
 
-    async def _run(self) -> None:
-        failures = 0
-        while True:
-            try:
-                sent = await self.relay_once()
-                failures = 0
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failures += 1
-                delay = min(0.2 * 2**failures, 5.0)
-                log.warning("outbox.publish_failed", error=type(exc).__name__, retry_in=delay)
-                await asyncio.sleep(delay)
-                continue
-            if sent == self._batch_size:
-                continue  # more rows are waiting
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll_seconds)
-            self._wakeup.clear()
+    async def _step(self) -> bool:
+        return await self.relay_once() == self._batch_size  # a full batch: more are waiting
 
     async def relay_once(self) -> int:
         """Publish one batch of pending rows; returns how many were published."""

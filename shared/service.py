@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.broker import (
     Consumer,
@@ -28,7 +28,8 @@ from shared.broker import (
     watch_max_deliveries,
 )
 from shared.logging import configure_logging
-from shared.outbox import OutboxRelay
+from shared.outbox import OUTBOX, OutboxRelay
+from shared.uow import UnitOfWork
 
 log = structlog.get_logger(__name__)
 
@@ -44,15 +45,16 @@ class Messaging:
         self,
         service: str,
         nats_url: str,
-        sessions: async_sessionmaker[AsyncSession],
+        uow: UnitOfWork,
         *,
         outbox_poll_seconds: float = 1.0,
     ) -> None:
         self.service = service
         self.nats_url = nats_url
-        self.sessions = sessions
+        self.uow = uow
         self.broker = make_broker(nats_url, service)
-        self.relay = OutboxRelay(sessions, self._publish, poll_seconds=outbox_poll_seconds)
+        self.relay = OutboxRelay(uow.sessions, self._publish, poll_seconds=outbox_poll_seconds)
+        uow.on_commit(OUTBOX, self.relay.wake)
         self.consumers: list[Consumer] = []
         self.ready = asyncio.Event()
         self._on_ready: list[Callable[[], None]] = []
@@ -60,7 +62,7 @@ class Messaging:
 
     def add_consumers(self, consumers: Sequence[Consumer]) -> None:
         for consumer in consumers:
-            register_consumer(self.broker, consumer, self.sessions)
+            register_consumer(self.broker, consumer, self.uow)
             self.consumers.append(consumer)
 
     def when_ready(self, callback: Callable[[], None]) -> None:

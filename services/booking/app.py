@@ -22,11 +22,12 @@ from shared.auth import Authenticator
 from shared.broker import (
     Consumer,
 )
-from shared.db import create_engine, sessionmaker_for
+from shared.db import create_engine
 from shared.events import CloudEvent
 from shared.outbox import OutboxRelay
 from shared.process import freeze_startup_heap
 from shared.service import Messaging, add_ops_routes
+from shared.uow import UnitOfWork, after_commit
 
 log = structlog.get_logger(__name__)
 
@@ -58,7 +59,6 @@ def build_consumers(
         "stream": events.REMINDERS_STREAM,
         "max_deliver": settings.max_deliver,
         "retry_base_seconds": settings.retry_base_seconds,
-        "after_commit": booking.on_commit,
     }
     consumers = [
         Consumer(purpose="replies", subject=events.REPLY_RECEIVED, handler=on_reply, **common),
@@ -66,16 +66,16 @@ def build_consumers(
     ]
     if settings.calendar_sync_enabled:
         # Our own session events, to write them into linked CalDAV calendars.
+        async def on_session(session: Any, event: CloudEvent[Any]) -> None:
+            await calendar.on_session_event(session, event)
+            after_commit(session, calendar.wake_if_marked)
+
         consumers.append(
             Consumer(
                 purpose="caldav",
                 subject="booking.session.*",
-                handler=calendar.on_session_event,
-                **{
-                    **common,
-                    "stream": events.BOOKING_STREAM,
-                    "after_commit": calendar.wake_if_marked,
-                },
+                handler=on_session,
+                **{**common, "stream": events.BOOKING_STREAM},
             )
         )
     return consumers
@@ -84,9 +84,10 @@ def build_consumers(
 def create_app(settings: BookingSettings | None = None) -> FastAPI:
     settings = settings or BookingSettings()
     engine = create_engine(settings.database_url)
-    sessions = sessionmaker_for(engine)
+    uow = UnitOfWork(engine)
+    sessions = uow.sessions
     messaging = Messaging(
-        "booking", settings.nats_url, sessions, outbox_poll_seconds=settings.outbox_poll_seconds
+        "booking", settings.nats_url, uow, outbox_poll_seconds=settings.outbox_poll_seconds
     )
     relay = messaging.relay
     booking = usecases.Booking(

@@ -25,10 +25,11 @@ from shared.broker import (
     Consumer,
     jetstream,
 )
-from shared.db import create_engine, sessionmaker_for
+from shared.db import create_engine
 from shared.events import CloudEvent
 from shared.outbox import OutboxRelay
 from shared.service import Messaging, add_ops_routes
+from shared.uow import UnitOfWork, after_commit
 
 log = structlog.get_logger(__name__)
 
@@ -56,17 +57,18 @@ def build_consumers(referrals: usecases.Referrals, settings: ReferralsSettings) 
     async def on_client(session: Any, event: CloudEvent[Any]) -> None:
         await usecases.apply_client_event(referrals, session, event)
         referrals.remember_wakes(session)
+        after_commit(session, referrals.wake_remembered)
 
     async def on_session(session: Any, event: CloudEvent[Any]) -> None:
         await usecases.apply_session_event(referrals, session, event)
         referrals.remember_wakes(session)
+        after_commit(session, referrals.wake_remembered)
 
     common: dict[str, Any] = {
         "service": "referrals",
         "stream": events.BOOKING_STREAM,
         "max_deliver": settings.max_deliver,
         "retry_base_seconds": settings.retry_base_seconds,
-        "after_commit": referrals.wake_remembered,
     }
     return [
         Consumer(purpose="clients", subject=CLIENT_EVENTS, handler=on_client, **common),
@@ -77,9 +79,10 @@ def build_consumers(referrals: usecases.Referrals, settings: ReferralsSettings) 
 def create_app(settings: ReferralsSettings | None = None) -> FastAPI:
     settings = settings or ReferralsSettings()
     engine = create_engine(settings.database_url)
-    sessions = sessionmaker_for(engine)
+    uow = UnitOfWork(engine)
+    sessions = uow.sessions
     messaging = Messaging(
-        "referrals", settings.nats_url, sessions, outbox_poll_seconds=settings.outbox_poll_seconds
+        "referrals", settings.nats_url, uow, outbox_poll_seconds=settings.outbox_poll_seconds
     )
     broker, relay = messaging.broker, messaging.relay
     referrals = usecases.Referrals(

@@ -21,7 +21,6 @@ from faststream.nats import NatsBroker
 
 from services.reminders import api, delivery, jobs, planning, usecases
 from services.reminders.aftercare import AftercareLibrary
-from services.reminders.gate import Gate, gated_sessionmaker
 from services.reminders.links import Links
 from services.reminders.migrate import upgrade
 from services.reminders.scheduler import build_scheduler
@@ -33,10 +32,11 @@ from shared.broker import (
     Consumer,
     jetstream,
 )
-from shared.db import create_engine, is_sqlite
+from shared.db import create_engine
 from shared.lease import Lease
 from shared.outbox import OutboxRelay
 from shared.service import Messaging, add_ops_routes
+from shared.uow import UnitOfWork, after_commit
 
 log = structlog.get_logger(__name__)
 
@@ -64,18 +64,20 @@ class Runtime:
 def build_consumers(app: usecases.Reminders, settings: RemindersSettings) -> list[Consumer]:
     async def on_session(session: Any, event: events.CloudEvent[Any]) -> None:
         await usecases.apply_session_event(session, event)
+        after_commit(session, app.wake_planner)
 
     async def on_client(session: Any, event: events.CloudEvent[Any]) -> None:
         await usecases.apply_client_event(session, event)
+        after_commit(session, app.wake_planner)
 
     async def on_referral(session: Any, event: events.CloudEvent[Any]) -> None:
         await usecases.apply_referral_event(session, event)
+        after_commit(session, app.wake_planner)
 
     common: dict[str, Any] = {
         "service": "reminders",
         "max_deliver": settings.max_deliver,
         "retry_base_seconds": settings.retry_base_seconds,
-        "after_commit": app.wake_planner,
     }
     return [
         Consumer(
@@ -156,10 +158,10 @@ async def _lead(runtime: Runtime) -> None:
 def create_app(settings: RemindersSettings | None = None) -> FastAPI:
     settings = settings or RemindersSettings()
     engine = create_engine(settings.database_url)
-    gate = Gate(enabled=is_sqlite(engine))
-    sessions = gated_sessionmaker(engine, gate)
+    uow = UnitOfWork(engine)
+    gate, sessions = uow.gate, uow.sessions
     messaging = Messaging(
-        "reminders", settings.nats_url, sessions, outbox_poll_seconds=settings.outbox_poll_seconds
+        "reminders", settings.nats_url, uow, outbox_poll_seconds=settings.outbox_poll_seconds
     )
     broker, relay = messaging.broker, messaging.relay
     library = AftercareLibrary(settings.aftercare_dir)

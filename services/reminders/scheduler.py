@@ -21,8 +21,8 @@ from apscheduler.util import datetime_to_utc_timestamp
 from sqlalchemy import Engine, create_engine, event, select
 
 from services.reminders.db import JOBS_TABLE
-from services.reminders.gate import Gate
 from shared.db import sync_url
+from shared.gate import Gate
 
 log = structlog.get_logger(__name__)
 

@@ -23,13 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.reminders import db, domain
 from services.reminders.aftercare import AftercareLibrary
 from services.reminders.batch import GroupCommit
-from services.reminders.gate import Gate
 from services.reminders.links import Links
 from services.reminders.scheduler import GatedScheduler
 from services.reminders.sender import Sender
 from services.reminders.settings import RemindersSettings
 from shared import events
 from shared.db import transaction
+from shared.gate import Gate
 from shared.outbox import enqueue as _enqueue
 from shared.timeutil import as_utc, utcnow
 

@@ -27,9 +27,10 @@ from shared.broker import (
     make_broker,
     register_consumer,
 )
-from shared.db import create_engine, sessionmaker_for, transaction
+from shared.db import create_engine, transaction
 from shared.inbox import add_inbox_table
 from shared.natsd import EmbeddedNats, free_port
+from shared.uow import UnitOfWork
 from tests.integration.test_booking_api import (
     make_clinic,
     next_monday_at,
@@ -207,7 +208,8 @@ async def flaky_consumer(
     engine = create_engine(sqlite_url(tmp_path, "flaky"))
     async with engine.begin() as conn:
         await conn.run_sync(_metadata.create_all)
-    sessions = sessionmaker_for(engine)
+    uow = UnitOfWork(engine)
+    sessions = uow.sessions
     failures: dict[str, int] = {}
 
     async def handler(session: AsyncSession, event: events.CloudEvent[Any]) -> None:
@@ -227,7 +229,7 @@ async def flaky_consumer(
         retry_base_seconds=0.05,
     )
     broker: NatsBroker = make_broker(nats_url, "test")
-    register_consumer(broker, consumer, sessions)
+    register_consumer(broker, consumer, uow)
     await broker.connect()
     await ensure_streams(jetstream(broker))
     await ensure_consumer(jetstream(broker), consumer)

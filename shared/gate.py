@@ -1,5 +1,4 @@
-"""Keeps APScheduler's blocking job store and our asyncio sessions from deadlocking on SQLite,
-and keeps this process's writers from fighting over SQLite's lock.
+"""Keeps APScheduler's blocking job store and our asyncio sessions from deadlocking on SQLite.
 
 ``AsyncIOScheduler`` calls its ``SQLAlchemyJobStore`` synchronously on the event loop. On
 SQLite a write there waits for the database lock; if one of *our* coroutines holds that
@@ -10,8 +9,8 @@ process is open and holds new ones back meanwhile. Other processes' transactions
 on their own, so the job store just waits for them. PostgreSQL locks rows, not the
 database, so there the gate is off.
 
-Writers of this process queue in line before ``BEGIN IMMEDIATE`` in
-``shared.db.transaction(write=True)``, as in every service.
+Every service's :class:`~shared.uow.UnitOfWork` opens gated sessions on SQLite, so any of
+them can run a :class:`~shared.scheduling.LeasedScheduler`.
 """
 
 from __future__ import annotations

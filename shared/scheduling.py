@@ -1,0 +1,398 @@
+"""One APScheduler per cluster: the leased scheduler every service uses.
+
+APScheduler 3 (``AsyncIOScheduler``) runs in the one replica that holds a NATS KV lease
+(:mod:`shared.lease`); the others wait to take over. A job store is never shared by two
+schedulers (PITFALLS), and the lease makes sure of it.
+
+- Job store: the service's database (``SQLAlchemyJobStore`` on one blocking engine set up
+  here, WAL and a busy timeout on SQLite) or, for periodic jobs that are rebuilt at every
+  take-over, memory.
+- Job binding without globals: a stored job names a module-level function
+  (``"services.reminders.jobs:send_session_message"``) and carries ids only; the
+  :class:`BoundExecutor` runs the handler this process registered for that name, so which
+  database and which outbox the job acts on belongs to the process, not to the job.
+- SQLite: ``AsyncIOScheduler`` calls its job store synchronously on the event loop. Every
+  job store touch happens inside :meth:`shared.gate.Gate.exclusive` (no session of this
+  process open), so the store never waits for a lock only the blocked loop could free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.executors.asyncio import AsyncIOExecutor
+from apscheduler.job import Job
+from apscheduler.jobstores.base import BaseJobStore, JobLookupError
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.util import datetime_to_utc_timestamp
+from nats.js.client import JetStreamContext
+from sqlalchemy import Engine, create_engine, event, select
+
+from shared.db import sync_url
+from shared.gate import Gate
+from shared.lease import DEFAULT_BUCKET, Lease
+
+log = structlog.get_logger(__name__)
+
+JobHandler = Callable[..., Awaitable[Any]]
+
+
+def job_store_engine(database_url: str) -> Engine:
+    """The blocking engine of a job store. On SQLite: WAL, ``synchronous=NORMAL`` (a job
+    write costs well under a millisecond instead of an fsync) and a busy timeout."""
+    url = sync_url(database_url)
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+    engine = create_engine(url, connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    return engine
+
+
+class ChunkedJobStore(SQLAlchemyJobStore):
+    """Hands out at most ``max_due`` due jobs per look.
+
+    ``_process_jobs`` runs synchronously on the event loop and removes each job it starts
+    in a transaction of its own; ten thousand jobs due at once would block the loop for
+    seconds, long enough to lose the lease. With a cap the scheduler sees that the next job
+    is already due and wakes again at once, so the loop serves everything else between
+    chunks. An unreadable job (its function gone) is logged and dropped.
+    """
+
+    def __init__(self, *args: Any, max_due: int = 200, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_due = max_due
+
+    def get_due_jobs(self, now: datetime) -> list[Job]:
+        timestamp = datetime_to_utc_timestamp(now)
+        query = (
+            select(self.jobs_t.c.id, self.jobs_t.c.job_state)
+            .where(self.jobs_t.c.next_run_time <= timestamp)
+            .order_by(self.jobs_t.c.next_run_time)
+            .limit(self.max_due)
+        )
+        jobs: list[Job] = []
+        broken: list[str] = []
+        with self.engine.begin() as connection:
+            for row in connection.execute(query):
+                try:
+                    jobs.append(self._reconstitute_job(row.job_state))
+                except Exception:
+                    log.exception("job.unreadable", job=row.id)
+                    broken.append(row.id)
+            if broken:
+                connection.execute(self.jobs_t.delete().where(self.jobs_t.c.id.in_(broken)))
+        return jobs
+
+
+@dataclass(frozen=True)
+class JobStoreConfig:
+    """Where a scheduler keeps its jobs: a table of the service's database."""
+
+    database_url: str
+    table: str = "apscheduler_jobs"
+    max_due: int = 200
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job to put in the store: ``func`` is a ``"module:function"`` reference."""
+
+    func: str | Callable[..., Any]
+    id: str
+    trigger: str | BaseTrigger = "date"
+    args: Sequence[Any] = ()
+    run_date: datetime | None = None
+    misfire_grace_time: int | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+class _BoundJob:
+    """A job as the executor sees it, with its function bound to this process's handler."""
+
+    def __init__(self, job: Job, func: JobHandler) -> None:
+        self._job = job
+        self.func = func
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._job, name)
+
+    def __str__(self) -> str:
+        return str(self._job)
+
+
+class BoundExecutor(AsyncIOExecutor):
+    """Runs each job with the handler registered for its function reference; a job whose
+    reference has no handler runs its own function (in-memory periodic jobs)."""
+
+    def __init__(self, handlers: Mapping[str, JobHandler]) -> None:
+        super().__init__()
+        self._handlers = dict(handlers)
+
+    def _do_submit_job(self, job: Job, run_times: Any) -> None:
+        handler = self._handlers.get(job.func_ref)
+        super()._do_submit_job(_BoundJob(job, handler) if handler else job, run_times)
+
+
+class GatedScheduler(AsyncIOScheduler):
+    """Processes due jobs only inside :meth:`Gate.exclusive`, and coalesces wake-ups (one
+    per batch of added jobs instead of one per job)."""
+
+    def __init__(self, gate: Gate, **options: Any) -> None:
+        self.gate = gate
+        self._processing: asyncio.Task[None] | None = None
+        self._again = False
+        super().__init__(**options)
+
+    def wakeup(self) -> None:
+        loop = self._eventloop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._schedule_processing)
+
+    def _schedule_processing(self) -> None:
+        if self._processing is not None and not self._processing.done():
+            self._again = True
+            return
+        if self._eventloop is None:
+            return
+        self._processing = self._eventloop.create_task(self._process(), name="scheduler-wakeup")
+
+    async def _process(self) -> None:
+        while True:
+            self._again = False
+            async with self.gate.exclusive():
+                if not self.running or self._eventloop is None:
+                    return
+                self._stop_timer()
+                wait_seconds = self._process_jobs()
+                self._start_timer(wait_seconds)
+            if not self._again:
+                return
+
+    async def stop(self) -> None:
+        """Shut down without waiting for running jobs (they check the lease themselves)."""
+        if self._processing is not None:
+            self._processing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._processing
+        if self.running:
+            async with self.gate.exclusive():
+                # BaseScheduler.shutdown directly: AsyncIOScheduler's defers to call_soon.
+                super(AsyncIOScheduler, self).shutdown(wait=False)
+                self._stop_timer()
+                self._eventloop = None
+
+
+Hook = Callable[[], Awaitable[None]]
+
+
+class LeasedScheduler:
+    """Waits for the lease named ``key``; while it holds, runs the one scheduler.
+
+    ``on_active`` runs once the scheduler has started (repair, plan what the previous
+    holder left); ``on_standby`` once it stopped. ``on_missed`` hears of jobs that ran
+    too late to run. ``connected`` is set once NATS is reachable.
+    """
+
+    def __init__(
+        self,
+        *,
+        key: str,
+        gate: Gate,
+        jetstream: Callable[[], JetStreamContext],
+        connected: asyncio.Event,
+        lease_ttl_seconds: float,
+        lease_bucket: str = DEFAULT_BUCKET,
+        store: JobStoreConfig | None = None,
+        handlers: Mapping[str, JobHandler] | None = None,
+        on_active: Hook | None = None,
+        on_standby: Hook | None = None,
+        on_missed: Callable[[str, datetime], Coroutine[Any, Any, None]] | None = None,
+        job_defaults: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.key = key
+        self.gate = gate
+        self._jetstream = jetstream
+        self._connected = connected
+        self._ttl = lease_ttl_seconds
+        self._bucket = lease_bucket
+        self._store = store
+        self._handlers = dict(handlers or {})
+        self._on_active = on_active
+        self._on_standby = on_standby
+        self._on_missed = on_missed
+        self._job_defaults = dict(job_defaults or {"coalesce": True, "max_instances": 1})
+        self.lease: Lease | None = None
+        self.scheduler: GatedScheduler | None = None
+        self.role = "starting"
+        self.became_active = asyncio.Event()
+        self._engine: Engine | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._listener_tasks: set[asyncio.Task[None]] = set()
+
+    # -- what the service asks ----------------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        """This process holds the lease and its scheduler runs."""
+        return self.scheduler is not None and self.lease is not None and self.lease.held
+
+    async def add_jobs(self, jobs: Sequence[JobSpec]) -> bool:
+        """Put ``jobs`` in the store (replacing same ids); ``False`` when not active."""
+        return await self._touch_store(lambda s: [self._add(s, job) for job in jobs])
+
+    async def remove_jobs(self, job_ids: Sequence[str]) -> bool:
+        def remove(scheduler: GatedScheduler) -> None:
+            for job_id in job_ids:
+                with contextlib.suppress(JobLookupError):
+                    scheduler.remove_job(job_id)
+
+        return await self._touch_store(remove)
+
+    def job_ids(self) -> list[str]:
+        """Ids of the jobs in the store (the active scheduler only; tests and ops look)."""
+        return [job.id for job in self.scheduler.get_jobs()] if self.scheduler else []
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"scheduler-{self.key}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        await self._connected.wait()
+        delay = 0.5
+        while True:
+            self.role = "standby"
+            try:
+                if self.lease is None:
+                    self.lease = Lease(
+                        self._jetstream(), key=self.key, ttl_seconds=self._ttl, bucket=self._bucket
+                    )
+                await self.lease.acquire()
+                await self._lead(self.lease)
+                delay = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "scheduler.lease_error",
+                    key=self.key,
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in=delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _lead(self, lease: Lease) -> None:
+        """Run the scheduler while the lease holds; return when it is lost."""
+        keeper = asyncio.create_task(lease.keep(), name=f"lease-keeper-{self.key}")
+        try:
+            scheduler = self._build()
+            async with self.gate.exclusive():
+                scheduler.start()
+            self.scheduler = scheduler
+            if self._on_active is not None:
+                await self._on_active()
+            self.role = "active"
+            self.became_active.set()
+            log.info("scheduler.active", key=self.key, holder=lease.holder)
+            await lease.lost.wait()
+            log.warning("scheduler.standing_down", key=self.key, holder=lease.holder)
+        finally:
+            self.role = "standby"
+            self.became_active.clear()
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            scheduler_, self.scheduler = self.scheduler, None
+            if scheduler_ is not None:
+                await scheduler_.stop()
+            engine, self._engine = self._engine, None
+            if engine is not None:
+                engine.dispose()
+            if self._on_standby is not None:
+                with contextlib.suppress(Exception):
+                    await self._on_standby()
+            await lease.release()
+
+    def _build(self) -> GatedScheduler:
+        store: BaseJobStore
+        if self._store is None:
+            store = MemoryJobStore()
+        else:
+            self._engine = job_store_engine(self._store.database_url)
+            store = ChunkedJobStore(
+                engine=self._engine, tablename=self._store.table, max_due=self._store.max_due
+            )
+        scheduler = GatedScheduler(
+            self.gate,
+            jobstores={"default": store},
+            executors={"default": BoundExecutor(self._handlers)},
+            job_defaults=self._job_defaults,
+            timezone="UTC",
+        )
+        scheduler.add_listener(self._on_event, EVENT_JOB_MISSED | EVENT_JOB_ERROR)
+        return scheduler
+
+    def _on_event(self, evt: JobExecutionEvent) -> None:
+        if evt.code == EVENT_JOB_ERROR:
+            log.error("job.failed", job=evt.job_id, error=type(evt.exception).__name__)
+        elif evt.code == EVENT_JOB_MISSED and self._on_missed is not None:
+            task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
+                self._on_missed(evt.job_id, evt.scheduled_run_time)
+            )
+            self._listener_tasks.add(task)
+            task.add_done_callback(self._listener_tasks.discard)
+
+    # -- job store access ------------------------------------------------------------------
+
+    @staticmethod
+    def _add(scheduler: GatedScheduler, job: JobSpec) -> None:
+        options: dict[str, Any] = {"replace_existing": True, **job.options}
+        if job.run_date is not None:
+            options["run_date"] = job.run_date
+        scheduler.add_job(
+            job.func,
+            trigger=job.trigger,
+            args=list(job.args),
+            id=job.id,
+            misfire_grace_time=job.misfire_grace_time,
+            **options,
+        )
+
+    async def _touch_store(self, work: Callable[[GatedScheduler], Any]) -> bool:
+        """Run blocking job store work: on SQLite inside the gate (on the loop, no session
+        open), elsewhere on a thread so the loop keeps serving."""
+        scheduler = self.scheduler
+        if scheduler is None:
+            return False
+        if self.gate.enabled:
+            async with self.gate.exclusive():
+                work(scheduler)
+        else:
+            await asyncio.to_thread(work, scheduler)
+        return True
