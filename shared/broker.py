@@ -10,27 +10,52 @@ delivery, or at once when the message cannot even be parsed, the raw message goe
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Sequence
+import logging
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import nats.errors
 import nats.js.errors
 import structlog
 from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from faststream.nats.subscriber.usecases.stream_pull_subscriber import PullStreamSubscriber
 from nats.js import api
 from nats.js.client import JetStreamContext
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.events import DLQ_STREAM, STREAM_SUBJECTS, CloudEvent, dlq_subject, parse_event
+from shared.events import (
+    DLQ_STREAM,
+    STREAM_SUBJECTS,
+    CloudEvent,
+    Payload,
+    Subscription,
+    dlq_subject,
+    parse_event,
+)
 from shared.inbox import claim
 from shared.uow import UnitOfWork
 
 log = structlog.get_logger(__name__)
 
-EventHandler = Callable[[AsyncSession, CloudEvent[Any]], Awaitable[None]]
+P = TypeVar("P")
+M = TypeVar("M", bound=Payload)
+
+
+class Handler(Protocol[P]):
+    """Applies one event of payload ``P`` inside the consumer's transaction."""
+
+    def __call__(self, session: AsyncSession, event: CloudEvent[P], /) -> Awaitable[None]: ...
+
+
+EventHandler = Handler[Any]
+
+#: FastStream's own per-message lines ("Received", "Processed") go to this logger at
+#: DEBUG. It propagates to the root logger, so the service's LOG_LEVEL decides; at the
+#: default INFO an idle or busy service prints no line per message.
+BROKER_LOGGER = logging.getLogger("shared.broker.faststream")
 
 #: Dead-letter after this many deliveries unless a consumer says otherwise.
 DEFAULT_MAX_DELIVER = 5
@@ -38,14 +63,38 @@ DUPLICATE_WINDOW_SECONDS = 120
 
 
 def make_broker(nats_url: str, name: str) -> NatsBroker:
-    """A broker that keeps reconnecting for as long as the service lives."""
+    """A broker that keeps reconnecting for as long as the service lives, and whose
+    per-message log lines are DEBUG lines of :data:`BROKER_LOGGER` (FastStream's own
+    logger prints them at INFO whatever the service's level)."""
     return NatsBroker(
         nats_url,
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
         connect_timeout=2,
+        logger=BROKER_LOGGER,
+        log_level=logging.DEBUG,
     )
+
+
+class QuietPullSubscriber(PullStreamSubscriber):
+    """FastStream's pull subscriber, minus a traceback every so often at idle.
+
+    nats-py's ``fetch`` lets the built-in ``TimeoutError`` out when a pull's deadline runs
+    out between its two requests (``_fetch_n``: ``raise asyncio.TimeoutError``), where it
+    otherwise raises ``nats.errors.TimeoutError``. FastStream's loop suppresses only the
+    latter, so the built-in one ends the task; FastStream's supervisor then logs an ERROR
+    with a traceback and restarts it. An empty pull is no error: go on pulling.
+    """
+
+    __slots__ = ()
+
+    async def _consume_pull(self, cb: Any) -> None:
+        while self.running:
+            try:
+                await super()._consume_pull(cb)
+            except TimeoutError:
+                continue  # an empty pull, see the class docstring
 
 
 def jetstream(broker: NatsBroker) -> JetStreamContext:
@@ -83,18 +132,50 @@ async def publish_raw(
 
 
 @dataclass
-class Consumer:
-    """One durable pull consumer of one subject and the handler that applies its events."""
+class Consumer(Generic[P]):
+    """One durable pull consumer of one subject and the handler that applies its events.
+
+    ``Consumer[SessionEvent]`` takes a handler of ``CloudEvent[SessionEvent]``. Build it
+    from the contract with :meth:`of`; when ``payload`` is set, an event carrying another
+    payload is dead-lettered rather than handed to the handler."""
 
     service: str
     purpose: str
     stream: str
     subject: str
-    handler: EventHandler
+    handler: Handler[P]
     max_deliver: int = DEFAULT_MAX_DELIVER
     ack_wait_seconds: float = 30.0
     retry_base_seconds: float = 1.0
     dead_lettered: list[str] = field(default_factory=list)
+    payload: type[P] | None = None
+
+    @staticmethod
+    def of(
+        subscription: Subscription[M],
+        handler: Handler[M],
+        *,
+        max_deliver: int = DEFAULT_MAX_DELIVER,
+        ack_wait_seconds: float = 30.0,
+        retry_base_seconds: float = 1.0,
+    ) -> Consumer[M]:
+        """The consumer of a subscription declared in ``shared.events``.
+
+        ``Consumer.of(events.REMINDERS_SESSIONS, on_session)`` where ``on_session`` takes
+        ``CloudEvent[SessionEvent]``: mypy checks the handler against the subscription's
+        payload (``events.REMINDERS_SESSIONS`` is a ``Subscription[SessionEvent]``).
+        """
+        return Consumer(
+            service=subscription.service,
+            purpose=subscription.purpose,
+            stream=subscription.stream,
+            subject=subscription.subject,
+            handler=handler,
+            max_deliver=max_deliver,
+            ack_wait_seconds=ack_wait_seconds,
+            retry_base_seconds=retry_base_seconds,
+            payload=subscription.payload,
+        )
 
     @property
     def durable(self) -> str:
@@ -116,7 +197,7 @@ class Consumer:
         return float(min(self.retry_base_seconds * 2 ** max(delivered - 1, 0), 300.0))
 
 
-async def ensure_consumer(js: JetStreamContext, consumer: Consumer) -> None:
+async def ensure_consumer(js: JetStreamContext, consumer: Consumer[Any]) -> None:
     """Create the durable consumer or update it when the code changed its config."""
     config = consumer.consumer_config()
     try:
@@ -141,7 +222,7 @@ async def ensure_consumer(js: JetStreamContext, consumer: Consumer) -> None:
 
 async def dead_letter(
     js: JetStreamContext,
-    consumer: Consumer,
+    consumer: Consumer[Any],
     payload: bytes,
     *,
     subject: str,
@@ -170,7 +251,7 @@ async def dead_letter(
     )
 
 
-def register_consumer(broker: NatsBroker, consumer: Consumer, uow: UnitOfWork) -> None:
+def register_consumer(broker: NatsBroker, consumer: Consumer[Any], uow: UnitOfWork) -> None:
     """Attach ``consumer`` to the broker: parse, apply once, ack; or retry; or dead-letter.
 
     The handler runs in ``uow.write()``: its after-commit hooks (the outbox relay, a
@@ -184,6 +265,9 @@ def register_consumer(broker: NatsBroker, consumer: Consumer, uow: UnitOfWork) -
         ack_policy=AckPolicy.MANUAL,
         title=consumer.durable,
     )
+    if type(subscriber) is not PullStreamSubscriber:  # pragma: no cover - a FastStream upgrade
+        raise TypeError(f"expected FastStream's PullStreamSubscriber, got {type(subscriber)}")
+    subscriber.__class__ = QuietPullSubscriber  # same slots: only _consume_pull differs
 
     async def consume(message: NatsMessage) -> None:
         raw = message.raw_message
@@ -191,6 +275,11 @@ def register_consumer(broker: NatsBroker, consumer: Consumer, uow: UnitOfWork) -
         js = jetstream(broker)
         try:
             event = parse_event(raw.data, expected_type=raw.subject)
+            if consumer.payload is not None and not isinstance(event.data, consumer.payload):
+                raise ValueError(
+                    f"{raw.subject} carries {type(event.data).__name__}, "
+                    f"not {consumer.payload.__name__}"
+                )
         except (ValidationError, ValueError) as exc:
             await dead_letter(
                 js,
@@ -233,7 +322,7 @@ def register_consumer(broker: NatsBroker, consumer: Consumer, uow: UnitOfWork) -
     subscriber(consume)
 
 
-async def watch_max_deliveries(broker: NatsBroker, consumers: Sequence[Consumer]) -> None:
+async def watch_max_deliveries(broker: NatsBroker, consumers: Sequence[Consumer[Any]]) -> None:
     """Dead-letter what the server gave up on without our handler deciding (e.g. ack timeouts).
 
     After ``max_deliver`` the server only publishes an advisory with the stream sequence;
@@ -268,8 +357,12 @@ async def watch_max_deliveries(broker: NatsBroker, consumers: Sequence[Consumer]
 
 
 __all__ = [
+    "BROKER_LOGGER",
     "DLQ_STREAM",
     "Consumer",
+    "EventHandler",
+    "Handler",
+    "QuietPullSubscriber",
     "dead_letter",
     "ensure_consumer",
     "ensure_streams",

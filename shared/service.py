@@ -1,6 +1,6 @@
 """What every service's composition root needs around NATS: the broker, the durable
 consumers, the outbox relay, a connection made whenever NATS is reachable, and the
-``/healthz``, ``/readyz`` and ``/metrics`` routes."""
+``/healthz``, ``/readyz``, ``/metrics`` and ``/asyncapi.json`` routes."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared import asyncapi
 from shared.broker import (
     Consumer,
     ensure_consumer,
@@ -55,12 +56,12 @@ class Messaging:
         self.broker = make_broker(nats_url, service)
         self.relay = OutboxRelay(uow.sessions, self._publish, poll_seconds=outbox_poll_seconds)
         uow.on_commit(OUTBOX, self.relay.wake)
-        self.consumers: list[Consumer] = []
+        self.consumers: list[Consumer[Any]] = []
         self.ready = asyncio.Event()
         self._on_ready: list[Callable[[], None]] = []
         self._connecting: asyncio.Task[None] | None = None
 
-    def add_consumers(self, consumers: Sequence[Consumer]) -> None:
+    def add_consumers(self, consumers: Sequence[Consumer[Any]]) -> None:
         for consumer in consumers:
             register_consumer(self.broker, consumer, self.uow)
             self.consumers.append(consumer)
@@ -127,7 +128,9 @@ def add_ops_routes(
     details: Callable[[], dict[str, Any]] | None = None,
 ) -> None:
     """``/healthz`` (the process answers), ``/readyz`` (database and NATS reachable; 503
-    otherwise) and ``/metrics`` (Prometheus). ``details`` adds informative fields."""
+    otherwise), ``/metrics`` (Prometheus) and ``/asyncapi.json`` (the AsyncAPI 3.0
+    document of the events ``messaging.service`` publishes and consumes, generated from
+    ``shared.events``). ``details`` adds informative fields to ``/readyz``."""
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
@@ -150,6 +153,22 @@ def add_ops_routes(
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    events_document: list[dict[str, Any]] = []  # built on the first request, then kept
+
+    @app.get("/asyncapi.json", tags=["ops"], response_class=JSONResponse)
+    async def asyncapi_json() -> JSONResponse:
+        """The AsyncAPI 3.0 document of the events this service publishes and consumes."""
+        if not events_document:
+            events_document.append(
+                asyncapi.document(
+                    messaging.service,
+                    title=f"{app.title} events",
+                    version=app.version,
+                    nats_url=messaging.nats_url,
+                )
+            )
+        return JSONResponse(events_document[0])
 
 
 def run_service(
