@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -130,7 +131,9 @@ def add_ops_routes(
     """``/healthz`` (the process answers), ``/readyz`` (database and NATS reachable; 503
     otherwise), ``/metrics`` (Prometheus) and ``/asyncapi.json`` (the AsyncAPI 3.0
     document of the events ``messaging.service`` publishes and consumes, generated from
-    ``shared.events``). ``details`` adds informative fields to ``/readyz``."""
+    ``shared.events``). ``details`` adds informative fields to ``/readyz``.
+    ``app.state.messaging`` is the service's link to NATS (its consumers, for tests)."""
+    app.state.messaging = messaging
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
@@ -185,6 +188,10 @@ def run_service(
     ``settings`` is the service's settings object (log level, database URL).
     """
     configure_logging(settings.log_level)
+    if logging.getLevelName(settings.log_level.upper()) != logging.DEBUG:
+        # APScheduler logs every job run at INFO ("Running job", "executed successfully"):
+        # a line per poll of every periodic job. Its warnings and errors still show.
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
     if list(argv) == ["migrate"]:
         upgrade(settings.database_url)
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -106,3 +107,48 @@ def test_production_refuses_the_documented_dev_key() -> None:
     assert (
         ServiceSettings(app_env="production", admin_api_key="a-real-secret").app_env == "production"
     )
+
+
+def test_subject_filters_follow_nats_wildcards() -> None:
+    assert events.subject_matches("booking.session.*", "booking.session.booked")
+    assert events.subject_matches("booking.>", "booking.session.booked")
+    assert not events.subject_matches("booking.session.*", "booking.session")
+    assert not events.subject_matches("booking.*", "booking.session.booked")
+    assert not events.subject_matches("booking.client.>", "booking.client")
+    assert events.subject_matches("reminders.reply.received", "reminders.reply.received")
+
+
+def test_a_subscription_must_cover_subjects_of_its_one_payload() -> None:
+    with pytest.raises(ValueError, match="does not carry"):
+        events.Subscription("x", "all", "BOOKING", "booking.>", events.SessionEvent, "")
+    with pytest.raises(ValueError, match="matches no subject"):
+        events.Subscription("x", "none", "BOOKING", "booking.nothing.*", events.SessionEvent, "")
+    with pytest.raises(ValueError, match="not in stream"):
+        events.Subscription("x", "s", "REMINDERS", "booking.session.*", events.SessionEvent, "")
+    assert events.REMINDERS_SESSIONS.durable == "reminders-sessions"
+    assert events.SESSION_NO_SHOW in events.REMINDERS_SESSIONS.subjects
+
+
+def test_a_consumer_built_from_a_subscription_carries_its_payload() -> None:
+    from shared.broker import Consumer
+
+    async def on_session(_session: Any, _event: events.CloudEvent[events.SessionEvent]) -> None:
+        return None
+
+    consumer = Consumer.of(events.REFERRALS_SESSIONS, on_session, max_deliver=3)
+    assert (consumer.durable, consumer.stream, consumer.subject) == (
+        "referrals-sessions",
+        "BOOKING",
+        "booking.session.*",
+    )
+    assert consumer.payload is events.SessionEvent and consumer.max_deliver == 3
+
+
+def test_an_older_consumer_ignores_nested_fields_a_newer_producer_added() -> None:
+    event = events.make_event(events.SESSION_BOOKED, "booking", session_payload())
+    wire = json.loads(event.model_dump_json())
+    wire["data"]["client"]["pronouns"] = "she/her"
+    parsed = events.parse_event(json.dumps(wire).encode())
+    assert parsed.data.client.first_name == "Maria"
+    with pytest.raises(ValidationError, match="pronouns"):
+        events.SessionEvent.model_validate(wire["data"])  # a producer may not send it
