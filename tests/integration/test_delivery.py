@@ -3,7 +3,12 @@ and booking's consumers applying each event once."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.booking.app import create_app
 from shared import events
 from shared.broker import (
+    BROKER_LOGGER,
     Consumer,
+    QuietPullSubscriber,
     ensure_consumer,
     ensure_streams,
     jetstream,
@@ -318,3 +325,130 @@ async def test_changed_consumer_config_is_applied_on_start(nats_url: str) -> Non
     await broker.stop()
     assert info.config.max_deliver == 7
     assert info.config.ack_wait == 12
+
+
+# -- quiet at idle: no traceback, no line per message or poll --------------------------
+
+
+async def test_a_pull_ending_in_the_builtin_timeout_error_is_no_error(
+    tmp_path: Path, nats_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """nats-py's fetch lets the built-in TimeoutError out when a pull's deadline runs out
+    between its two requests (PITFALLS); FastStream would log a traceback and restart the
+    pull task. Forced here three times: the same task pulls on, nothing is logged."""
+    engine = create_engine(sqlite_url(tmp_path, "quiet"))
+    async with engine.begin() as conn:
+        await conn.run_sync(_metadata.create_all)
+    seen: list[str] = []
+
+    async def handler(_session: AsyncSession, event: events.CloudEvent[Any]) -> None:
+        seen.append(event.id)
+
+    consumer = Consumer(
+        service="test",
+        purpose=f"quiet{uuid.uuid4().hex[:8]}",
+        stream=events.REMINDERS_STREAM,
+        subject=events.REPLY_RECEIVED,
+        handler=handler,
+        payload=events.ReplyReceived,
+    )
+    broker = make_broker(nats_url, "test")
+    register_consumer(broker, consumer, UnitOfWork(engine))
+    (subscriber,) = broker.subscribers
+    assert isinstance(subscriber, QuietPullSubscriber)
+    caplog.set_level(logging.DEBUG, logger=BROKER_LOGGER.name)
+    await broker.connect()
+    await ensure_streams(jetstream(broker))
+    await ensure_consumer(jetstream(broker), consumer)
+    await broker.start()
+    try:
+        pull = subscriber.subscription
+        assert pull is not None
+        real_fetch, raised = pull.fetch, []
+
+        async def fetch(*args: Any, **kwargs: Any) -> Any:
+            if len(raised) < 3:
+                raised.append(1)
+                raise TimeoutError  # nats-py's `raise asyncio.TimeoutError` in _fetch_n
+            return await real_fetch(*args, **kwargs)
+
+        loops = list(subscriber.tasks)
+        pull.fetch = fetch  # type: ignore[method-assign]
+
+        async def timed_out_thrice() -> bool:
+            return len(raised) == 3
+
+        await eventually(timed_out_thrice, what="three pulls ending in TimeoutError")
+        event = reply_event("+12125550123")
+        await publish_event(nats_url, event)
+
+        async def applied_it() -> bool:
+            return event.id in seen
+
+        await eventually(applied_it, what="the next event, pulled by the same loop")
+        assert subscriber.tasks == loops, "the pull task was restarted"
+        noisy = [r for r in caplog.records if r.levelno >= logging.INFO]
+        assert not noisy, [r.getMessage()[:100] for r in noisy]
+        assert {r.getMessage() for r in caplog.records} >= {"Received", "Processed"}  # DEBUG
+    finally:
+        await broker.stop()
+        await engine.dispose()
+
+
+SERVICES = ("booking", "reminders", "referrals")
+#: Long enough that the pull loops of the eight consumers run through several timeouts.
+IDLE_SECONDS = 6.0
+
+
+async def test_running_services_at_idle_print_nothing(tmp_path: Path, nats_url: str) -> None:
+    """Each service as `python -m services.<name>` at the default LOG_LEVEL: once started,
+    a few seconds of idle print no line, and nothing ever prints a traceback."""
+    procs: dict[str, tuple[subprocess.Popen[bytes], Path, int]] = {}
+    for service in SERVICES:
+        port, out = free_port(), tmp_path / f"{service}.out"
+        env = {
+            **os.environ,
+            "NATS_URL": nats_url,
+            "VAR_DIR": str(tmp_path / "var"),
+            f"{service.upper()}_PORT": str(port),
+            f"{service.upper()}_DATABASE_URL": sqlite_url(tmp_path, service),
+        }
+        env.pop("LOG_LEVEL", None)
+        with out.open("wb") as sink:
+            process = subprocess.Popen(
+                [sys.executable, "-m", f"services.{service}"],
+                cwd=Path(__file__).resolve().parents[2],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+        procs[service] = (process, out, port)
+    try:
+        for _process, _out, port in procs.values():
+            await wait_ready(f"http://127.0.0.1:{port}", timeout=60)
+        sizes = {service: -1 for service in procs}
+
+        async def settled() -> bool:
+            """Start-up lines (lease taken, scheduler active) have stopped coming."""
+            now = {s: out.stat().st_size for s, (_p, out, _port) in procs.items()}
+            if now == sizes:
+                return True
+            sizes.update(now)
+            await asyncio.sleep(1.0)
+            return False
+
+        await eventually(settled, timeout=60, what="the services to finish starting")
+        # The claim is about silence over time: watch for a while (no event to wait for).
+        await asyncio.sleep(IDLE_SECONDS)
+        for service, (_process, out, _port) in procs.items():
+            idle = out.read_bytes()[sizes[service] :].decode(errors="replace")
+            assert idle == "", f"{service} printed at idle:\n{idle[:2000]}"
+    finally:
+        for process, _out, _port in procs.values():
+            process.terminate()
+        for process, _out, _port in procs.values():
+            process.wait(timeout=30)
+    for service, (_process, out, _port) in procs.items():
+        text = out.read_text(errors="replace")
+        assert "Traceback" not in text and "ERROR" not in text, f"{service}:\n{text[-3000:]}"
