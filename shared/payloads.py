@@ -5,16 +5,28 @@ producer sends (``extra="forbid"``). ``shared.events`` says which subject carrie
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+
+def _is_none(value: object) -> bool:
+    return value is None
+
+
+def when_known(**kwargs: Any) -> Any:
+    """An optional field left out of the JSON while it is ``None``: a field its producer
+    sends only in some cases, or one added to a payload after its producer was written
+    (the events it sends stay byte for byte what they were)."""
+    return Field(default=None, exclude_if=_is_none, **kwargs)
 
 
 class Payload(BaseModel):
     """Base of every payload: it declares every field its producer sends.
 
-    Every declared field is on the wire (``null`` when unset), so the schema a document
-    shows for what is *sent* lists them all as present."""
+    Every declared field is on the wire (``null`` when unset) except those declared
+    with :func:`when_known`; the schema a document shows for what is *sent* marks
+    exactly those as optional."""
 
     model_config = ConfigDict(extra="forbid", json_schema_serialization_defaults_required=True)
 
@@ -27,7 +39,7 @@ class ClientRef(Payload):
     phone: str
     sms_consent: bool
     #: BCP 47; absent until booking keeps a language per client.
-    language: str | None = None
+    language: str | None = when_known()
 
 
 class TherapistRef(Payload):
@@ -67,7 +79,7 @@ class SessionEvent(Payload):
     service: ServiceRef
     room_id: str
     #: The client's own signed page for this session.
-    manage_url: str | None = None
+    manage_url: str | None = when_known()
 
 
 class ClientDetails(Payload):
@@ -180,7 +192,7 @@ class ReplyReceived(Payload):
     session_id: str | None = None
     intent: ReplyIntent
     #: The waitlist offer a ``claim`` takes.
-    offer_id: str | None = None
+    offer_id: str | None = when_known()
 
 
 class ConsentChanged(Payload):
@@ -218,11 +230,12 @@ class ReferralEvent(Payload):
     urgency: str | None = None
     version: int | None = None
     #: Why it was declined, cancelled, expired or failed.
-    status_reason: str | None = None
-    first_visit_at: datetime | None = None
+    status_reason: str | None = when_known()
+    first_visit_at: datetime | None = when_known()
     #: Until when the partner may answer (while an answer is awaited).
-    respond_by: datetime | None = None
-    client: ClientRef | None = None
+    respond_by: datetime | None = when_known()
+    #: The client as referrals knows them (absent while it does not).
+    client: ClientRef | None = when_known()
 
 
 class ComponentProgress(Payload):

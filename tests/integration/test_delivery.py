@@ -426,7 +426,7 @@ async def test_running_services_at_idle_print_nothing(tmp_path: Path, nats_url: 
         procs[service] = (process, out, port)
     try:
         for _process, _out, port in procs.values():
-            await wait_ready(f"http://127.0.0.1:{port}", timeout=60)
+            await wait_ready(f"http://127.0.0.1:{port}", timeout=180)  # a busy machine
         sizes = {service: -1 for service in procs}
 
         async def settled() -> bool:
@@ -438,7 +438,7 @@ async def test_running_services_at_idle_print_nothing(tmp_path: Path, nats_url: 
             await asyncio.sleep(1.0)
             return False
 
-        await eventually(settled, timeout=60, what="the services to finish starting")
+        await eventually(settled, timeout=120, what="the services to finish starting")
         # The claim is about silence over time: watch for a while (no event to wait for).
         await asyncio.sleep(IDLE_SECONDS)
         for service, (_process, out, _port) in procs.items():
