@@ -1,8 +1,6 @@
 """Calendars: the ICS feeds (token in the URL, no API key: calendar apps cannot send
 headers) and the links to outside calendars (admin only)."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response

@@ -1,7 +1,5 @@
 """Client records, for the front desk and admins."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query

@@ -1,7 +1,5 @@
 """API keys, issued by an admin."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 from fastapi import APIRouter, Depends

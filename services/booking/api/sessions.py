@@ -1,7 +1,5 @@
 """Availability, booking, and every change of a session."""
 
-from __future__ import annotations
-
 from datetime import datetime
 from typing import Annotated, Any
 

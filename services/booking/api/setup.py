@@ -1,7 +1,5 @@
 """Locations and rooms, treatments ("services" in the contract), therapists and their time off."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
