@@ -297,7 +297,7 @@ def direct_put_rate(radicale: str, calendars: int, events: int) -> float:
 
     import icalendar
 
-    from services.booking.calendar_caldav import CalDavCalendar, Credentials
+    from services.booking.calendar.caldav import CalDavCalendar, Credentials
 
     def resource(n: int) -> bytes:
         event = icalendar.Event()

@@ -1,4 +1,5 @@
-"""Booking's composition root: database, broker, consumers, outbox relay and the HTTP app."""
+"""Booking's composition root: database, unit of work, broker, consumers, outbox relay,
+calendar sync and the HTTP app, built whole here and nowhere else."""
 
 from __future__ import annotations
 
@@ -11,23 +12,28 @@ from typing import Any
 import structlog
 from fastapi import FastAPI
 from faststream.nats import NatsBroker
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.booking import api, usecases
-from services.booking.calendar_secrets import box_for
-from services.booking.calendar_sync import CalendarSync, SyncTimings
+from services.booking import api
+from services.booking.api.common import ApiContext
+from services.booking.calendar import push
+from services.booking.calendar.context import SyncTimings
+from services.booking.calendar.sync import CalendarSync
 from services.booking.migrate import upgrade
 from services.booking.settings import BookingSettings
+from services.booking.usecases import Booking, replies
 from shared import events
 from shared.auth import Authenticator
-from shared.broker import (
-    Consumer,
-)
+from shared.broker import Consumer, jetstream
 from shared.db import create_engine
+from shared.errors import install_error_handlers
 from shared.events import CloudEvent
 from shared.outbox import OutboxRelay
+from shared.phones import InvalidPhone
 from shared.process import freeze_startup_heap
+from shared.secretbox import box_for
 from shared.service import Messaging, add_ops_routes
-from shared.uow import UnitOfWork, after_commit
+from shared.uow import UnitOfWork
 
 log = structlog.get_logger(__name__)
 
@@ -37,7 +43,8 @@ class Runtime:
     """What the lifespan starts and stops; tests reach in here to look."""
 
     settings: BookingSettings
-    booking: usecases.Booking
+    uow: UnitOfWork
+    booking: Booking
     broker: NatsBroker
     relay: OutboxRelay
     consumers: list[Consumer]
@@ -45,14 +52,12 @@ class Runtime:
     nats_ready: asyncio.Event
 
 
-def build_consumers(
-    booking: usecases.Booking, settings: BookingSettings, calendar: CalendarSync
-) -> list[Consumer]:
-    async def on_reply(session: Any, event: CloudEvent[Any]) -> None:
-        await usecases.apply_reply(session, event, booking.clock())
+def build_consumers(booking: Booking, settings: BookingSettings) -> list[Consumer]:
+    async def on_reply(session: AsyncSession, event: CloudEvent[events.ReplyReceived]) -> None:
+        await replies.apply_reply(session, event.data, booking.clock())
 
-    async def on_consent(session: Any, event: CloudEvent[Any]) -> None:
-        await usecases.apply_consent(session, event, booking.clock())
+    async def on_consent(session: AsyncSession, event: CloudEvent[events.ConsentChanged]) -> None:
+        await replies.apply_consent(session, event.data, booking.clock())
 
     common: dict[str, Any] = {
         "service": "booking",
@@ -66,9 +71,8 @@ def build_consumers(
     ]
     if settings.calendar_sync_enabled:
         # Our own session events, to write them into linked CalDAV calendars.
-        async def on_session(session: Any, event: CloudEvent[Any]) -> None:
-            await calendar.on_session_event(session, event)
-            after_commit(session, calendar.wake_if_marked)
+        async def on_session(session: AsyncSession, event: CloudEvent[events.SessionEvent]) -> None:
+            await push.mark_session(session, event.data, booking.clock())
 
         consumers.append(
             Consumer(
@@ -85,23 +89,35 @@ def create_app(settings: BookingSettings | None = None) -> FastAPI:
     settings = settings or BookingSettings()
     engine = create_engine(settings.database_url)
     uow = UnitOfWork(engine)
-    sessions = uow.sessions
     messaging = Messaging(
         "booking", settings.nats_url, uow, outbox_poll_seconds=settings.outbox_poll_seconds
     )
-    relay = messaging.relay
-    booking = usecases.Booking(
-        sessions=sessions, default_phone_region=settings.default_phone_region, on_commit=relay.wake
-    )
+    booking = Booking(uow, default_phone_region=settings.default_phone_region)
     box = box_for(
         settings.secret_keys(),
+        setting="BOOKING_SECRET_KEY",
         production=settings.app_env == "production",
         uses_dev_key=settings.secret_key_is_dev_value,
     )
-    calendar = CalendarSync(booking, box, SyncTimings.from_settings(settings))
-    messaging.add_consumers(build_consumers(booking, settings, calendar))
+    calendar = CalendarSync(
+        uow,
+        box,
+        SyncTimings.from_settings(settings),
+        enabled=settings.calendar_sync_enabled,
+        jetstream=lambda: jetstream(messaging.broker),
+        connected=messaging.ready,
+        lease_ttl_seconds=settings.calendar_lease_seconds,
+    )
+    messaging.add_consumers(build_consumers(booking, settings))
     runtime = Runtime(
-        settings, booking, messaging.broker, relay, messaging.consumers, calendar, messaging.ready
+        settings,
+        uow,
+        booking,
+        messaging.broker,
+        messaging.relay,
+        messaging.consumers,
+        calendar,
+        messaging.ready,
     )
 
     @contextlib.asynccontextmanager
@@ -110,8 +126,7 @@ def create_app(settings: BookingSettings | None = None) -> FastAPI:
             await asyncio.to_thread(upgrade, settings.database_url)
         if not box.usable:
             log.warning("calendar_passwords.disabled", reason="BOOKING_SECRET_KEY")
-        if settings.calendar_sync_enabled:
-            calendar.start()
+        calendar.start()
         messaging.start()
         freeze_startup_heap()
         try:
@@ -128,9 +143,11 @@ def create_app(settings: BookingSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.runtime = runtime
-    api.install_error_handlers(app)
-    authenticate = Authenticator(sessions, settings.admin_api_key)
-    app.include_router(api.build_router(booking, authenticate, settings.base_url, calendar))
+    install_error_handlers(app, others={InvalidPhone: 422})
+    authenticate = Authenticator(uow.sessions, settings.admin_api_key)
+    app.include_router(
+        api.build_router(ApiContext(booking, calendar.links, authenticate, settings.base_url))
+    )
 
     add_ops_routes(app, engine, messaging)
 

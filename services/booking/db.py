@@ -175,7 +175,7 @@ class IdempotentRequest(Base):
 
 
 # ---------------------------------------------------------------------------------------
-# Calendar sync (see calendar_sync.py): outside calendars linked to a therapist or a
+# Calendar sync (see the calendar package): outside calendars linked to a therapist or a
 # location, what still has to be written to each, and the busy time read from them.
 
 

@@ -1,12 +1,14 @@
 """Booking rules with no I/O: when a therapist and a room are free, and how a session moves.
 
 Everything here takes and returns aware UTC datetimes; wall-clock rules (working hours,
-the slot grid) are evaluated in the location's zone, so a DST change moves nothing.
+the slot grid) are evaluated in the location's zone, so a DST change moves nothing. Each
+failure is a named exception; its base class (``shared.errors``) says its HTTP status.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -14,37 +16,47 @@ from datetime import UTC, date, datetime, time, timedelta
 from functools import cached_property
 from zoneinfo import ZoneInfo
 
-
-class BookingError(Exception):
-    """Base of the domain's failures; each maps to one HTTP status in ``api.py``."""
+from shared.errors import Conflict, DomainError
 
 
-class SlotTaken(BookingError):
+class SlotTaken(Conflict):
     """The therapist or the room is already booked then (409)."""
 
 
-class OutsideWorkingHours(BookingError):
+class OutsideWorkingHours(Conflict):
     """No qualified therapist works at that location then (409)."""
 
 
-class NoRoomFree(BookingError):
+class NoRoomFree(Conflict):
     """Every room at the location is taken then (409)."""
 
 
-class TherapistUnavailable(BookingError):
+class TherapistUnavailable(Conflict):
     """The therapist asked for is off, booked, or does not do this treatment (409)."""
 
 
-class TooSoon(BookingError):
+class TooSoon(DomainError):
     """The start is inside the location's minimum booking notice (422)."""
 
 
-class TooFar(BookingError):
+class TooFar(DomainError):
     """The start is beyond the location's booking horizon (422)."""
 
 
-class IllegalTransition(BookingError):
+class IllegalTransition(Conflict):
     """The session's status does not allow this change (409)."""
+
+
+class OverlappingHours(DomainError):
+    """A therapist's weekly hours put them in two places at once (422)."""
+
+
+class RoomNameTaken(DomainError):
+    """The location already has a room of that name (422)."""
+
+
+class IdempotencyMismatch(DomainError):
+    """An Idempotency-Key was reused for a different request (422)."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -121,6 +133,26 @@ class WeeklyHours:
     weekday: int
     start: time
     end: time
+
+
+def _span(hours: WeeklyHours) -> str:
+    return f"{hours.start:%H:%M}-{hours.end:%H:%M}"
+
+
+def check_hours_do_not_overlap(hours: Sequence[WeeklyHours]) -> None:
+    """A therapist cannot be at two places (or twice at one) at the same wall-clock time."""
+    by_day: dict[int, list[WeeklyHours]] = defaultdict(list)
+    for h in hours:
+        by_day[h.weekday].append(h)
+    for weekday, items in by_day.items():
+        items.sort(key=lambda h: h.start)
+        for earlier, later in itertools.pairwise(items):
+            if later.start < earlier.end:
+                raise OverlappingHours(
+                    f"working hours overlap on weekday {weekday}: "
+                    f"{_span(earlier)} and {_span(later)}",
+                    field="working_hours",
+                )
 
 
 def local_datetime(day: date, clock: time, tz: ZoneInfo) -> datetime:

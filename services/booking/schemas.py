@@ -227,7 +227,7 @@ class ApiKeyOut(BaseModel):
     api_key: str = Field(description="shown this once; only its hash is stored")
 
 
-# -- calendar links (calendar_sync.py) -------------------------------------------------
+# -- calendar links (services.booking.calendar) ----------------------------------------
 
 
 class CalendarLinkIn(Strict):

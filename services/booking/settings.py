@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
+
+from shared.secretbox import parse_keys
 from shared.settings import ServiceSettings
 
 #: The documented development key for calendar passwords. With ``APP_ENV=production`` it
-#: is refused: no password is stored or read with it (see ``calendar_secrets.py``).
+#: is refused: no password is stored or read with it (``shared.secretbox.box_for``).
 DEV_BOOKING_SECRET_KEY = "dev-booking-secret-change-me"  # noqa: S105 (documented dev value)
 
 
@@ -20,7 +23,7 @@ class BookingSettings(ServiceSettings):
     default_phone_region: str = "US"
     migrate_on_start: bool = True
 
-    # -- calendar sync (calendar_sync.py) ------------------------------------------------
+    # -- calendar sync (the calendar package) ---------------------------------------------
     #: Encrypts calendar passwords at rest. Any string (a Fernet key is used as is, anything
     #: else is hashed into one); several comma-separated keys rotate: the first encrypts,
     #: all decrypt.
@@ -41,6 +44,8 @@ class BookingSettings(ServiceSettings):
     #: How often pull links are read, and push links compared with the sessions.
     calendar_pull_interval_seconds: float = 300.0
     calendar_reconcile_interval_seconds: float = 900.0
+    #: Seconds the pull/reconcile lease lives without renewal; a standby takes over after it.
+    calendar_lease_seconds: float = Field(default=10.0, ge=1)
     #: How far ahead busy time is read from outside calendars (days).
     calendar_pull_horizon_days: int = 120
     #: Timeout of one request to an outside calendar.
@@ -61,7 +66,7 @@ class BookingSettings(ServiceSettings):
             if self.booking_secret_key_file is not None
             else self.booking_secret_key
         )
-        return [k.strip() for k in raw.split(",") if k.strip()]
+        return parse_keys(raw)
 
     @property
     def secret_key_is_dev_value(self) -> bool:

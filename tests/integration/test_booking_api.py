@@ -161,7 +161,7 @@ async def test_a_republished_outbox_row_is_dropped_by_jetstream(
         ).json()
         await tap.wait_for(lambda e: e["data"]["session_id"] == session["id"])
         # Pretend the relay died after publishing but before marking the row: it publishes again.
-        async with runtime.booking.sessions() as db_session, db_session.begin():
+        async with runtime.uow.sessions() as db_session, db_session.begin():
             await db_session.execute(update(outbox).values(published_at=None))
         before = runtime.relay.published
         runtime.relay.wake()

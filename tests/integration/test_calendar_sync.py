@@ -464,7 +464,7 @@ async def test_calendar_links_are_admin_only_validated_and_keep_the_password_sec
     listed = await client.get("/v1/calendar-links")
     assert "s3cret-calendar-password" not in listed.text
     assert [r["id"] for r in listed.json()] == [created["id"]]
-    async with app.state.runtime.booking.sessions() as session:
+    async with app.state.runtime.uow.sessions() as session:
         stored = await session.scalar(
             select(db.CalendarLink.password_encrypted).where(db.CalendarLink.id == created["id"])
         )

@@ -8,9 +8,10 @@ from zoneinfo import ZoneInfo
 import icalendar
 import pytest
 
-from services.booking import calendar_ics, db, domain
-from services.booking.calendar_ics import EventState, FoundEvent, busy_spans, plan_repairs
-from services.booking.calendar_sync import SyncTimings, link_status
+from services.booking import db, domain
+from services.booking.calendar import ical
+from services.booking.calendar.context import SyncTimings, link_status
+from services.booking.calendar.ical import EventState, FoundEvent, busy_spans, plan_repairs
 
 NY = ZoneInfo("America/New_York")
 CHICAGO = ZoneInfo("America/Chicago")
@@ -150,7 +151,7 @@ def a_session(status: str = domain.BOOKED, version: int = 3) -> db.Session:
 
 
 def test_a_session_resource_carries_uid_sequence_tzid_and_minimal_data() -> None:
-    text = calendar_ics.session_resource(a_session(), "Room 2", datetime(2026, 3, 1, tzinfo=UTC))
+    text = ical.session_resource(a_session(), "Room 2", datetime(2026, 3, 1, tzinfo=UTC))
     cal = icalendar.Calendar.from_ical(text)
     [event] = cal.walk("VEVENT")
     assert str(event["UID"]) == "s-1@booking.clinic-backbone"
@@ -161,16 +162,16 @@ def test_a_session_resource_carries_uid_sequence_tzid_and_minimal_data() -> None
     assert str(event["LOCATION"]) == "Room 2, Riverside"
     assert "Lopez" not in text.decode()
     assert [tz["TZID"] for tz in cal.walk("VTIMEZONE")] == ["America/New_York"]
-    cancelled = calendar_ics.session_resource(
+    cancelled = ical.session_resource(
         a_session(domain.CANCELLED, 4), "Room 2", datetime(2026, 3, 1, tzinfo=UTC)
     )
     assert b"STATUS:CANCELLED" in cancelled and b"SEQUENCE:3" in cancelled
 
 
 def test_session_ids_come_back_from_our_uids_only() -> None:
-    assert calendar_ics.session_id_of("abc@booking.clinic-backbone") == "abc"
-    assert calendar_ics.session_id_of("timeoff-1@booking.clinic-backbone") is None
-    assert calendar_ics.session_id_of("abc@google.com") is None
+    assert ical.session_id_of("abc@booking.clinic-backbone") == "abc"
+    assert ical.session_id_of("timeoff-1@booking.clinic-backbone") is None
+    assert ical.session_id_of("abc@google.com") is None
 
 
 # -- reconcile ----------------------------------------------------------------------------
@@ -212,7 +213,7 @@ def test_our_events_reads_only_our_session_events() -> None:
         "DTSTART;TZID=America/New_York:20260309T100000\nDTEND;TZID=America/New_York:20260309T110000",
         "UID:someone-else\nDTSTART:20260309T100000Z\nDTEND:20260309T110000Z",
     )
-    [found] = calendar_ics.our_events([("/cal/s-9.ics", text), ("/cal/bad.ics", b"garbage")])
+    [found] = ical.our_events([("/cal/s-9.ics", text), ("/cal/bad.ics", b"garbage")])
     assert found.href == "/cal/s-9.ics"
     assert found.state == EventState(
         "s-9@booking.clinic-backbone", 4, ny(2026, 3, 9, 10), ny(2026, 3, 9, 11), "CANCELLED"

@@ -1,5 +1,5 @@
-"""Calendar passwords at rest: Fernet under BOOKING_SECRET_KEY, refused with the dev key in
-production, rotation, and the link body's validation."""
+"""Calendar passwords at rest (``shared.secretbox``): Fernet under BOOKING_SECRET_KEY, refused
+with the dev key in production, rotation, and the link body's validation."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ import pytest
 from cryptography.fernet import Fernet
 from pydantic import ValidationError
 
-from services.booking.calendar_secrets import CredentialBox, SecretKeyUnusable, box_for
 from services.booking.schemas import CalendarLinkIn
 from services.booking.settings import DEV_BOOKING_SECRET_KEY, BookingSettings
+from shared.secretbox import SecretBox, SecretUnavailable, box_for
+
+SETTING = "BOOKING_SECRET_KEY"
 
 
 def test_a_password_round_trips_and_is_not_stored_readable() -> None:
-    box = CredentialBox(["a long random secret"])
+    box = SecretBox(["a long random secret"], setting=SETTING)
     token = box.encrypt("hunter2")
     assert "hunter2" not in token
     assert box.decrypt(token) == "hunter2"
@@ -24,28 +26,30 @@ def test_a_password_round_trips_and_is_not_stored_readable() -> None:
 
 def test_a_fernet_key_is_used_as_it_is() -> None:
     key = Fernet.generate_key().decode()
-    token = CredentialBox([key]).encrypt("pw")
+    token = SecretBox([key], setting=SETTING).encrypt("pw")
     assert Fernet(key.encode()).decrypt(token.encode()) == b"pw"
 
 
 def test_keys_rotate_the_first_encrypts_and_all_decrypt() -> None:
-    old = CredentialBox(["old key"]).encrypt("pw")
-    rotated = CredentialBox(["new key", "old key"])
+    old = SecretBox(["old key"], setting=SETTING).encrypt("pw")
+    rotated = SecretBox(["new key", "old key"], setting=SETTING)
     assert rotated.decrypt(old) == "pw"
-    assert CredentialBox(["new key"]).decrypt(rotated.encrypt("pw")) == "pw"
-    with pytest.raises(SecretKeyUnusable, match="does not decrypt"):
-        CredentialBox(["new key"]).decrypt(old)
+    assert SecretBox(["new key"], setting=SETTING).decrypt(rotated.encrypt("pw")) == "pw"
+    with pytest.raises(SecretUnavailable, match="does not decrypt"):
+        SecretBox(["new key"], setting=SETTING).decrypt(old)
 
 
 def test_production_refuses_the_documented_dev_key() -> None:
     settings = BookingSettings(app_env="production", admin_api_key="real")
     assert settings.secret_key_is_dev_value
-    box = box_for(settings.secret_keys(), production=True, uses_dev_key=True)
+    box = box_for(settings.secret_keys(), setting=SETTING, production=True, uses_dev_key=True)
     assert not box.usable
-    with pytest.raises(SecretKeyUnusable, match="BOOKING_SECRET_KEY"):
+    with pytest.raises(SecretUnavailable, match="BOOKING_SECRET_KEY"):
         box.encrypt("pw")
-    assert box_for([DEV_BOOKING_SECRET_KEY], production=False, uses_dev_key=True).usable
-    assert box_for(["real"], production=True, uses_dev_key=False).usable
+    assert box_for(
+        [DEV_BOOKING_SECRET_KEY], setting=SETTING, production=False, uses_dev_key=True
+    ).usable
+    assert box_for(["real"], setting=SETTING, production=True, uses_dev_key=False).usable
 
 
 def test_the_key_can_come_from_a_secret_file(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """The outside calendars themselves: CalDAV through the ``caldav`` package, ICS over HTTP.
 
 ``caldav`` is blocking: the methods of :class:`CalDavCalendar` are meant to run in a
-worker thread (``calendar_sync`` gives them their own pool), never on the event loop.
+worker thread (``calendar.context`` gives them their own pool), never on the event loop.
 Every failure comes out as :class:`CalendarUnavailable` with a message fit for
 ``last_error``: no password, no calendar content.
 """

@@ -1,10 +1,15 @@
-"""The calendar sync's iCalendar rules, with no I/O.
+"""iCalendar, with no I/O: what booking writes and what it reads.
 
-- what we write for a session into a CalDAV calendar (the same VEVENT as the ICS feed:
-  stable UID, SEQUENCE = version - 1, STATUS:CANCELLED on cancel, TZID + VTIMEZONE);
-- which events of a therapist's own calendar make them busy (cancelled, transparent and
-  our own events do not; all-day events do; recurring ones are expanded);
-- how a push calendar has drifted from the sessions it should hold.
+- The ICS feeds: a therapist's or a location's sessions as one calendar an app subscribes
+  to. Each session is one VEVENT with a stable UID; SEQUENCE follows the session's version
+  (version - 1), so a reschedule or cancel replaces the event instead of adding one.
+  Clients appear by first name and last initial only; time off appears as "Time off"
+  without its reason.
+- What we write for a session into a CalDAV calendar: the same VEVENT, in a VCALENDAR
+  of its own with its VTIMEZONE (STATUS:CANCELLED on cancel).
+- Which events of a therapist's own calendar make them busy (cancelled, transparent and
+  our own events do not; all-day events do; recurring ones are expanded).
+- How a push calendar has drifted from the sessions it should hold.
 """
 
 from __future__ import annotations
@@ -19,10 +24,74 @@ from zoneinfo import ZoneInfo
 import icalendar
 import recurring_ical_events
 
-from services.booking import db, domain, ics
+from services.booking import db, domain
 from shared.timeutil import zone
 
-OUR_UID_SUFFIX = f"@{ics.UID_DOMAIN}"
+PRODID = "-//Clinic Backbone//Booking//EN"
+UID_DOMAIN = "booking.clinic-backbone"
+
+
+def session_uid(session_id: str) -> str:
+    return f"{session_id}@{UID_DOMAIN}"
+
+
+def client_label(client: db.Client) -> str:
+    return f"{client.first_name} {client.last_name[:1]}."
+
+
+def session_vevent(row: db.Session, room_name: str, stamp: datetime) -> icalendar.Event:
+    """One session as a VEVENT, in its location's zone."""
+    tz = zone(row.location.timezone)
+    event = icalendar.Event()
+    event.add("uid", session_uid(row.id))
+    event.add("dtstamp", stamp)
+    event.add("sequence", row.version - 1)
+    event.add("dtstart", row.start_at.astimezone(tz))
+    event.add("dtend", row.end_at.astimezone(tz))
+    event.add("summary", f"{row.treatment.name}: {client_label(row.client)}")
+    event.add("location", f"{room_name}, {row.location.name}")
+    event.add("status", "CANCELLED" if row.status == domain.CANCELLED else "CONFIRMED")
+    event.add("last-modified", row.updated_at)
+    return event
+
+
+def time_off_vevent(entry: db.TimeOff, stamp: datetime) -> icalendar.Event:
+    event = icalendar.Event()
+    event.add("uid", f"timeoff-{entry.id}@{UID_DOMAIN}")
+    event.add("dtstamp", stamp)
+    event.add("dtstart", entry.start_at)
+    event.add("dtend", entry.end_at)
+    event.add("summary", "Time off")
+    event.add("transp", "OPAQUE")
+    return event
+
+
+def feed(
+    name: str,
+    sessions: Iterable[db.Session],
+    room_names: dict[str, str],
+    stamp: datetime,
+    time_off: Iterable[db.TimeOff] = (),
+) -> bytes:
+    """The whole feed, with a VTIMEZONE for every zone it uses."""
+    cal = icalendar.Calendar()
+    cal.add("prodid", PRODID)
+    cal.add("version", "2.0")
+    cal.add("calscale", "GREGORIAN")
+    cal.add("x-wr-calname", name)
+    for row in sessions:
+        cal.add_component(session_vevent(row, room_names.get(row.room_id, "Room"), stamp))
+    for entry in time_off:
+        cal.add_component(time_off_vevent(entry, stamp))
+    cal.add_missing_timezones()
+    return bytes(cal.to_ical())
+
+
+# ---------------------------------------------------------------------------------------
+# One session as a CalDAV resource, and which events are ours
+
+
+OUR_UID_SUFFIX = f"@{UID_DOMAIN}"
 
 
 def is_ours(uid: str) -> bool:
@@ -45,8 +114,8 @@ def vtimezone(tzid: str) -> bytes:
 
 def session_resource(row: db.Session, room_name: str, stamp: datetime) -> bytes:
     """A session as one CalDAV resource: a VCALENDAR holding its VEVENT and VTIMEZONE."""
-    event = bytes(ics.session_vevent(row, room_name, stamp).to_ical())
-    head = f"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:{ics.PRODID}\r\n".encode()
+    event = bytes(session_vevent(row, room_name, stamp).to_ical())
+    head = f"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:{PRODID}\r\n".encode()
     return head + vtimezone(row.location.timezone) + event + b"END:VCALENDAR\r\n"
 
 
@@ -133,7 +202,7 @@ class FoundEvent:
 
 def expected_state(row: db.Session) -> EventState:
     return EventState(
-        uid=ics.session_uid(row.id),
+        uid=session_uid(row.id),
         sequence=row.version - 1,
         start=row.start_at,
         end=row.end_at,

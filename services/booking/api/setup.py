@@ -1,0 +1,151 @@
+"""Locations and rooms, treatments ("services" in the contract), therapists and their time off."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from services.booking import db, queries
+from services.booking.api.common import (
+    ApiContext,
+    admin,
+    location_out,
+    therapist_out,
+    treatment_out,
+)
+from services.booking.schemas import (
+    LocationIn,
+    LocationOut,
+    RoomIn,
+    RoomOut,
+    TherapistIn,
+    TherapistOut,
+    TimeOffIn,
+    TimeOffOut,
+    TreatmentIn,
+    TreatmentOut,
+)
+from services.booking.usecases import setup
+from shared.auth import Principal
+
+
+def router(ctx: ApiContext) -> APIRouter:
+    router = APIRouter()
+    booking = ctx.booking
+    base_url = ctx.base_url
+    Caller = Annotated[Principal, Depends(ctx.authenticate)]
+
+    # -- locations and rooms ---------------------------------------------------------
+    @router.post("/locations", status_code=201, response_model=LocationOut, tags=["locations"])
+    async def create_location(body: LocationIn, caller: Caller) -> LocationOut:
+        admin(caller)
+        return location_out(await setup.create_location(booking, body), base_url)
+
+    @router.get("/locations", response_model=list[LocationOut], tags=["locations"])
+    async def list_locations(caller: Caller) -> list[LocationOut]:
+        rows = await queries.list_locations(booking)
+        return [
+            location_out(r, base_url)
+            for r in rows
+            if caller.is_admin or r.id in caller.location_ids
+        ]
+
+    @router.get("/locations/{location_id}", response_model=LocationOut, tags=["locations"])
+    async def get_location(location_id: str, caller: Caller) -> LocationOut:
+        caller.require_location(location_id)
+        return location_out(await queries.get_location(booking, location_id), base_url)
+
+    @router.post(
+        "/locations/{location_id}/rooms",
+        status_code=201,
+        response_model=RoomOut,
+        tags=["locations"],
+    )
+    async def add_room(location_id: str, body: RoomIn, caller: Caller) -> RoomOut:
+        admin(caller)
+        room = await setup.add_room(booking, location_id, body.name)
+        return RoomOut(id=room.id, location_id=room.location_id, name=room.name)
+
+    @router.get("/locations/{location_id}/rooms", response_model=list[RoomOut], tags=["locations"])
+    async def list_rooms(location_id: str, caller: Caller) -> list[RoomOut]:
+        caller.require_location(location_id)
+        return [
+            RoomOut(id=r.id, location_id=r.location_id, name=r.name)
+            for r in await queries.list_rooms(booking, location_id)
+        ]
+
+    @router.post("/locations/{location_id}/ics-token", tags=["calendars"])
+    async def new_location_token(location_id: str, caller: Caller) -> dict[str, str]:
+        admin(caller)
+        token = await setup.new_ics_token(booking, db.Location, location_id)
+        return {"ics_url": f"{base_url}/v1/calendars/locations/{location_id}.ics?token={token}"}
+
+    # -- treatments ("services" in the contract) -------------------------------------
+    @router.post("/services", status_code=201, response_model=TreatmentOut, tags=["services"])
+    async def create_service(body: TreatmentIn, caller: Caller) -> TreatmentOut:
+        admin(caller)
+        return treatment_out(await setup.create_treatment(booking, body))
+
+    @router.get("/services", response_model=list[TreatmentOut], tags=["services"])
+    async def list_services(_caller: Caller) -> list[TreatmentOut]:
+        return [treatment_out(r) for r in await queries.list_treatments(booking)]
+
+    @router.get("/services/{service_id}", response_model=TreatmentOut, tags=["services"])
+    async def get_service(service_id: str, _caller: Caller) -> TreatmentOut:
+        return treatment_out(await queries.get_treatment(booking, service_id))
+
+    # -- therapists -------------------------------------------------------------------
+    @router.post("/therapists", status_code=201, response_model=TherapistOut, tags=["therapists"])
+    async def create_therapist(body: TherapistIn, caller: Caller) -> TherapistOut:
+        admin(caller)
+        row = await setup.create_therapist(booking, body)
+        return therapist_out(await queries.get_therapist(booking, row.id), base_url)
+
+    @router.get("/therapists", response_model=list[TherapistOut], tags=["therapists"])
+    async def list_therapists(
+        _caller: Caller, location_id: str | None = None
+    ) -> list[TherapistOut]:
+        return [
+            therapist_out(r, base_url) for r in await queries.list_therapists(booking, location_id)
+        ]
+
+    @router.get("/therapists/{therapist_id}", response_model=TherapistOut, tags=["therapists"])
+    async def get_therapist(therapist_id: str, _caller: Caller) -> TherapistOut:
+        return therapist_out(await queries.get_therapist(booking, therapist_id), base_url)
+
+    @router.post("/therapists/{therapist_id}/ics-token", tags=["calendars"])
+    async def new_therapist_token(therapist_id: str, caller: Caller) -> dict[str, str]:
+        admin(caller)
+        token = await setup.new_ics_token(booking, db.Therapist, therapist_id)
+        return {"ics_url": f"{base_url}/v1/calendars/therapists/{therapist_id}.ics?token={token}"}
+
+    @router.post(
+        "/therapists/{therapist_id}/time-off",
+        status_code=201,
+        response_model=TimeOffOut,
+        tags=["therapists"],
+    )
+    async def add_time_off(therapist_id: str, body: TimeOffIn, caller: Caller) -> TimeOffOut:
+        caller.require_role("admin", "front_desk")
+        entry, clashes = await setup.add_time_off(booking, therapist_id, body)
+        return TimeOffOut(
+            id=entry.id,
+            therapist_id=therapist_id,
+            start=entry.start_at,
+            end=entry.end_at,
+            reason=entry.reason,
+            conflicting_session_ids=clashes,
+        )
+
+    @router.get(
+        "/therapists/{therapist_id}/time-off", response_model=list[TimeOffOut], tags=["therapists"]
+    )
+    async def list_time_off(therapist_id: str, caller: Caller) -> list[TimeOffOut]:
+        caller.require_role("admin", "front_desk")
+        return [
+            TimeOffOut(
+                id=t.id, therapist_id=therapist_id, start=t.start_at, end=t.end_at, reason=t.reason
+            )
+            for t in await queries.list_time_off(booking, therapist_id)
+        ]
+
+    return router

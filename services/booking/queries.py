@@ -1,0 +1,380 @@
+"""Booking's read queries: what the API shows and what availability is computed from.
+
+Nothing here writes. ``staff_calendars`` is also what a booking checks again inside its
+write transaction (``usecases.sessions``), so the slot offered and the slot booked are
+judged by the same rules.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import date, datetime, time, timedelta
+
+from sqlalchemy import select, union_all
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from services.booking import db, domain
+from services.booking.calendar import ical
+from services.booking.usecases import Booking, get_or_404
+from shared.errors import InvalidRequest, NotFound
+from shared.phones import normalize_phone
+from shared.timeutil import zone
+
+# ---------------------------------------------------------------------------------------
+# Locations, treatments, therapists
+
+
+async def list_locations(app: Booking) -> Sequence[db.Location]:
+    async with app.uow.read() as session:
+        result = await session.scalars(
+            select(db.Location).options(selectinload(db.Location.rooms)).order_by(db.Location.name)
+        )
+        return result.all()
+
+
+async def get_location(app: Booking, location_id: str) -> db.Location:
+    async with app.uow.read() as session:
+        location = await session.get(
+            db.Location, location_id, options=[selectinload(db.Location.rooms)]
+        )
+        if location is None:
+            raise NotFound("location", location_id)
+        return location
+
+
+async def list_rooms(app: Booking, location_id: str) -> Sequence[db.Room]:
+    async with app.uow.read() as session:
+        await get_or_404(session, db.Location, location_id, "location")
+        result = await session.scalars(
+            select(db.Room).where(db.Room.location_id == location_id).order_by(db.Room.name)
+        )
+        return result.all()
+
+
+async def list_treatments(app: Booking) -> Sequence[db.Treatment]:
+    async with app.uow.read() as session:
+        return (await session.scalars(select(db.Treatment).order_by(db.Treatment.name))).all()
+
+
+async def get_treatment(app: Booking, treatment_id: str) -> db.Treatment:
+    async with app.uow.read() as session:
+        return await get_or_404(session, db.Treatment, treatment_id, "service")
+
+
+async def list_therapists(app: Booking, location_id: str | None = None) -> Sequence[db.Therapist]:
+    async with app.uow.read() as session:
+        query = (
+            select(db.Therapist)
+            .options(selectinload(db.Therapist.working_hours))
+            .order_by(db.Therapist.name)
+        )
+        if location_id is not None:
+            query = query.where(
+                db.Therapist.id.in_(
+                    select(db.WorkingHours.therapist_id).where(
+                        db.WorkingHours.location_id == location_id
+                    )
+                )
+            )
+        return (await session.scalars(query)).all()
+
+
+async def get_therapist(app: Booking, therapist_id: str) -> db.Therapist:
+    async with app.uow.read() as session:
+        therapist = await session.get(
+            db.Therapist, therapist_id, options=[selectinload(db.Therapist.working_hours)]
+        )
+        if therapist is None:
+            raise NotFound("therapist", therapist_id)
+        return therapist
+
+
+async def list_time_off(app: Booking, therapist_id: str) -> Sequence[db.TimeOff]:
+    async with app.uow.read() as session:
+        await get_or_404(session, db.Therapist, therapist_id, "therapist")
+        result = await session.scalars(
+            select(db.TimeOff)
+            .where(db.TimeOff.therapist_id == therapist_id)
+            .order_by(db.TimeOff.start_at)
+        )
+        return result.all()
+
+
+# ---------------------------------------------------------------------------------------
+# Clients
+
+
+async def get_client(app: Booking, client_id: str) -> db.Client:
+    async with app.uow.read() as session:
+        return await get_or_404(session, db.Client, client_id, "client")
+
+
+async def list_clients(
+    app: Booking, phone: str | None = None, limit: int = 100, offset: int = 0
+) -> Sequence[db.Client]:
+    async with app.uow.read() as session:
+        query = (
+            select(db.Client)
+            .order_by(db.Client.last_name, db.Client.first_name)
+            .limit(limit)
+            .offset(offset)
+        )
+        if phone:
+            query = query.where(db.Client.phone == normalize_phone(phone, app.default_phone_region))
+        return (await session.scalars(query)).all()
+
+
+# ---------------------------------------------------------------------------------------
+# Availability
+
+
+def policy_of(location: db.Location) -> domain.BookingPolicy:
+    return domain.BookingPolicy(
+        min_notice=timedelta(minutes=location.min_notice_minutes),
+        horizon=timedelta(days=location.horizon_days),
+        step=timedelta(minutes=location.slot_step_minutes),
+    )
+
+
+def treatment_of(row: db.Treatment) -> domain.Treatment:
+    return domain.Treatment(row.id, row.modality, row.duration_minutes, row.buffer_minutes)
+
+
+#: No stored session lasts longer than this (treatment plus buffer). It bounds the index
+#: range read for sessions that start before a window and reach into it.
+LONGEST_SESSION = timedelta(days=1)
+
+
+async def staff_calendars(
+    session: AsyncSession,
+    location: db.Location,
+    window: domain.Interval,
+    *,
+    modality: str,
+    therapist_id: str | None = None,
+    exclude_session: str | None = None,
+) -> tuple[list[domain.TherapistCalendar], list[domain.RoomCalendar]]:
+    """Therapists who work at ``location`` and do ``modality``, and the location's rooms,
+    each with everything that keeps them busy during ``window`` (at any location).
+
+    Four queries whatever the size of the clinic: staff with their hours, rooms, live
+    sessions in the window, and time off plus outside-calendar busy time.
+    """
+    tz = zone(location.timezone)
+    works_here = select(db.WorkingHours.therapist_id).where(
+        db.WorkingHours.location_id == location.id
+    )
+    staff_query = (
+        select(
+            db.Therapist.id,
+            db.Therapist.modalities,
+            db.WorkingHours.location_id,
+            db.WorkingHours.weekday,
+            db.WorkingHours.start,
+            db.WorkingHours.end,
+        )
+        .join(db.WorkingHours, db.WorkingHours.therapist_id == db.Therapist.id)
+        .where(db.Therapist.id.in_(works_here))
+    )
+    if therapist_id is not None:
+        staff_query = staff_query.where(db.Therapist.id == therapist_id)
+    hours: dict[str, list[domain.WeeklyHours]] = defaultdict(list)
+    for tid, modalities, location_id, weekday, opens, closes in await session.execute(staff_query):
+        if modality in modalities:
+            hours[tid].append(
+                domain.WeeklyHours(
+                    location_id, weekday, time.fromisoformat(opens), time.fromisoformat(closes)
+                )
+            )
+
+    room_ids = sorted(
+        await session.scalars(select(db.Room.id).where(db.Room.location_id == location.id))
+    )
+    rooms: dict[str, list[domain.Interval]] = {rid: [] for rid in room_ids}
+    busy: dict[str, list[domain.Interval]] = {tid: [] for tid in hours}
+    load: dict[str, dict[date, int]] = {tid: defaultdict(int) for tid in hours}
+
+    live = select(
+        db.Session.therapist_id, db.Session.room_id, db.Session.start_at, db.Session.blocked_until
+    ).where(
+        db.Session.start_at < window.end,
+        db.Session.start_at >= window.start - LONGEST_SESSION,
+        db.Session.blocked_until > window.start,
+        db.Session.status.in_(domain.BLOCKING_STATUSES),
+    )
+    if exclude_session is not None:
+        live = live.where(db.Session.id != exclude_session)
+    for tid, rid, start, until in await session.execute(live):
+        span = domain.Interval(start, until)
+        if tid in busy:
+            busy[tid].append(span)
+            load[tid][start.astimezone(tz).date()] += 1
+        if rid in rooms:
+            rooms[rid].append(span)
+
+    if busy:
+        off = select(db.TimeOff.therapist_id, db.TimeOff.start_at, db.TimeOff.end_at).where(
+            db.TimeOff.therapist_id.in_(busy),
+            db.TimeOff.start_at < window.end,
+            db.TimeOff.end_at > window.start,
+        )
+        # Busy time read from the therapist's own calendar (calendar_sync's pull links).
+        outside = select(
+            db.ExternalBusy.therapist_id, db.ExternalBusy.start_at, db.ExternalBusy.end_at
+        ).where(
+            db.ExternalBusy.therapist_id.in_(busy),
+            db.ExternalBusy.start_at < window.end,
+            db.ExternalBusy.end_at > window.start,
+        )
+        for tid, start, end in await session.execute(union_all(off, outside)):
+            busy[tid].append(domain.Interval(start, end))
+
+    therapists = [
+        domain.TherapistCalendar(
+            id=tid,
+            modalities=frozenset({modality}),
+            hours=hours[tid],
+            busy=busy[tid],
+            load_by_day=dict(load[tid]),
+        )
+        for tid in sorted(hours)
+    ]
+    return therapists, [domain.RoomCalendar(rid, spans) for rid, spans in rooms.items()]
+
+
+MAX_AVAILABILITY_DAYS = 62
+
+
+async def availability(
+    app: Booking,
+    *,
+    service_id: str,
+    location_id: str,
+    start: datetime,
+    end: datetime,
+    therapist_id: str | None = None,
+) -> list[domain.Slot]:
+    if end <= start:
+        raise InvalidRequest(None, "end must be after start")
+    if end - start > timedelta(days=MAX_AVAILABILITY_DAYS):
+        raise InvalidRequest(None, f"ask for at most {MAX_AVAILABILITY_DAYS} days at a time")
+    async with app.uow.read() as session:
+        location: db.Location = await get_or_404(session, db.Location, location_id, "location")
+        treatment: db.Treatment = await get_or_404(session, db.Treatment, service_id, "service")
+        if therapist_id is not None:
+            await get_or_404(session, db.Therapist, therapist_id, "therapist")
+        window = domain.Interval(start, end)
+        # Busy spans that start before the window can still reach into it.
+        lookup = domain.Interval(start - timedelta(days=1), end + timedelta(days=1))
+        therapists, rooms = await staff_calendars(
+            session, location, lookup, modality=treatment.modality, therapist_id=therapist_id
+        )
+    return domain.available_slots(
+        treatment_of(treatment),
+        location.id,
+        zone(location.timezone),
+        window,
+        therapists,
+        rooms,
+        now=app.clock(),
+        policy=policy_of(location),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Sessions
+
+
+async def get_session(app: Booking, session_id: str) -> db.Session:
+    async with app.uow.read() as session:
+        return await get_or_404(session, db.Session, session_id, "session")
+
+
+async def list_sessions(
+    app: Booking,
+    *,
+    location_id: str | None = None,
+    therapist_id: str | None = None,
+    client_id: str | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    status: str | None = None,
+    limit: int = 500,
+) -> Sequence[db.Session]:
+    async with app.uow.read() as session:
+        query = select(db.Session).order_by(db.Session.start_at).limit(limit)
+        if location_id:
+            query = query.where(db.Session.location_id == location_id)
+        if therapist_id:
+            query = query.where(db.Session.therapist_id == therapist_id)
+        if client_id:
+            query = query.where(db.Session.client_id == client_id)
+        if start:
+            query = query.where(db.Session.end_at > start)
+        if end:
+            query = query.where(db.Session.start_at < end)
+        if status:
+            query = query.where(db.Session.status == status)
+        return (await session.scalars(query)).unique().all()
+
+
+# ---------------------------------------------------------------------------------------
+# ICS feeds
+
+
+#: What a feed (and a push calendar) holds: the last month and the next year.
+FEED_PAST = timedelta(days=30)
+FEED_FUTURE = timedelta(days=365)
+
+
+async def _feed_sessions(
+    session: AsyncSession, now: datetime, **where: str
+) -> Sequence[db.Session]:
+    query = select(db.Session).where(
+        db.Session.start_at > now - FEED_PAST, db.Session.start_at < now + FEED_FUTURE
+    )
+    for column, value in where.items():
+        query = query.where(getattr(db.Session, column) == value)
+    return (await session.scalars(query.order_by(db.Session.start_at))).unique().all()
+
+
+async def room_names(session: AsyncSession, rows: Sequence[db.Session]) -> dict[str, str]:
+    ids = {r.room_id for r in rows}
+    if not ids:
+        return {}
+    return {
+        rid: name
+        for rid, name in await session.execute(
+            select(db.Room.id, db.Room.name).where(db.Room.id.in_(ids))
+        )
+    }
+
+
+async def therapist_feed(app: Booking, therapist_id: str, token: str) -> bytes:
+    now = app.clock()
+    async with app.uow.read() as session:
+        therapist = await session.get(db.Therapist, therapist_id)
+        if therapist is None or not secrets.compare_digest(therapist.ics_token, token):
+            raise NotFound("calendar", therapist_id)
+        rows = await _feed_sessions(session, now, therapist_id=therapist_id)
+        offs = (
+            await session.scalars(
+                select(db.TimeOff).where(
+                    db.TimeOff.therapist_id == therapist_id, db.TimeOff.end_at > now - FEED_PAST
+                )
+            )
+        ).all()
+        return ical.feed(therapist.name, rows, await room_names(session, rows), now, offs)
+
+
+async def location_feed(app: Booking, location_id: str, token: str) -> bytes:
+    now = app.clock()
+    async with app.uow.read() as session:
+        location = await session.get(db.Location, location_id)
+        if location is None or not secrets.compare_digest(location.ics_token, token):
+            raise NotFound("calendar", location_id)
+        rows = await _feed_sessions(session, now, location_id=location_id)
+        return ical.feed(location.name, rows, await room_names(session, rows), now)

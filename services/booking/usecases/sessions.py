@@ -1,0 +1,285 @@
+"""Sessions: book one, move it, and every other change of its status.
+
+Each use case checks again inside its write transaction (the slot shown a moment ago may
+be gone), changes the row, bumps its version and queues its ``booking.session.*`` event.
+On PostgreSQL two exclusion constraints back the check; their violation reads as
+:class:`~services.booking.domain.SlotTaken`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.booking import db, domain, queries
+from services.booking.schemas import SessionIn
+from services.booking.usecases import SOURCE, Booking, get_or_404
+from shared import events
+from shared.ids import new_id
+from shared.outbox import enqueue
+from shared.timeutil import zone
+
+
+def session_event(row: db.Session, **extra: Any) -> events.SessionEvent:
+    """The event-carried state of a session: what reminders and referrals need, no more."""
+    return events.SessionEvent(
+        session_id=row.id,
+        version=row.version,
+        status=row.status,
+        start=row.start_at,
+        end=row.end_at,
+        reason=row.cancel_reason if row.status == domain.CANCELLED else None,
+        late_cancel=row.late_cancel if row.status == domain.CANCELLED else None,
+        client=events.ClientRef(
+            id=row.client.id,
+            first_name=row.client.first_name,
+            phone=row.client.phone,
+            sms_consent=row.client.sms_consent,
+        ),
+        therapist=events.TherapistRef(id=row.therapist.id, display_name=row.therapist.name),
+        location=events.LocationRef(
+            id=row.location.id,
+            name=row.location.name,
+            timezone=row.location.timezone,
+            address=row.location.address,
+            phone=row.location.phone,
+        ),
+        service=events.ServiceRef(
+            id=row.treatment.id,
+            name=row.treatment.name,
+            modality=row.treatment.modality,
+            duration_minutes=row.treatment.duration_minutes,
+        ),
+        room_id=row.room_id,
+        **extra,
+    )
+
+
+async def announce_session(
+    session: AsyncSession, row: db.Session, event_type: str, **extra: Any
+) -> None:
+    await enqueue(
+        session, events.make_event(event_type, SOURCE, session_event(row, **extra), subject=row.id)
+    )
+
+
+def _request_hash(data: SessionIn) -> str:
+    return hashlib.sha256(data.model_dump_json().encode()).hexdigest()
+
+
+async def replay_idempotent(
+    app: Booking, key: str, data: SessionIn
+) -> tuple[int, dict[str, Any]] | None:
+    """The stored first answer for ``key``, or ``None`` when the key is new."""
+    async with app.uow.read() as session:
+        stored = await session.get(db.IdempotentRequest, key)
+    if stored is None:
+        return None
+    if stored.request_hash != _request_hash(data):
+        raise domain.IdempotencyMismatch(
+            "this Idempotency-Key was already used for a different request"
+        )
+    return stored.status_code, json.loads(stored.response_body)
+
+
+async def _place(
+    session: AsyncSession,
+    app: Booking,
+    *,
+    location: db.Location,
+    treatment: db.Treatment,
+    start: datetime,
+    therapist_id: str | None,
+    exclude_session: str | None = None,
+) -> tuple[str, str]:
+    """Choose therapist and room for ``start`` inside the write transaction."""
+    domain.check_booking_window(start, app.clock(), queries.policy_of(location))
+    lookup = domain.Interval(start - timedelta(days=1), start + timedelta(days=1))
+    therapists, rooms = await queries.staff_calendars(
+        session,
+        location,
+        lookup,
+        modality=treatment.modality,
+        therapist_id=therapist_id,
+        exclude_session=exclude_session,
+    )
+    if therapist_id is not None and not therapists:
+        therapist = await get_or_404(session, db.Therapist, therapist_id, "therapist")
+        if treatment.modality not in therapist.modalities:
+            raise domain.TherapistUnavailable(
+                f"therapist {therapist_id} does not offer {treatment.modality}"
+            )
+        raise domain.OutsideWorkingHours(
+            f"therapist {therapist_id} does not work at location {location.id}"
+        )
+    return domain.choose_for_booking(
+        queries.treatment_of(treatment),
+        location.id,
+        zone(location.timezone),
+        start,
+        therapists,
+        rooms,
+        therapist_id=therapist_id,
+    )
+
+
+def _overlap_error(exc: IntegrityError) -> domain.SlotTaken | None:
+    """PostgreSQL's exclusion constraints say which resource was taken."""
+    text = str(exc.orig)
+    if "sessions_therapist_no_overlap" in text:
+        return domain.SlotTaken("the therapist was booked for that time a moment ago")
+    if "sessions_room_no_overlap" in text:
+        return domain.SlotTaken("the room was booked for that time a moment ago")
+    return None
+
+
+async def book(
+    app: Booking,
+    data: SessionIn,
+    idempotency_key: str | None,
+    render: Callable[[db.Session], dict[str, Any]],
+) -> dict[str, Any]:
+    """Book a session: choose therapist and room if not given, check again, write with its event."""
+    try:
+        async with app.uow.write() as session:
+            location: db.Location = await get_or_404(
+                session, db.Location, data.location_id, "location"
+            )
+            treatment: db.Treatment = await get_or_404(
+                session, db.Treatment, data.service_id, "service"
+            )
+            client: db.Client = await get_or_404(session, db.Client, data.client_id, "client")
+            therapist_id, room_id = await _place(
+                session,
+                app,
+                location=location,
+                treatment=treatment,
+                start=data.start,
+                therapist_id=data.therapist_id,
+            )
+            now = app.clock()
+            row = db.Session(
+                id=new_id(),
+                client_id=client.id,
+                treatment_id=treatment.id,
+                location_id=location.id,
+                therapist_id=therapist_id,
+                room_id=room_id,
+                # The event is built from these; setting them saves reloading after flush.
+                client=client,
+                treatment=treatment,
+                location=location,
+                therapist=await get_or_404(session, db.Therapist, therapist_id, "therapist"),
+                start_at=data.start,
+                end_at=data.start + timedelta(minutes=treatment.duration_minutes),
+                blocked_until=data.start
+                + timedelta(minutes=treatment.duration_minutes + treatment.buffer_minutes),
+                status=domain.BOOKED,
+                version=1,
+                late_cancel=False,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(row)
+            await announce_session(session, row, events.SESSION_BOOKED)
+            body = render(row)
+            if idempotency_key is not None:
+                session.add(
+                    db.IdempotentRequest(
+                        key=idempotency_key,
+                        request_hash=_request_hash(data),
+                        status_code=201,
+                        response_body=json.dumps(body, default=str),
+                        created_at=now,
+                    )
+                )
+            return body
+    except IntegrityError as exc:
+        taken = _overlap_error(exc)
+        if taken is not None:
+            raise taken from exc
+        if idempotency_key is not None:
+            replay = await replay_idempotent(app, idempotency_key, data)
+            if replay is not None:
+                return replay[1]
+        raise
+
+
+async def _transition(
+    app: Booking,
+    session_id: str,
+    action: str,
+    event_type: str,
+    change: Callable[[AsyncSession, db.Session], Any] | None = None,
+) -> db.Session:
+    try:
+        async with app.uow.write() as session:
+            row: db.Session = await get_or_404(session, db.Session, session_id, "session")
+            target = domain.next_status(row.status, action)
+            extra: dict[str, Any] = {}
+            if change is not None:
+                extra = (await change(session, row)) or {}
+            row.status = target
+            row.version += 1
+            row.updated_at = app.clock()
+            await announce_session(session, row, event_type, **extra)
+            return row
+    except IntegrityError as exc:
+        taken = _overlap_error(exc)
+        if taken is not None:
+            raise taken from exc
+        raise
+
+
+async def reschedule(
+    app: Booking, session_id: str, start: datetime, therapist_id: str | None
+) -> db.Session:
+    async def move(session: AsyncSession, row: db.Session) -> dict[str, Any]:
+        previous = row.start_at
+        # Keep the same therapist unless a new one is named; the room may change.
+        therapist, room_id = await _place(
+            session,
+            app,
+            location=row.location,
+            treatment=row.treatment,
+            start=start,
+            therapist_id=therapist_id or row.therapist_id,
+            exclude_session=row.id,
+        )
+        duration = timedelta(minutes=row.treatment.duration_minutes)
+        if therapist != row.therapist_id:
+            row.therapist = await get_or_404(session, db.Therapist, therapist, "therapist")
+        row.therapist_id, row.room_id = therapist, room_id
+        row.start_at, row.end_at = start, start + duration
+        row.blocked_until = start + duration + timedelta(minutes=row.treatment.buffer_minutes)
+        return {"previous_start": previous}
+
+    return await _transition(app, session_id, "reschedule", events.SESSION_RESCHEDULED, move)
+
+
+async def cancel(app: Booking, session_id: str, reason: str) -> db.Session:
+    async def mark(_session: AsyncSession, row: db.Session) -> None:
+        row.cancel_reason = reason
+        row.late_cancel = domain.is_late_cancel(
+            row.start_at, app.clock(), timedelta(hours=row.location.late_cancel_hours)
+        )
+
+    return await _transition(app, session_id, "cancel", events.SESSION_CANCELLED, mark)
+
+
+async def check_in(app: Booking, session_id: str) -> db.Session:
+    return await _transition(app, session_id, "check_in", events.SESSION_CHECKED_IN)
+
+
+async def complete(app: Booking, session_id: str) -> db.Session:
+    return await _transition(app, session_id, "complete", events.SESSION_COMPLETED)
+
+
+async def no_show(app: Booking, session_id: str) -> db.Session:
+    return await _transition(app, session_id, "no_show", events.SESSION_NO_SHOW)
