@@ -109,8 +109,10 @@ class Deadlines:
         plans = await usecases.unplanned_deadlines(self._app, limit=PLAN_BATCH)
         if not plans:
             return None
-        if not await self.scheduler.add_jobs(self._jobs(plans)):
-            return None  # standing down: the next holder plans them
+        added = await self.scheduler.add_jobs(self._jobs(plans))
+        if not added or not self.scheduler.active:
+            # Standing down (maybe while adding): the next holder plans them again.
+            return None
         await usecases.mark_deadlines_planned(self._app, [p.referral_id for p in plans])
         log.debug("scheduler.planned", referrals=len(plans))
         return len(plans) == PLAN_BATCH
