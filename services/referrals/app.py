@@ -24,8 +24,9 @@ from services.referrals.usecases.context import DEADLINES, DISPATCHER
 from shared import events
 from shared.auth import Authenticator
 from shared.broker import Consumer, jetstream
-from shared.db import create_engine
+from shared.db import create_engine, sync_url
 from shared.events import ClientEvent, CloudEvent, SessionEvent
+from shared.gate import Gate
 from shared.outbox import OutboxRelay
 from shared.scheduling import JobStoreConfig
 from shared.secretbox import SecretBox
@@ -76,6 +77,19 @@ def build_consumers(referrals: Referrals, settings: ReferralsSettings) -> list[C
     ]
 
 
+def job_store_gate(uow: UnitOfWork, settings: ReferralsSettings) -> Gate:
+    """The gate the deadline scheduler's job store goes through.
+
+    The gate only matters when the job store shares the SQLite file of our sessions (it
+    waits for every session to close and holds new ones back meanwhile). The default on
+    SQLite is a sibling file with a lock of its own (see ``settings.jobstore_url``), so
+    there it is off and nothing waits for the scheduler; on PostgreSQL it is off anyway.
+    """
+    if sync_url(settings.database_url) == settings.jobstore_url:
+        return uow.gate
+    return Gate(enabled=False)
+
+
 def create_app(settings: ReferralsSettings | None = None) -> FastAPI:
     settings = settings or ReferralsSettings()
     engine = create_engine(settings.database_url)
@@ -109,7 +123,7 @@ def create_app(settings: ReferralsSettings | None = None) -> FastAPI:
             referrals,
             store=JobStoreConfig(settings.jobstore_url),
             poll_seconds=settings.referrals_deadline_poll_seconds,
-            gate=uow.gate,
+            gate=job_store_gate(uow, settings),
             jetstream=lambda: jetstream(broker),
             connected=messaging.ready,
             lease_key=settings.referrals_lease_key,
