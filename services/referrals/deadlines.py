@@ -18,7 +18,7 @@ expiry is due, then it is pointless; an expiry runs however late (coalesced).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import structlog
 from nats.js.client import JetStreamContext
@@ -47,6 +47,33 @@ async def deadline_due(kind: str, referral_id: str) -> None:
 
 def job_id(referral_id: str, kind: str) -> str:
     return f"{referral_id}:{kind}"
+
+
+def jobs_for(plans: Sequence[DeadlinePlan], expire_after_hours: float) -> list[JobSpec]:
+    """The two jobs of each referral, with the misfire policy: a late reminder still runs
+    until the expiry is due (``expire_after_hours`` later), a late expiry always runs."""
+    late_reminder_seconds = max(int(expire_after_hours * 3600), 1)
+    jobs: list[JobSpec] = []
+    for plan in plans:
+        jobs.append(
+            JobSpec(
+                func=JOB_FUNC,
+                id=job_id(plan.referral_id, REMINDER),
+                run_date=plan.remind_at,
+                args=(REMINDER, plan.referral_id),
+                misfire_grace_time=late_reminder_seconds,
+            )
+        )
+        jobs.append(
+            JobSpec(
+                func=JOB_FUNC,
+                id=job_id(plan.referral_id, EXPIRY),
+                run_date=plan.expire_at,
+                args=(EXPIRY, plan.referral_id),
+                misfire_grace_time=None,
+            )
+        )
+    return jobs
 
 
 class Deadlines:
@@ -109,37 +136,13 @@ class Deadlines:
         plans = await usecases.unplanned_deadlines(self._app, limit=PLAN_BATCH)
         if not plans:
             return None
-        added = await self.scheduler.add_jobs(self._jobs(plans))
+        added = await self.scheduler.add_jobs(jobs_for(plans, self._app.expire_after_hours))
         if not added or not self.scheduler.active:
             # Standing down (maybe while adding): the next holder plans them again.
             return None
         await usecases.mark_deadlines_planned(self._app, [p.referral_id for p in plans])
         log.debug("scheduler.planned", referrals=len(plans))
         return len(plans) == PLAN_BATCH
-
-    def _jobs(self, plans: list[DeadlinePlan]) -> list[JobSpec]:
-        late_reminder_seconds = max(int(self._app.expire_after_hours * 3600), 1)
-        jobs: list[JobSpec] = []
-        for plan in plans:
-            jobs.append(
-                JobSpec(
-                    func=JOB_FUNC,
-                    id=job_id(plan.referral_id, REMINDER),
-                    run_date=plan.remind_at,
-                    args=(REMINDER, plan.referral_id),
-                    misfire_grace_time=late_reminder_seconds,
-                )
-            )
-            jobs.append(
-                JobSpec(
-                    func=JOB_FUNC,
-                    id=job_id(plan.referral_id, EXPIRY),
-                    run_date=plan.expire_at,
-                    args=(EXPIRY, plan.referral_id),
-                    misfire_grace_time=None,
-                )
-            )
-        return jobs
 
     async def _on_deadline(self, kind: str, referral_id: str) -> None:
         if kind == REMINDER:
