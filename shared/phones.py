@@ -8,6 +8,9 @@ import phonenumbers
 class InvalidPhone(ValueError):
     """The text is not a phone number we could text."""
 
+    #: What the shared error installer names as the culprit (``shared.errors``).
+    field = "phone"
+
 
 def normalize_phone(raw: str, default_region: str = "US") -> str:
     """E.164 form of ``raw``, which may be national in ``default_region``."""

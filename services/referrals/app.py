@@ -1,5 +1,5 @@
-"""Referrals' composition root: database, broker, consumers, outbox relay, webhook dispatcher,
-deadline scheduler and the HTTP app."""
+"""Referrals' composition root: database and unit of work, broker, consumers, outbox relay,
+webhook dispatcher, deadline scheduler and the HTTP app, each built whole here."""
 
 from __future__ import annotations
 
@@ -12,24 +12,26 @@ from typing import Any
 import structlog
 from fastapi import FastAPI
 from faststream.nats import NatsBroker
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.referrals import api, usecases
-from services.referrals.deadlines import DeadlineScheduler
+from services.referrals import api
+from services.referrals.deadlines import Deadlines
 from services.referrals.delivery import WebhookDispatcher
 from services.referrals.migrate import upgrade
-from services.referrals.secretbox import SecretBox
 from services.referrals.settings import ReferralsSettings
+from services.referrals.usecases import Referrals, from_booking
+from services.referrals.usecases.context import DEADLINES, DISPATCHER
 from shared import events
 from shared.auth import Authenticator
-from shared.broker import (
-    Consumer,
-    jetstream,
-)
-from shared.db import create_engine
-from shared.events import CloudEvent
+from shared.broker import Consumer, jetstream
+from shared.db import create_engine, sync_url
+from shared.events import ClientEvent, CloudEvent, SessionEvent
+from shared.gate import Gate
 from shared.outbox import OutboxRelay
+from shared.scheduling import JobStoreConfig
+from shared.secretbox import SecretBox
 from shared.service import Messaging, add_ops_routes
-from shared.uow import UnitOfWork, after_commit
+from shared.uow import UnitOfWork
 
 log = structlog.get_logger(__name__)
 
@@ -44,25 +46,24 @@ class Runtime:
     """What the lifespan starts and stops; tests reach in here to look."""
 
     settings: ReferralsSettings
-    referrals: usecases.Referrals
+    referrals: Referrals
     broker: NatsBroker
     relay: OutboxRelay
     dispatcher: WebhookDispatcher
-    deadlines: DeadlineScheduler | None
+    deadlines: Deadlines | None
     consumers: list[Consumer]
     nats_ready: asyncio.Event
 
 
-def build_consumers(referrals: usecases.Referrals, settings: ReferralsSettings) -> list[Consumer]:
-    async def on_client(session: Any, event: CloudEvent[Any]) -> None:
-        await usecases.apply_client_event(referrals, session, event)
-        referrals.remember_wakes(session)
-        after_commit(session, referrals.wake_remembered)
+def build_consumers(referrals: Referrals, settings: ReferralsSettings) -> list[Consumer]:
+    """Booking's events, each applied in the consumer's unit of work (the use cases ask
+    for the dispatcher and the planner to be woken after its commit)."""
 
-    async def on_session(session: Any, event: CloudEvent[Any]) -> None:
-        await usecases.apply_session_event(referrals, session, event)
-        referrals.remember_wakes(session)
-        after_commit(session, referrals.wake_remembered)
+    async def on_client(session: AsyncSession, event: CloudEvent[ClientEvent]) -> None:
+        await from_booking.apply_client_event(referrals, session, event)
+
+    async def on_session(session: AsyncSession, event: CloudEvent[SessionEvent]) -> None:
+        await from_booking.apply_session_event(referrals, session, event)
 
     common: dict[str, Any] = {
         "service": "referrals",
@@ -76,18 +77,30 @@ def build_consumers(referrals: usecases.Referrals, settings: ReferralsSettings) 
     ]
 
 
+def job_store_gate(uow: UnitOfWork, settings: ReferralsSettings) -> Gate:
+    """The gate the deadline scheduler's job store goes through.
+
+    The gate only matters when the job store shares the SQLite file of our sessions (it
+    waits for every session to close and holds new ones back meanwhile). The default on
+    SQLite is a sibling file with a lock of its own (see ``settings.jobstore_url``), so
+    there it is off and nothing waits for the scheduler; on PostgreSQL it is off anyway.
+    """
+    if sync_url(settings.database_url) == settings.jobstore_url:
+        return uow.gate
+    return Gate(enabled=False)
+
+
 def create_app(settings: ReferralsSettings | None = None) -> FastAPI:
     settings = settings or ReferralsSettings()
     engine = create_engine(settings.database_url)
     uow = UnitOfWork(engine)
-    sessions = uow.sessions
     messaging = Messaging(
         "referrals", settings.nats_url, uow, outbox_poll_seconds=settings.outbox_poll_seconds
     )
-    broker, relay = messaging.broker, messaging.relay
-    referrals = usecases.Referrals(
-        sessions=sessions,
-        secretbox=SecretBox(settings.referrals_secret_key),
+    broker = messaging.broker
+    referrals = Referrals(
+        uow=uow,
+        secretbox=SecretBox(settings.referrals_secret_key, setting="REFERRALS_SECRET_KEY"),
         default_phone_region=settings.default_phone_region,
         production=settings.production,
         clinic_name=settings.referrals_clinic_name,
@@ -104,31 +117,30 @@ def create_app(settings: ReferralsSettings | None = None) -> FastAPI:
         concurrency=settings.referrals_webhook_concurrency,
         poll_seconds=settings.referrals_delivery_poll_seconds,
     )
+    uow.on_commit(DISPATCHER, dispatcher.wake)
     deadlines = (
-        DeadlineScheduler(
+        Deadlines(
             referrals,
-            jobstore_url=settings.jobstore_url,
-            jetstream=lambda: jetstream(broker),
-            lease_bucket=settings.referrals_lease_bucket,
-            lease_key=settings.referrals_lease_key,
-            lease_ttl_seconds=settings.referrals_lease_ttl_seconds,
+            store=JobStoreConfig(settings.jobstore_url),
             poll_seconds=settings.referrals_deadline_poll_seconds,
+            gate=job_store_gate(uow, settings),
+            jetstream=lambda: jetstream(broker),
+            connected=messaging.ready,
+            lease_key=settings.referrals_lease_key,
+            lease_bucket=settings.referrals_lease_bucket,
+            lease_ttl_seconds=settings.referrals_lease_ttl_seconds,
         )
         if settings.referrals_scheduler
         else None
     )
-    referrals.wakers[usecases.RELAY] = relay.wake
-    referrals.wakers[usecases.DISPATCHER] = dispatcher.wake
     if deadlines is not None:
-        referrals.wakers[usecases.DEADLINES] = deadlines.wake
+        uow.on_commit(DEADLINES, deadlines.wake)
     messaging.add_consumers(build_consumers(referrals, settings))
-    if deadlines is not None:
-        messaging.when_ready(deadlines.start)
     runtime = Runtime(
         settings,
         referrals,
         broker,
-        relay,
+        messaging.relay,
         dispatcher,
         deadlines,
         messaging.consumers,
@@ -141,6 +153,8 @@ def create_app(settings: ReferralsSettings | None = None) -> FastAPI:
             await asyncio.to_thread(upgrade, settings.database_url)
         dispatcher.start()
         messaging.start()
+        if deadlines is not None:
+            deadlines.start()  # it waits for NATS, then for the lease
         try:
             yield
         finally:
@@ -160,17 +174,13 @@ def create_app(settings: ReferralsSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.runtime = runtime
-    api.install_error_handlers(app)
-    authenticate = Authenticator(sessions, settings.admin_api_key)
-    app.include_router(api.build_router(referrals, authenticate))
-    app.include_router(api.build_partner_router(referrals, authenticate))
-    app.include_router(api.build_fhir_router(referrals, authenticate))
+    api.install_routes(app, referrals, Authenticator(uow.sessions, settings.admin_api_key))
 
     def scheduler_role() -> dict[str, Any]:
         # Informative: a standby is as ready as the leader.
         if deadlines is None:
             return {}
-        return {"scheduler": "active" if deadlines.leader else "standby"}
+        return {"scheduler": "active" if deadlines.active else "standby"}
 
     add_ops_routes(app, engine, messaging, scheduler_role)
 

@@ -6,20 +6,25 @@ it), sends them concurrently, and records each answer: 2xx is delivered; anythin
 a timeout or a refused connection is retried after ``base × 2^(attempt-1)`` (capped, with
 jitter) until the delivery's deadline, then it has failed. Replicas share the table;
 on PostgreSQL claims skip rows another replica holds.
+
+The claiming loop is a :class:`shared.worker.Worker`: woken after a commit that queued a
+delivery (the ``"dispatcher"`` hook), when a send frees capacity that was all taken, and
+every ``poll_seconds`` for retries coming due.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 import httpx
 import structlog
 
-from services.referrals import domain, usecases
+from services.referrals import domain
 from services.referrals.signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, sign
-from services.referrals.usecases import OutgoingWebhook
+from services.referrals.usecases import Referrals, webhooks
+from services.referrals.usecases.webhooks import OutgoingWebhook
+from shared.worker import StepResult, Worker
 
 log = structlog.get_logger(__name__)
 
@@ -29,7 +34,7 @@ USER_AGENT = "clinic-referrals-webhook/1.0"
 class WebhookDispatcher:
     def __init__(
         self,
-        app: usecases.Referrals,
+        app: Referrals,
         *,
         timeout_seconds: float,
         backoff_seconds: float,
@@ -43,19 +48,17 @@ class WebhookDispatcher:
         self._backoff = backoff_seconds
         self._backoff_max = backoff_max_seconds
         self._concurrency = concurrency
-        self._poll = poll_seconds
         self._client = client
         self._owns_client = client is None
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         #: The last claim took all the capacity there was: more may be due.
         self._saturated = False
+        self._worker = Worker("webhook-dispatcher", self._claim, poll_seconds=poll_seconds)
         self.sent = 0
 
     def wake(self) -> None:
         """A transaction that may have queued a delivery just committed."""
-        self._wakeup.set()
+        self._worker.wake()
 
     def retry_delay(self, attempts: int) -> float:
         return domain.retry_delay_seconds(attempts, self._backoff, self._backoff_max)
@@ -68,13 +71,10 @@ class WebhookDispatcher:
                 headers={"User-Agent": USER_AGENT},
                 limits=httpx.Limits(max_connections=self._concurrency * 2),
             )
-        self._task = asyncio.create_task(self._run(), name="webhook-dispatcher")
+        self._worker.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._worker.stop()
         for task in list(self._in_flight):
             task.cancel()
         if self._in_flight:
@@ -82,41 +82,26 @@ class WebhookDispatcher:
         if self._owns_client and self._client is not None:
             await self._client.aclose()
 
-    async def _run(self) -> None:
-        failures = 0
-        while True:
-            free = self._concurrency - len(self._in_flight)
-            claimed = 0
-            if free > 0:
-                try:
-                    batch = await usecases.claim_due_deliveries(
-                        self._app, free, lease_seconds=self._timeout + 30
-                    )
-                    failures = 0
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    failures += 1
-                    delay = min(0.2 * 2**failures, 5.0)
-                    log.warning("webhook.claim_failed", error=type(exc).__name__, retry_in=delay)
-                    await asyncio.sleep(delay)
-                    continue
-                claimed = len(batch)
-                self._saturated = claimed == free
-                for outgoing in batch:
-                    task = asyncio.create_task(self._deliver(outgoing))
-                    self._in_flight.add(task)
-                    task.add_done_callback(self._finished)
-            if claimed and claimed == free:
-                continue  # maybe more are due; the next pass claims what capacity allows
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll)
-            self._wakeup.clear()
+    async def _claim(self) -> StepResult:
+        """Claim what the free capacity allows and send it; ``True`` (look again at once)
+        when that took all of it, as more may be due."""
+        free = self._concurrency - len(self._in_flight)
+        if free <= 0:
+            return None
+        batch = await webhooks.claim_due_deliveries(
+            self._app, free, lease_seconds=self._timeout + 30
+        )
+        self._saturated = len(batch) == free
+        for outgoing in batch:
+            task = asyncio.create_task(self._deliver(outgoing))
+            self._in_flight.add(task)
+            task.add_done_callback(self._finished)
+        return self._saturated
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
         if self._saturated:
-            self._wakeup.set()  # capacity is back and deliveries may be waiting for it
+            self._worker.wake()  # capacity is back and deliveries may be waiting for it
 
     async def _deliver(self, outgoing: OutgoingWebhook) -> None:
         assert self._client is not None
@@ -149,7 +134,7 @@ class WebhookDispatcher:
         if ok:
             self.sent += 1
         try:
-            await usecases.record_delivery(
+            await webhooks.record_delivery(
                 self._app,
                 outgoing.delivery_id,
                 ok=ok,

@@ -1,6 +1,8 @@
-"""Pure rules of referrals: the FHIR Task state machine, deadlines, retry backoff, plan progress.
+"""Pure rules of referrals: the FHIR Task state machine, the rules a referral must meet,
+deadlines, retry backoff, plan progress.
 
-No I/O here. ``fhir.resources`` does not enforce code sets (``Task.status="approved"``
+No I/O here. Each broken rule is an exception of its own, named after the rule and
+subclassing the shared error that says its HTTP status (``shared.errors``). ``fhir.resources`` does not enforce code sets (``Task.status="approved"``
 passes its validation), so the Task statuses and the transitions between them are ours.
 """
 
@@ -12,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
+
+from shared.errors import Conflict, InvalidRequest
 
 PartnerDiscipline = Literal["physical_therapy", "acupuncture", "chiropractic", "other"]
 PlanDiscipline = Literal["massage", "physical_therapy", "acupuncture", "chiropractic", "other"]
@@ -107,8 +111,8 @@ BUSINESS_UPDATES: dict[BusinessStatus, frozenset[TaskStatus]] = {
 }
 
 
-class IllegalTransition(Exception):
-    """The referral's current status does not allow this action (HTTP 409)."""
+class IllegalTransition(Conflict):
+    """The referral's current status does not allow this action (409)."""
 
 
 def transition(current: str, action: str) -> Transition:
@@ -132,6 +136,92 @@ def check_business_update(current: str, update: BusinessStatus) -> None:
             f"cannot report {update.value} on a referral whose task status is {current} "
             f"(allowed in: {', '.join(sorted(allowed))})"
         )
+
+
+# ---------------------------------------------------------------------------------------
+# Rules of partners, plans and referrals
+
+
+class PlanNotActive(Conflict):
+    """A referral is only made for an active plan (409)."""
+
+    def __init__(self, plan_id: str, status: str) -> None:
+        super().__init__(f"plan {plan_id} is {status}")
+
+
+class ReferralAlreadyLive(Conflict):
+    """A partner has at most one live referral per plan and discipline: cancel it first (409)."""
+
+    def __init__(
+        self, partner_id: str | None = None, referral_id: str | None = None, discipline: str = ""
+    ) -> None:
+        if referral_id is None:
+            super().__init__("this partner already has a live referral for this plan")
+        else:
+            super().__init__(
+                f"partner {partner_id} already has referral {referral_id} for this plan's "
+                f"{discipline}; cancel it first"
+            )
+
+
+class ConsentRequired(InvalidRequest):
+    """Nothing about a client is shared with a partner without the client's consent (422)."""
+
+    def __init__(self) -> None:
+        super().__init__("consent_to_share", "the client must consent to sharing")
+
+
+class WebhookMustBeHttps(InvalidRequest):
+    """In production a partner's webhook carries health data: TLS only (422)."""
+
+    def __init__(self) -> None:
+        super().__init__("webhook_url", "must be https in production")
+
+
+class UnknownPartner(InvalidRequest):
+    """The request names a partner that does not exist (422: the body is wrong, not the URL)."""
+
+    def __init__(self, field_name: str, partner_id: str) -> None:
+        super().__init__(field_name, f"partner {partner_id} not found")
+
+
+class UnknownPlan(InvalidRequest):
+    """The request names a plan that does not exist (422)."""
+
+    def __init__(self, plan_id: str) -> None:
+        super().__init__("plan_id", f"plan {plan_id} not found")
+
+
+class MassageTakesNoPartner(InvalidRequest):
+    """Massage is the clinic's own discipline: no partner gives it (422)."""
+
+    def __init__(self, field_name: str) -> None:
+        super().__init__(field_name, "massage is the clinic's own; it takes no partner")
+
+
+class WrongDiscipline(InvalidRequest):
+    """A partner is only referred for the discipline it offers (422)."""
+
+    def __init__(self, field_name: str, partner_id: str, offers: str, wanted: str) -> None:
+        super().__init__(field_name, f"partner {partner_id} offers {offers}, not {wanted}")
+
+
+class DisciplineNotInPlan(InvalidRequest):
+    """A referral goes to a partner whose discipline is part of the plan (422)."""
+
+    def __init__(self, partner_id: str, discipline: str, plan_id: str, have: Sequence[str]) -> None:
+        super().__init__(
+            "partner_id",
+            f"partner {partner_id} offers {discipline}, which plan {plan_id} "
+            f"does not include (it has: {', '.join(have)})",
+        )
+
+
+class DiagnosisCodeRefused(InvalidRequest):
+    """A diagnosis code the service will not send to a partner (422, see ``codes``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("diagnosis_codes", message)
 
 
 # ---------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 import time
 
 SIGNATURE_HEADER = "X-Referral-Signature"
@@ -18,6 +19,12 @@ DELIVERY_HEADER = "X-Referral-Delivery"
 EVENT_HEADER = "X-Referral-Event"
 #: How far the signed timestamp may be from the verifier's clock.
 TOLERANCE_SECONDS = 300
+
+
+def new_webhook_secret() -> str:
+    """A fresh signing secret, shown to the partner once (stored encrypted, see
+    ``shared.secretbox``: the service must sign with it again)."""
+    return f"whsec_{secrets.token_urlsafe(32)}"
 
 
 class InvalidSignature(Exception):

@@ -417,7 +417,7 @@ async def test_unanswered_referral_is_reminded_then_expires(
         assert row["reminded_at"] is not None  # recorded for the partner without a webhook
         assert [h["action"] for h in row["history"]] == ["create", "issue", "remind", "expire"]
         deadlines = app.state.runtime.deadlines
-        assert deadlines.leader
+        assert deadlines.active
         assert f"{referral['id']}:accept-reminder" in deadlines.fired
         assert f"{referral['id']}:expire" in deadlines.fired
 

@@ -78,12 +78,12 @@ async def test_the_standby_takes_over_the_job_store_and_runs_the_pending_deadlin
             running_referrals(database_url, nats_url, **shared_settings)
         )
         deadlines_a = app_a.state.runtime.deadlines
-        await eventually(lambda: _value(deadlines_a.leader), what="the first replica to lead")
+        await eventually(lambda: _value(deadlines_a.active), what="the first replica to lead")
         client, app_b = await replica_b.enter_async_context(
             running_referrals(database_url, nats_url, **shared_settings)
         )
         deadlines_b = app_b.state.runtime.deadlines
-        assert not deadlines_b.leader, "a second scheduler must wait for the lease"
+        assert not deadlines_b.active, "a second scheduler must wait for the lease"
 
         partner = await make_partner(client_a)
         client_id = str(uuid.uuid4())
@@ -92,10 +92,10 @@ async def test_the_standby_takes_over_the_job_store_and_runs_the_pending_deadlin
         plan = await make_plan(client_a, client_id)
         referral = await post_ok(client_a, "/v1/referrals", referral_body(plan, partner))
         job = f"{referral['id']}:accept-reminder"
-        await eventually(lambda: _value(job in deadlines_a.pending_jobs()), what="jobs planned")
+        await eventually(lambda: _value(job in deadlines_a.job_ids()), what="jobs planned")
 
         await replica_a.aclose()  # the first replica stops, and gives the lease up
-        await eventually(lambda: _value(deadlines_b.leader), what="the standby to lead")
+        await eventually(lambda: _value(deadlines_b.active), what="the standby to lead")
         await eventually(lambda: _value(job in deadlines_b.fired), timeout=15, what="reminder")
         row = (await client.get(f"/v1/referrals/{referral['id']}")).json()
         assert row["reminded_at"] is not None

@@ -8,9 +8,15 @@ import hmac
 import pytest
 from cryptography.fernet import Fernet
 
-from services.referrals.secretbox import SecretBox, SecretUnreadable, new_webhook_secret
 from services.referrals.settings import DEV_SECRET_KEY, ReferralsSettings
-from services.referrals.signing import InvalidSignature, compute, sign, verify
+from services.referrals.signing import (
+    InvalidSignature,
+    compute,
+    new_webhook_secret,
+    sign,
+    verify,
+)
+from shared.secretbox import SecretBox, SecretUnavailable
 
 SECRET = "whsec_test"
 BODY = b'{"resourceType":"Bundle","type":"collection"}'
@@ -63,16 +69,16 @@ def test_malformed_headers_are_refused(header: str | None) -> None:
 def test_webhook_secrets_are_sealed_and_open_again_only_with_the_key() -> None:
     box = SecretBox(Fernet.generate_key().decode())
     secret = new_webhook_secret()
-    sealed = box.seal(secret)
-    assert secret not in sealed and box.open(sealed) == secret
-    with pytest.raises(SecretUnreadable):
-        SecretBox(Fernet.generate_key().decode()).open(sealed)
+    sealed = box.encrypt(secret)
+    assert secret not in sealed and box.decrypt(sealed) == secret
+    with pytest.raises(SecretUnavailable):
+        SecretBox(Fernet.generate_key().decode()).decrypt(sealed)
 
 
 def test_a_rotated_key_still_opens_what_the_old_one_sealed() -> None:
     old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
-    sealed = SecretBox(old).seal("whsec_1")
-    assert SecretBox(f"{new},{old}").open(sealed) == "whsec_1"
+    sealed = SecretBox(old).encrypt("whsec_1")
+    assert SecretBox(f"{new},{old}").decrypt(sealed) == "whsec_1"
 
 
 def test_production_refuses_the_documented_dev_key_and_bad_keys() -> None:
@@ -94,3 +100,15 @@ def test_on_sqlite_the_job_store_gets_a_sibling_file_and_on_postgres_the_same_da
     assert lite.jobstore_url == "sqlite:////srv/var/referrals-jobs.db"
     pg = ReferralsSettings(referrals_database_url="postgresql://u:p@db:5432/referrals")
     assert pg.jobstore_url == "postgresql+psycopg://u:p@db:5432/referrals"
+
+
+def test_secrets_sealed_before_the_shared_box_still_open_with_the_same_key() -> None:
+    """Webhook secrets stored by the earlier box were plain Fernet tokens of the key."""
+    key = Fernet.generate_key().decode()
+    stored = Fernet(key.encode()).encrypt(b"whsec_stored").decode()
+    box = SecretBox(f"{Fernet.generate_key().decode()},{key}", setting="REFERRALS_SECRET_KEY")
+    assert box.decrypt(stored) == "whsec_stored"
+    assert (
+        SecretBox(DEV_SECRET_KEY).decrypt(Fernet(DEV_SECRET_KEY.encode()).encrypt(b"x").decode())
+        == "x"
+    )

@@ -1,0 +1,147 @@
+"""What the system does to tell partners by webhook (run by the dispatcher of
+``services.referrals.delivery``): claim due deliveries with their signed-to-be Bundles,
+then record each partner's answer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import structlog
+from sqlalchemy import select
+
+from services.referrals import db, domain, fhir
+from services.referrals.domain import TaskStatus
+from services.referrals.queries import held, history_of, record_of
+from services.referrals.usecases.context import SYSTEM, Referrals
+from services.referrals.usecases.lifecycle import apply, lock_referral
+from shared.secretbox import SecretUnavailable
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class OutgoingWebhook:
+    delivery_id: str
+    referral_id: str
+    kind: str
+    url: str
+    secret: str
+    body: bytes
+    attempt: int
+
+
+async def claim_due_deliveries(
+    app: Referrals, limit: int, lease_seconds: float
+) -> list[OutgoingWebhook]:
+    """Take due deliveries and build their bodies; each is re-offered after ``lease_seconds``
+    if this process dies before recording the answer (another replica then sends it)."""
+    outgoing: list[OutgoingWebhook] = []
+    # No wake-up after this commit: the dispatcher itself is the one claiming.
+    async with app.uow.write() as session:
+        now = app.clock()
+        query = (
+            select(db.Delivery)
+            .where(db.Delivery.status == "pending", db.Delivery.next_attempt_at <= now)
+            .order_by(db.Delivery.next_attempt_at)
+            .limit(limit)
+        )
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        for delivery in (await session.scalars(query)).all():
+            delivery.attempts += 1
+            delivery.last_attempt_at = now
+            delivery.next_attempt_at = now + timedelta(seconds=lease_seconds)
+            referral = await session.get(db.Referral, delivery.referral_id)
+            partner = await held(session, db.Partner, delivery.partner_id)
+            if referral is None or partner is None or not partner.webhook_url:
+                delivery.status = "superseded"
+                continue
+            try:
+                record = await record_of(session, referral, details=False)
+                record.history = await history_of(session, referral.id)
+                body = fhir.to_bytes(
+                    fhir.bundle(
+                        record.snapshot(),
+                        bundle_id=delivery.id,
+                        timestamp=now,
+                        clinic_name=app.clinic_name,
+                        base_url=app.base_url,
+                    )
+                )
+                secret = app.secretbox.decrypt(partner.webhook_secret_sealed)
+            except (SecretUnavailable, ValueError) as exc:
+                delivery.status = "failed"
+                delivery.last_error = f"cannot build the webhook: {exc}"[:500]
+                log.error("webhook.unbuildable", delivery_id=delivery.id, error=str(exc)[:200])
+                continue
+            outgoing.append(
+                OutgoingWebhook(
+                    delivery_id=delivery.id,
+                    referral_id=referral.id,
+                    kind=delivery.kind,
+                    url=partner.webhook_url,
+                    secret=secret,
+                    body=body,
+                    attempt=delivery.attempts,
+                )
+            )
+    return outgoing
+
+
+async def record_delivery(
+    app: Referrals,
+    delivery_id: str,
+    *,
+    ok: bool,
+    status_code: int | None,
+    error: str | None,
+    retry_delay: Callable[[int], float],
+) -> None:
+    """The partner's answer: delivered, another attempt later, or failed for good."""
+    async with app.uow.write() as session:
+        referral_id = await session.scalar(
+            select(db.Delivery.referral_id).where(db.Delivery.id == delivery_id)
+        )
+        if referral_id is None:
+            return
+        # Referral first, then its delivery: the order every other writer locks them in.
+        referral = await lock_referral(session, referral_id)
+        delivery = (
+            await session.scalars(
+                select(db.Delivery).where(db.Delivery.id == delivery_id).with_for_update()
+            )
+        ).first()
+        if delivery is None or delivery.status != "pending":
+            return
+        now = app.clock()
+        delivery.last_status_code = status_code
+        delivery.last_error = error[:500] if error else None
+        if ok:
+            delivery.status = "delivered"
+            delivery.delivered_at = now
+            if delivery.kind == "requested" and referral.task_status == TaskStatus.REQUESTED:
+                await apply(
+                    session, app, referral, "receive", actor=SYSTEM, updates={"received_at": now}
+                )
+            return
+        retry_at = domain.next_attempt_at(now, delivery.deadline_at, retry_delay(delivery.attempts))
+        if retry_at is not None:
+            delivery.next_attempt_at = retry_at
+            return
+        delivery.status = "failed"
+        log.warning(
+            "webhook.failed",
+            delivery_id=delivery.id,
+            attempts=delivery.attempts,
+            kind=delivery.kind,
+        )
+        if delivery.kind == "requested" and referral.task_status == TaskStatus.REQUESTED:
+            reason = (
+                f"webhook not delivered after {delivery.attempts} attempts in "
+                f"{app.webhook_retry_hours:g} h (last: {status_code or error})"
+            )
+            await apply(
+                session, app, referral, "fail", actor=SYSTEM, note=reason, status_reason=reason
+            )
