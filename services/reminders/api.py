@@ -4,30 +4,18 @@ from typing import Annotated, Any
 from urllib.parse import parse_qsl
 from xml.sax.saxutils import escape
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.responses import HTMLResponse
 from twilio.request_validator import RequestValidator
 
-from services.reminders import aftercare, delivery, domain, replies, texts, usecases
+from services.reminders import admin, aftercare, queries, replies, texts
+from services.reminders import status as statuses
+from services.reminders.context import Reminders
 from services.reminders.links import AFTERCARE, REFERRAL, LinkExpired, LinkInvalid
 from services.reminders.schemas import MessageOut, RulesIn, RulesOut
 from shared.auth import Principal
-from shared.phones import InvalidPhone, normalize_phone
-
-ERROR_STATUS: dict[type[Exception], int] = {
-    domain.InvalidRules: 422,
-    InvalidPhone: 422,
-    usecases.NotFound: 404,
-}
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    async def handle(_request: Request, exc: Exception) -> JSONResponse:
-        status = next(code for kind, code in ERROR_STATUS.items() if isinstance(exc, kind))
-        return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, status_code=status)
-
-    for kind in ERROR_STATUS:
-        app.add_exception_handler(kind, handle)
+from shared.errors import NotFound
+from shared.phones import normalize_phone
 
 
 def twiml(answer: str | None) -> Response:
@@ -42,7 +30,7 @@ def message_out(row: Any) -> MessageOut:
     return MessageOut.model_validate(row, from_attributes=True)
 
 
-def build_router(app: usecases.Reminders, authenticate: Any) -> APIRouter:
+def build_router(app: Reminders, authenticate: Any) -> APIRouter:
     router = APIRouter()
     settings = app.settings
     validator = RequestValidator(settings.twilio_auth_token)
@@ -62,13 +50,13 @@ def build_router(app: usecases.Reminders, authenticate: Any) -> APIRouter:
     @router.get("/v1/rules", response_model=RulesOut, tags=["rules"])
     async def get_rules(caller: Caller) -> dict[str, Any]:
         caller.require_role("admin", "front_desk")
-        return (await usecases.get_rules(app)).as_dict()
+        return (await queries.get_rules(app)).as_dict()
 
     @router.put("/v1/rules", response_model=RulesOut, tags=["rules"])
     async def put_rules(body: RulesIn, caller: Caller) -> dict[str, Any]:
         """Replace the rules; every future message is planned again under them."""
         caller.require_role("admin")
-        return (await usecases.put_rules(app, body.model_dump())).as_dict()
+        return (await admin.put_rules(app, body.model_dump())).as_dict()
 
     @router.get("/v1/messages", response_model=list[MessageOut], tags=["messages"])
     async def messages(
@@ -80,7 +68,7 @@ def build_router(app: usecases.Reminders, authenticate: Any) -> APIRouter:
         """The message log, newest first, with each message's delivery status."""
         caller.require_role("admin", "front_desk")
         normalized = normalize_phone(phone, settings.default_phone_region) if phone else None
-        rows = await usecases.list_messages(
+        rows = await queries.list_messages(
             app,
             session_id=session_id,
             phone=normalized,
@@ -108,7 +96,7 @@ def build_router(app: usecases.Reminders, authenticate: Any) -> APIRouter:
         if not sid or not state:
             raise HTTPException(422, "MessageSid and MessageStatus are required")
         code = form.get("ErrorCode")
-        await delivery.record_status(
+        await statuses.record_status(
             app, sid, state, int(code) if code and code.isdigit() else None
         )
         return Response(status_code=204)
@@ -122,7 +110,7 @@ def build_router(app: usecases.Reminders, authenticate: Any) -> APIRouter:
         """The aftercare page a follow-up text links to (signed, expiring)."""
         try:
             session_id = app.links.read(AFTERCARE, token)
-            row = await usecases.session_for_page(app, session_id)
+            row = await queries.session_for_page(app, session_id)
         except LinkExpired:
             return HTMLResponse(
                 aftercare.problem_page(
@@ -130,7 +118,7 @@ def build_router(app: usecases.Reminders, authenticate: Any) -> APIRouter:
                 ),
                 status_code=410,
             )
-        except (LinkInvalid, usecases.NotFound):
+        except (LinkInvalid, NotFound):
             return HTMLResponse(
                 aftercare.problem_page("This link is not valid", "Please check it, or", *contact()),
                 status_code=404,
@@ -145,7 +133,7 @@ def build_router(app: usecases.Reminders, authenticate: Any) -> APIRouter:
         """The page a referral update text links to (signed, expiring)."""
         try:
             referral_id = app.links.read(REFERRAL, token)
-            notice, clinic, phone = await usecases.referral_for_page(app, referral_id)
+            notice, clinic, phone = await queries.referral_for_page(app, referral_id)
         except LinkExpired:
             return HTMLResponse(
                 aftercare.problem_page(
@@ -153,7 +141,7 @@ def build_router(app: usecases.Reminders, authenticate: Any) -> APIRouter:
                 ),
                 status_code=410,
             )
-        except (LinkInvalid, usecases.NotFound):
+        except (LinkInvalid, NotFound):
             return HTMLResponse(
                 aftercare.problem_page("This link is not valid", "Please check it, or", *contact()),
                 status_code=404,

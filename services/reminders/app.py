@@ -1,9 +1,14 @@
-"""Reminders' composition root: database, broker, consumers, outbox relay, the scheduler
-lease, and the HTTP app.
+"""Reminders' composition root: the context, the broker and its consumers, the outbox
+relay, the leased scheduler with the planner, and the HTTP app, built in one place.
 
 Every instance consumes events (durable pull consumers share the work; the inbox makes
 each event count once), relays its outbox and answers webhooks. Only the instance that
 holds the lease runs the scheduler and the planner; the others wait to take over.
+
+The path of a message: a consumer marks a session for planning and wakes the planner
+(``consumers``); the planner puts jobs in the store (``planning``); a job fires
+(``firing``): decide, claim the ledger row (``ledger``), send (``transmit``); Twilio's
+callbacks move its status (``status``).
 """
 
 from __future__ import annotations
@@ -12,33 +17,37 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
 
 import structlog
 from fastapi import FastAPI
-from faststream.nats import NatsBroker
 
-from services.reminders import api, delivery, jobs, planning, usecases
+from services.reminders import api, db, firing, planning, transmit
 from services.reminders.aftercare import AftercareLibrary
+from services.reminders.batch import GroupCommit
+from services.reminders.consumers import build_consumers
+from services.reminders.context import PLANNER, Reminders
+from services.reminders.jobs import REFERRAL_JOB, SESSION_JOB
 from services.reminders.links import Links
 from services.reminders.migrate import upgrade
-from services.reminders.scheduler import build_scheduler
+from services.reminders.rules import RulesCache
 from services.reminders.sender import Sender
 from services.reminders.settings import RemindersSettings
-from shared import events
 from shared.auth import Authenticator
-from shared.broker import (
-    Consumer,
-    jetstream,
-)
+from shared.broker import jetstream
 from shared.db import create_engine
-from shared.lease import Lease
-from shared.outbox import OutboxRelay
+from shared.errors import install_error_handlers
+from shared.phones import InvalidPhone
+from shared.scheduling import JobStoreConfig, LeasedScheduler
 from shared.service import Messaging, add_ops_routes
-from shared.uow import UnitOfWork, after_commit
+from shared.uow import UnitOfWork
+from shared.worker import Worker
 
 log = structlog.get_logger(__name__)
+
+#: The lease the active instance holds (its name is part of the deployment: keep it).
+SCHEDULER_LEASE = "reminders-scheduler"
 
 #: Libraries that log a line per request or job at INFO (twilio's with the query string,
 #: which for a look-up carries a phone number): warnings only.
@@ -51,151 +60,109 @@ class Runtime:
     """What the lifespan starts and stops; tests reach in here to look."""
 
     settings: RemindersSettings
-    reminders: usecases.Reminders
-    broker: NatsBroker
-    relay: OutboxRelay
-    consumers: list[Consumer]
-    nats_ready: asyncio.Event
-    lease: Lease | None = None
-    role: str = "starting"
-    became_active: asyncio.Event = field(default_factory=asyncio.Event)
+    reminders: Reminders
+    messaging: Messaging
+    planner: Worker
+
+    @property
+    def scheduler(self) -> LeasedScheduler:
+        return self.reminders.scheduler
+
+    @property
+    def role(self) -> str:
+        """``active`` (holds the lease), ``standby`` or ``starting``."""
+        return self.scheduler.role
 
 
-def build_consumers(app: usecases.Reminders, settings: RemindersSettings) -> list[Consumer]:
-    async def on_session(session: Any, event: events.CloudEvent[Any]) -> None:
-        await usecases.apply_session_event(session, event)
-        after_commit(session, app.wake_planner)
-
-    async def on_client(session: Any, event: events.CloudEvent[Any]) -> None:
-        await usecases.apply_client_event(session, event)
-        after_commit(session, app.wake_planner)
-
-    async def on_referral(session: Any, event: events.CloudEvent[Any]) -> None:
-        await usecases.apply_referral_event(session, event)
-        after_commit(session, app.wake_planner)
-
-    common: dict[str, Any] = {
-        "service": "reminders",
-        "max_deliver": settings.max_deliver,
-        "retry_base_seconds": settings.retry_base_seconds,
-    }
-    return [
-        Consumer(
-            purpose="sessions",
-            stream=events.BOOKING_STREAM,
-            subject="booking.session.>",
-            handler=on_session,
-            **common,
-        ),
-        Consumer(
-            purpose="clients",
-            stream=events.BOOKING_STREAM,
-            subject="booking.client.>",
-            handler=on_client,
-            **common,
-        ),
-        Consumer(
-            purpose="referrals",
-            stream=events.REFERRALS_STREAM,
-            subject="referrals.referral.>",
-            handler=on_referral,
-            **common,
-        ),
-    ]
-
-
-async def _lead(runtime: Runtime) -> None:
-    """Wait for the lease; while it is held, be the one scheduler."""
-    await runtime.nats_ready.wait()
-    app = runtime.reminders
-    lease = Lease(
-        jetstream(runtime.broker),
-        key="reminders-scheduler",
-        ttl_seconds=runtime.settings.scheduler_lease_seconds,
-    )
-    runtime.lease = lease
-    while True:
-        runtime.role = "standby"
-        await lease.acquire()
-        keeper = asyncio.create_task(lease.keep(), name="lease-keeper")
-        planner: asyncio.Task[None] | None = None
-        try:
-            scheduler = build_scheduler(
-                app.gate,
-                runtime.settings.database_url,
-                on_missed=lambda job_id, at: delivery.on_job_missed(app, job_id, at),
-                jobs_per_pass=runtime.settings.scheduler_jobs_per_pass,
-            )
-            app.scheduler = scheduler
-            app.is_active = lambda: lease.held
-            jobs.bind(app)
-            await delivery.reconcile_in_flight(app)
-            async with app.gate.exclusive():
-                scheduler.start()
-            await planning.repair_jobs(app)
-            planner = asyncio.create_task(planning.run_planner(app), name="planner")
-            runtime.role = "active"
-            runtime.became_active.set()
-            log.info("scheduler.active", holder=lease.holder)
-            await lease.lost.wait()
-            log.warning("scheduler.standing_down", holder=lease.holder)
-        finally:
-            runtime.role = "standby"
-            runtime.became_active.clear()
-            app.is_active = lambda: False
-            for task in (planner, keeper):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-            if app.scheduler is not None:
-                await app.scheduler.stop()
-                app.scheduler = None
-            jobs.bind(None)
-            await lease.release()
-
-
-def create_app(settings: RemindersSettings | None = None) -> FastAPI:
-    settings = settings or RemindersSettings()
+def bootstrap(settings: RemindersSettings) -> Runtime:
+    """Build the service whole. The scheduler's hooks name ``reminders``, bound below:
+    they run only once the scheduler has started, long after this returns."""
     engine = create_engine(settings.database_url)
     uow = UnitOfWork(engine)
-    gate, sessions = uow.gate, uow.sessions
     messaging = Messaging(
         "reminders", settings.nats_url, uow, outbox_poll_seconds=settings.outbox_poll_seconds
     )
-    broker, relay = messaging.broker, messaging.relay
     library = AftercareLibrary(settings.aftercare_dir)
     library.load()  # a broken aftercare file stops the start, with the file named
     links = Links(
         settings.reminders_link_secret, settings.base_url, settings.aftercare_link_days * 86400
     )
-    reminders = usecases.Reminders(
+
+    async def session_job(session_id: str, rule: str) -> None:
+        async with reminders.job_slots:
+            await firing.send_session_message(reminders, session_id, rule)
+
+    async def referral_job(notice_id: str) -> None:
+        async with reminders.job_slots:
+            await firing.send_referral_update(reminders, notice_id)
+
+    async def on_missed(job_id: str, scheduled: datetime) -> None:
+        await firing.on_job_missed(reminders, job_id, scheduled)
+
+    async def on_active() -> None:
+        await transmit.reconcile_in_flight(reminders)
+        await planning.repair_jobs(reminders)
+        planner.start()
+
+    async def on_standby() -> None:
+        await planner.stop()
+
+    scheduler = LeasedScheduler(
+        key=SCHEDULER_LEASE,
+        gate=uow.gate,
+        jetstream=lambda: jetstream(messaging.broker),
+        connected=messaging.ready,
+        lease_ttl_seconds=settings.scheduler_lease_seconds,
+        store=JobStoreConfig(
+            settings.database_url, db.JOBS_TABLE, max_due=settings.scheduler_jobs_per_pass
+        ),
+        handlers={SESSION_JOB: session_job, REFERRAL_JOB: referral_job},
+        on_active=on_active,
+        on_standby=on_standby,
+        on_missed=on_missed,
+        # A job re-planned while an earlier run of it still waits for a send slot must run
+        # too (its message may have changed); the ledger key keeps a repeat harmless.
+        job_defaults={"coalesce": True, "max_instances": 4},
+    )
+    reminders = Reminders(
         settings=settings,
-        sessions=sessions,
-        gate=gate,
-        sender=None,  # type: ignore[arg-type]  # made in the lifespan, inside the event loop
+        uow=uow,
+        sender=Sender(settings),
         links=links,
         aftercare=library,
-        on_commit=relay.wake,
+        scheduler=scheduler,
+        batch=GroupCommit(uow.write),
+        rules=RulesCache(settings),
     )
-    messaging.add_consumers(build_consumers(reminders, settings))
-    runtime = Runtime(settings, reminders, broker, relay, messaging.consumers, messaging.ready)
+    planner = Worker(
+        "planner",
+        lambda: planning.plan_step(reminders),
+        poll_seconds=settings.planner_poll_seconds,
+        backoff_seconds=1.0,
+    )
+    uow.on_commit(PLANNER, planner.wake)
+    messaging.add_consumers(build_consumers(settings))
+    return Runtime(settings, reminders, messaging, planner)
+
+
+def create_app(settings: RemindersSettings | None = None) -> FastAPI:
+    settings = settings or RemindersSettings()
+    runtime = bootstrap(settings)
+    reminders, messaging = runtime.reminders, runtime.messaging
+    engine = reminders.uow.engine
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if settings.migrate_on_start:
             await asyncio.to_thread(upgrade, settings.database_url)
-        reminders.sender = Sender(settings)
-        reminders.planner_wakeup = asyncio.Event()
+        reminders.sender.open()
         reminders.batch.start()
         messaging.start()
-        leading = asyncio.create_task(_lead(runtime), name="scheduler-lease")
+        reminders.scheduler.start()
         try:
             yield
         finally:
-            leading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await leading
+            await reminders.scheduler.stop()
             await reminders.batch.stop()
             await messaging.stop()
             await reminders.sender.close()
@@ -209,8 +176,8 @@ def create_app(settings: RemindersSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.runtime = runtime
-    api.install_error_handlers(app)
-    authenticate = Authenticator(sessions, settings.admin_api_key)
+    install_error_handlers(app, others={InvalidPhone: 422})
+    authenticate = Authenticator(reminders.uow.sessions, settings.admin_api_key)
     app.include_router(api.build_router(reminders, authenticate))
 
     # The role is informative: a standby is as ready as the active scheduler.

@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.worker import Worker
+
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
@@ -28,23 +30,20 @@ Transaction = Callable[[], contextlib.AbstractAsyncContextManager[AsyncSession]]
 
 
 class GroupCommit:
+    """Queues writes and applies them in batches on a :class:`~shared.worker.Worker`."""
+
     def __init__(self, transaction: Transaction, max_batch: int = 200) -> None:
         self._transaction = transaction
         self._max_batch = max_batch
         self._pending: list[tuple[Write, asyncio.Future[Any]]] = []
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._worker = Worker("group-commit", self._step, poll_seconds=None)
         self.batches = 0
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="group-commit")
+        self._worker.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._worker.stop()
         for _, future in self._pending:
             if not future.done():
                 future.set_exception(RuntimeError("the service is stopping"))
@@ -52,22 +51,21 @@ class GroupCommit:
 
     async def run(self, write: Callable[[AsyncSession], Awaitable[T]]) -> T:
         """Apply ``write`` in the next batch; returns its result once committed."""
-        if self._task is None:  # not started (tests, tools): a transaction of its own
+        if not self._worker.running:  # not started (tests, tools): a transaction of its own
             async with self._transaction() as session:
                 return await write(session)
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._pending.append((write, future))
-        self._wakeup.set()
+        self._worker.wake()
         return await future
 
-    async def _loop(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._pending:
-                batch = self._pending[: self._max_batch]
-                del self._pending[: len(batch)]
-                await self._apply(batch)
+    async def _step(self) -> bool:
+        """One batch; ``True`` (again at once) while more writes wait."""
+        if self._pending:
+            batch = self._pending[: self._max_batch]
+            del self._pending[: len(batch)]
+            await self._apply(batch)
+        return bool(self._pending)
 
     async def _apply(self, batch: list[tuple[Write, asyncio.Future[Any]]]) -> None:
         results: list[Any] = []

@@ -12,6 +12,11 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
+from shared.errors import DomainError
+
+#: What reminders' events name as their source.
+SOURCE = "reminders"
+
 Kind = Literal["confirmation", "reminder", "followup", "cancellation", "reschedule"]
 KINDS: tuple[Kind, ...] = ("confirmation", "reminder", "followup", "cancellation", "reschedule")
 #: Kinds sent when something happens rather than at an offset from the session.
@@ -27,13 +32,19 @@ FOLLOWUP_USEFUL_FOR = timedelta(hours=24)
 REFERRAL_USEFUL_FOR = timedelta(days=7)
 #: A job that fires this much before its time was planned for an older state: wait.
 EARLY_TOLERANCE = timedelta(seconds=5)
+#: How far back re-planning (rule changes, activation repair) looks.
+REPAIR_WINDOW = timedelta(days=3)
 
 RULE_NAME = re.compile(r"^[a-z0-9_]{1,40}$")
 MINUTES_PER_DAY = 24 * 60
 
 
-class InvalidRules(ValueError):
-    """A rule set that cannot be applied; the message names the field."""
+class InvalidRules(DomainError):
+    """A rule set that cannot be applied (422); the message names the field."""
+
+
+class ClientUnknown(Exception):
+    """A referral names a client no booking event has told us about (yet): retried."""
 
 
 # ---------------------------------------------------------------------------------------

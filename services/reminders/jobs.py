@@ -1,36 +1,34 @@
-"""The functions APScheduler jobs point at (``services.reminders.jobs:…``).
+"""The names stored jobs carry, and their ids.
 
-A job stores only ids; the function finds the running service here, bound when this
-instance becomes the active scheduler, and re-reads everything it needs.
+A job in the store names a module-level function (``services.reminders.jobs:…``) and
+carries ids only. The functions below are those names and nothing more: the leased
+scheduler runs the handler the composition root registered for each name
+(``firing.py``), so which database and which Twilio account a job acts on belongs to the
+process, not to the job. They must stay importable for the jobs already stored.
 """
 
 from __future__ import annotations
 
-import structlog
-
-from services.reminders import delivery, usecases
-
-log = structlog.get_logger(__name__)
-
-_active: usecases.Reminders | None = None
+SESSION_JOB = "services.reminders.jobs:send_session_message"
+REFERRAL_JOB = "services.reminders.jobs:send_referral_update"
 
 
-def bind(app: usecases.Reminders | None) -> None:
-    global _active
-    _active = app
+def session_job_id(session_id: str, rule: str) -> str:
+    """Deterministic: a replayed event or a re-plan replaces the job, never duplicates it."""
+    return f"{session_id}:{rule}"
+
+
+def referral_job_id(notice_id: str) -> str:
+    """``<referral_id>:referral_<status>`` (notice ids are ``<referral_id>:<status>``)."""
+    referral_id, status = notice_id.rsplit(":", 1)
+    return f"{referral_id}:referral_{status}"
 
 
 async def send_session_message(session_id: str, rule: str) -> None:
-    if _active is None:
-        log.warning("job.unbound", session=session_id, rule=rule)
-        return
-    async with _active.job_slots:
-        await delivery.send_session_message(_active, session_id, rule)
+    """Stored name of a session's message job (bound to ``firing.send_session_message``)."""
+    raise RuntimeError("a job name only: the scheduler runs the bound handler")
 
 
 async def send_referral_update(notice_id: str) -> None:
-    if _active is None:
-        log.warning("job.unbound", notice=notice_id)
-        return
-    async with _active.job_slots:
-        await delivery.send_referral_update(_active, notice_id)
+    """Stored name of a referral update job (bound to ``firing.send_referral_update``)."""
+    raise RuntimeError("a job name only: the scheduler runs the bound handler")

@@ -13,8 +13,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.reminders import db, domain, texts
-from services.reminders.usecases import SOURCE, Reminders, enqueue, new_id, set_consent
+from services.reminders.consent import set_consent
+from services.reminders.context import Reminders
 from shared import events
+from shared.ids import new_id
+from shared.outbox import enqueue
 
 log = structlog.get_logger(__name__)
 
@@ -55,10 +58,10 @@ async def handle_inbound(app: Reminders, message: Inbound) -> str | None:
     STOP-family and START-family words are answered by Twilio itself (and an app's answer
     to an opted-out phone would fail), so those get none from us.
     """
-    now = app.clock()
+    now = app.now()
     intent = domain.parse_reply(message.body)
     region = app.settings.default_phone_region
-    async with app.write() as session:
+    async with app.uow.write() as session:
         seen = (
             await session.scalars(select(db.Message).where(db.Message.provider_sid == message.sid))
         ).first()
@@ -154,7 +157,7 @@ async def _announce_reply(
         session,
         events.make_event(
             events.REPLY_RECEIVED,
-            SOURCE,
+            domain.SOURCE,
             events.ReplyReceived(
                 phone=phone,
                 client_id=client_id,

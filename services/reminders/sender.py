@@ -125,12 +125,26 @@ class RateLimiter:
 
 
 class Sender:
+    """Twilio for the jobs. Its HTTP session is made inside the event loop (:meth:`open`
+    at start, else on first use), so the composition root builds it with everything else."""
+
     def __init__(self, settings: RemindersSettings, client: Client | None = None) -> None:
         self.settings = settings
-        self.client = client or twilio_client(settings)
+        self._client = client
         self.callback_url = f"{settings.base_url}/twilio/status"
         self._limiters: dict[str, RateLimiter] = {}
         self._slots = asyncio.Semaphore(settings.sms_concurrency)
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = twilio_client(self.settings)
+        return self._client
+
+    def open(self) -> None:
+        """Make the HTTP session now, in the event loop, and load the client's messages API
+        (a second of imports) before the first job needs it."""
+        _ = self.client.messages
 
     def limiter(self, sender: str) -> RateLimiter:
         if sender not in self._limiters:
@@ -138,7 +152,9 @@ class Sender:
         return self._limiters[sender]
 
     async def close(self) -> None:
-        close = getattr(self.client.http_client, "close", None)
+        if self._client is None:
+            return
+        close = getattr(self._client.http_client, "close", None)
         if close is not None:
             await close()
 

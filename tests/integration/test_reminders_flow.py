@@ -57,7 +57,7 @@ class Reminders:
 
     async def jobs(self, session_id: str) -> dict[str, float]:
         """Job id -> next run (epoch seconds) of one session, read from the job store."""
-        async with self.runtime.reminders.read() as session:
+        async with self.runtime.reminders.uow.read() as session:
             rows = await session.execute(
                 select(db.apscheduler_jobs.c.id, db.apscheduler_jobs.c.next_run_time).where(
                     db.apscheduler_jobs.c.id.like(f"{session_id}:%")

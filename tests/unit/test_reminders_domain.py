@@ -9,7 +9,7 @@ import pytest
 
 from services.reminders import domain
 from services.reminders.domain import QuietHours, Rule, RuleSet, SessionState
-from services.reminders.usecases import parse_rules_document
+from services.reminders.rules import parse_rules_document
 
 NY = ZoneInfo("America/New_York")
 DAY = QuietHours.parse("09:00", "20:00")

@@ -1,0 +1,150 @@
+"""What booking's and referrals' events tell reminders: sessions and clients remembered as
+the events describe them, referral updates to text about. Each change is marked for
+planning and the planner is woken once the consumer's transaction commits."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.reminders import db
+from services.reminders.context import PLANNER
+from services.reminders.domain import ClientUnknown
+from services.reminders.settings import RemindersSettings
+from shared import events
+from shared.broker import Consumer
+from shared.timeutil import as_utc
+from shared.uow import after_commit
+
+log = structlog.get_logger(__name__)
+
+#: The referral statuses the client hears about.
+REFERRAL_UPDATES = frozenset({"accepted", "scheduled"})
+
+
+async def _learn_client(
+    session: AsyncSession,
+    client_id: str,
+    first_name: str,
+    phone: str,
+    consent: bool,
+    at: datetime,
+) -> None:
+    row = await session.get(db.Client, client_id)
+    if row is None:
+        session.add(
+            db.Client(
+                id=client_id, first_name=first_name, phone=phone, sms_consent=consent, as_of=at
+            )
+        )
+    elif row.as_of <= at:
+        row.first_name, row.phone, row.sms_consent, row.as_of = first_name, phone, consent, at
+
+
+async def apply_session_event(
+    session: AsyncSession, event: events.CloudEvent[events.SessionEvent]
+) -> None:
+    """Remember the session as the event describes it and mark it for (re)planning."""
+    data = event.data
+    at = as_utc(event.time)
+    client = data.client
+    await _learn_client(session, client.id, client.first_name, client.phone, client.sms_consent, at)
+    row = await session.get(db.Session, data.session_id)
+    if row is not None and data.version <= row.version:
+        log.info("session.stale_event", session=data.session_id, version=data.version)
+        return
+    if row is None:
+        row = db.Session(id=data.session_id, change_seq=0, planned_seq=0, planned_jobs=[])
+        session.add(row)
+    row.client_id = client.id
+    row.version = data.version
+    row.status = data.status
+    row.start_at = as_utc(data.start)
+    row.end_at = as_utc(data.end)
+    row.location_id = data.location.id
+    row.location_name = data.location.name
+    row.location_timezone = data.location.timezone
+    row.location_phone = data.location.phone
+    row.modality = data.service.modality
+    row.updated_at = at
+    if event.type == events.SESSION_BOOKED:
+        row.booked_at = at
+        row.changed_at = at
+    elif event.type == events.SESSION_RESCHEDULED:
+        row.rescheduled_at = at
+        row.rescheduled_version = data.version
+        row.changed_at = at
+    elif event.type == events.SESSION_CANCELLED:
+        row.cancelled_at = at
+    row.change_seq = (row.change_seq or 0) + 1
+    row.plan_pending = True
+    after_commit(session, PLANNER)
+
+
+async def apply_client_event(
+    session: AsyncSession, event: events.CloudEvent[events.ClientEvent]
+) -> None:
+    c = event.data.client
+    await _learn_client(session, c.id, c.first_name, c.phone, c.sms_consent, as_utc(event.time))
+    after_commit(session, PLANNER)
+
+
+async def apply_referral_event(
+    session: AsyncSession, event: events.CloudEvent[events.ReferralEvent]
+) -> None:
+    """An accepted or scheduled referral becomes a text to plan for its client."""
+    data = event.data
+    status = event.type.rsplit(".", 1)[-1]
+    if status not in REFERRAL_UPDATES:
+        return
+    notice_id = f"{data.referral_id}:{status}"
+    if await session.get(db.ReferralNotice, notice_id) is not None:
+        return
+    if await session.get(db.Client, data.client_id) is None:
+        raise ClientUnknown(f"client {data.client_id} of referral {data.referral_id} is unknown")
+    session.add(
+        db.ReferralNotice(
+            id=notice_id,
+            referral_id=data.referral_id,
+            client_id=data.client_id,
+            status=status,
+            discipline=data.partner.discipline,
+            happened_at=as_utc(event.time),
+            plan_pending=True,
+        )
+    )
+    after_commit(session, PLANNER)
+
+
+def build_consumers(settings: RemindersSettings) -> list[Consumer]:
+    common: dict[str, Any] = {
+        "service": "reminders",
+        "max_deliver": settings.max_deliver,
+        "retry_base_seconds": settings.retry_base_seconds,
+    }
+    return [
+        Consumer(
+            purpose="sessions",
+            stream=events.BOOKING_STREAM,
+            subject="booking.session.>",
+            handler=apply_session_event,
+            **common,
+        ),
+        Consumer(
+            purpose="clients",
+            stream=events.BOOKING_STREAM,
+            subject="booking.client.>",
+            handler=apply_client_event,
+            **common,
+        ),
+        Consumer(
+            purpose="referrals",
+            stream=events.REFERRALS_STREAM,
+            subject="referrals.referral.>",
+            handler=apply_referral_event,
+            **common,
+        ),
+    ]

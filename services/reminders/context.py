@@ -1,0 +1,53 @@
+"""What every reminders use case works with, built whole by the composition root (app.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from services.reminders.aftercare import AftercareLibrary
+from services.reminders.batch import GroupCommit
+from services.reminders.links import Links
+from services.reminders.rules import RulesCache
+from services.reminders.sender import Sender
+from services.reminders.settings import RemindersSettings
+from shared.scheduling import LeasedScheduler
+from shared.uow import UnitOfWork
+
+#: What the after-commit hook that wakes the planner is called (see ``shared.uow``).
+PLANNER = "planner"
+
+
+@dataclass
+class Reminders:
+    """The service's context: settings, the unit of work, the adapters, the scheduler."""
+
+    settings: RemindersSettings
+    uow: UnitOfWork
+    sender: Sender
+    links: Links
+    aftercare: AftercareLibrary
+    scheduler: LeasedScheduler
+    #: Small writes of concurrent tasks share a transaction (see batch.py).
+    batch: GroupCommit
+    rules: RulesCache
+    #: Ledger keys this process is sending right now (a reconcile must leave them alone).
+    in_flight: set[str] = field(default_factory=set)
+    #: Jobs working at once: a thousand due together queue here, not on the database.
+    job_slots: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.job_slots = asyncio.Semaphore(self.settings.sms_concurrency)
+
+    def now(self) -> datetime:
+        return self.uow.clock()
+
+    def is_active(self) -> bool:
+        """This process holds the scheduler lease: it may send."""
+        return self.scheduler.active
+
+    @property
+    def default_zone(self) -> ZoneInfo:
+        return ZoneInfo(self.settings.clinic_timezone)

@@ -1,0 +1,175 @@
+"""What a job does when it fires: re-read the state as it is now, decide (``domain.decide``,
+pure), then wait (reschedule), drop (a ledger row saying why) or claim the ledger row and
+transmit. A job that ran too late to run at all is dropped here too."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import structlog
+
+from services.reminders import db, domain, texts
+from services.reminders.consent import consent_of
+from services.reminders.context import Reminders
+from services.reminders.facts import client_location, message_by_key, state_of
+from services.reminders.jobs import session_job_id
+from services.reminders.ledger import Recipient, claim, record_skip, skip
+from services.reminders.planning import deferred, job_for, referral_job, referral_plan, reschedule
+from services.reminders.rules import load_rules
+from services.reminders.transmit import lease_back, transmit
+
+log = structlog.get_logger(__name__)
+
+
+def text_for_session(app: Reminders, kind: str, row: db.Session, client: db.Client) -> str:
+    ctx = texts.TextContext(
+        first_name=client.first_name,
+        when=texts.local_when(row.start_at, ZoneInfo(row.location_timezone)),
+        location=row.location_name,
+        phone=texts.display_phone(row.location_phone, app.settings.default_phone_region),
+        link=app.links.aftercare_url(row.id) if kind == "followup" else "",
+    )
+    return texts.render(kind, ctx)
+
+
+def text_for_referral(
+    app: Reminders, notice: db.ReferralNotice, client: db.Client, location: str, phone: str
+) -> str:
+    """A neutral text with a signed link: nothing about the referral is named."""
+    settings = app.settings
+    ctx = texts.TextContext(
+        first_name=client.first_name,
+        location=location or settings.clinic_name,
+        phone=texts.display_phone(phone or settings.clinic_phone, settings.default_phone_region),
+        link=app.links.referral_url(notice.referral_id),
+    )
+    return texts.render("referral", ctx)
+
+
+async def send_session_message(app: Reminders, session_id: str, rule_name: str) -> None:
+    """A session job fired: re-read everything, then send, wait or drop."""
+    if not app.is_active() and not await lease_back(app):
+        # The lease is gone: whoever holds it next re-adds this job (planning.repair_jobs).
+        log.warning("job.not_active", job=session_job_id(session_id, rule_name))
+        return
+    now = app.now()
+    async with app.uow.read() as session:
+        row = await session.get(db.Session, session_id)
+        if row is None:
+            log.warning("job.unknown_session", session=session_id)
+            return
+        rules = (await app.rules.current(session)).for_location(row.location_id)
+        rule = rules.rule(rule_name)
+        if rule is None or not rule.enabled:
+            log.info("job.rule_gone", session=session_id, rule=rule_name)
+            return
+        state = state_of(row)
+        planned = domain.plan_one(state, rule, rules.quiet_hours)
+        client = await session.get(db.Client, row.client_id)
+        consent = await consent_of(session, client)
+        decision = domain.decide(planned, consent, now, state.zone, rules.quiet_hours)
+        existing = await message_by_key(session, planned.key) if planned is not None else None
+        body = (
+            text_for_session(app, decision.planned.kind, row, client)
+            if isinstance(decision, domain.Send) and client is not None
+            else ""
+        )
+        to = Recipient(
+            phone=client.phone if client else "",
+            client_id=row.client_id,
+            session_id=session_id,
+            location_id=row.location_id,
+        )
+    if isinstance(decision, domain.Defer) and planned is not None:
+        log.info("message.deferred", session=session_id, rule=rule_name, until=decision.until)
+        await reschedule(app, job_for(session_id, domain.replanned(planned, decision.until)))
+    elif isinstance(decision, domain.Skip):
+        if decision.record and planned is not None and existing is None:
+            await skip(app, planned, decision.reason, to)
+        else:
+            log.info("job.nothing_to_send", session=session_id, rule=rule_name)
+    elif isinstance(decision, domain.Send) and body:
+        outgoing = await claim(app, decision.planned, body, existing, to)
+        if outgoing is not None:
+            await transmit(app, outgoing)
+
+
+async def send_referral_update(app: Reminders, notice_id: str) -> None:
+    """A referral job fired: a neutral text with a signed link, nothing named."""
+    if not app.is_active() and not await lease_back(app):
+        return
+    now = app.now()
+    async with app.uow.read() as session:
+        notice = await session.get(db.ReferralNotice, notice_id)
+        if notice is None:
+            return
+        rules = await app.rules.current(session)
+        planned = await referral_plan(session, app, rules, notice)
+        location_id, name, phone, zone = await client_location(session, notice.client_id)
+        quiet = rules.for_location(location_id).quiet_hours
+        client = await session.get(db.Client, notice.client_id)
+        consent = await consent_of(session, client)
+        decision = domain.decide(planned, consent, now, zone or app.default_zone, quiet)
+        existing = await message_by_key(session, planned.key)
+        to = Recipient(
+            phone=client.phone if client else "",
+            client_id=notice.client_id,
+            referral_id=notice.referral_id,
+            location_id=location_id,
+        )
+        body = (
+            text_for_referral(app, notice, client, name, phone)
+            if isinstance(decision, domain.Send) and client is not None
+            else ""
+        )
+    if isinstance(decision, domain.Defer):
+        await reschedule(app, deferred(referral_job(notice, planned), decision.until))
+    elif isinstance(decision, domain.Skip) and decision.record and existing is None:
+        await skip(app, planned, decision.reason, to)
+    elif body:
+        outgoing = await claim(app, planned, body, existing, to)
+        if outgoing is not None:
+            await transmit(app, outgoing)
+
+
+async def on_job_missed(app: Reminders, job_id: str, scheduled: datetime) -> None:
+    """A job ran past its grace (the service was down too long): dropped, and logged."""
+    head, rule = job_id.rsplit(":", 1)
+    log.warning("job.missed", job=job_id, scheduled=scheduled.isoformat())
+    now = app.now()
+    async with app.uow.write() as session:
+        if rule.startswith("referral_"):
+            notice = await session.get(
+                db.ReferralNotice, f"{head}:{rule.removeprefix('referral_')}"
+            )
+            if notice is None:
+                return
+            rules = await load_rules(session, app.settings)
+            planned = await referral_plan(session, app, rules, notice)
+            client = await session.get(db.Client, notice.client_id)
+            to = Recipient(
+                phone=client.phone if client else "",
+                client_id=notice.client_id,
+                referral_id=notice.referral_id,
+            )
+            await record_skip(session, planned, "missed", to, now)
+            return
+        row = await session.get(db.Session, head)
+        if row is None:
+            return
+        ruleset = (await load_rules(session, app.settings)).for_location(row.location_id)
+        found = ruleset.rule(rule)
+        planned_for_session = (
+            domain.plan_one(state_of(row), found, ruleset.quiet_hours) if found else None
+        )
+        if planned_for_session is None:
+            return
+        client = await session.get(db.Client, row.client_id)
+        to = Recipient(
+            phone=client.phone if client else "",
+            client_id=row.client_id,
+            session_id=row.id,
+            location_id=row.location_id,
+        )
+        await record_skip(session, planned_for_session, "missed", to, now)

@@ -1,0 +1,143 @@
+"""The send ledger: one row per planned message (``Message.key``, unique), written before
+the provider is called. A claimed row is the right to send that message once; a skipped
+one says why it never went."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.reminders import db, domain
+from services.reminders.context import Reminders
+from services.reminders.facts import message_by_key
+from shared.ids import new_id
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """Who a message is for, and what it is about (the ledger row's references)."""
+
+    phone: str
+    client_id: str | None
+    session_id: str | None = None
+    referral_id: str | None = None
+    location_id: str | None = None
+
+
+@dataclass
+class Outgoing:
+    """A ledger row claimed for sending; ``reconcile`` when an earlier attempt may have gone."""
+
+    message_id: str
+    key: str
+    phone: str
+    body: str
+    session_id: str | None
+    rule: str
+    created_at: datetime
+    deadline: datetime | None
+    reconcile: bool = False
+
+
+def outgoing_of(row: db.Message, reconcile: bool = False) -> Outgoing:
+    return Outgoing(
+        message_id=row.id,
+        key=row.key or "",
+        phone=row.phone,
+        body=row.body,
+        session_id=row.session_id,
+        rule=row.rule or "",
+        created_at=row.created_at,
+        deadline=row.deadline_at,
+        reconcile=reconcile,
+    )
+
+
+def _row(
+    planned: domain.Planned, to: Recipient, now: datetime, *, status: str, body: str = ""
+) -> db.Message:
+    return db.Message(
+        id=new_id(),
+        key=planned.key,
+        direction="outbound",
+        session_id=to.session_id,
+        referral_id=to.referral_id,
+        client_id=to.client_id,
+        location_id=to.location_id,
+        rule=planned.rule,
+        kind=planned.kind,
+        phone=to.phone,
+        body=body,
+        status=status,
+        due_at=planned.due,
+        deadline_at=planned.deadline,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+async def record_skip(
+    session: AsyncSession, planned: domain.Planned, reason: str, to: Recipient, now: datetime
+) -> None:
+    """Keep a row saying why the message never went (unless the key has one already)."""
+    if await message_by_key(session, planned.key) is not None:
+        return
+    row = _row(planned, to, now, status="skipped")
+    row.reason = reason
+    session.add(row)
+    log.info("message.dropped", key=planned.key, rule=planned.rule, reason=reason)
+
+
+async def skip(app: Reminders, planned: domain.Planned, reason: str, to: Recipient) -> None:
+    async with app.uow.write() as session:
+        await record_skip(session, planned, reason, to, app.now())
+
+
+async def claim(
+    app: Reminders,
+    planned: domain.Planned,
+    body: str,
+    existing: db.Message | None,
+    to: Recipient,
+) -> Outgoing | None:
+    """Write the ledger row before the provider is called; None if it is not ours to send.
+
+    ``existing`` is the row for the key as read just before, outside the write lock; the
+    write itself is one short statement guarded by the key's uniqueness (or the row's
+    status), so two claims of one key cannot both win.
+    """
+    now = app.now()
+    if existing is not None:
+        if existing.status == "submitting" and planned.key not in app.in_flight:
+            return outgoing_of(existing, reconcile=True)
+        if existing.status != "skipped":
+            return None  # sent (or being sent, or failed for good): at most once
+        async with app.uow.write() as session:
+            result = await session.execute(
+                update(db.Message)
+                .where(db.Message.id == existing.id, db.Message.status == "skipped")
+                .values(status="submitting", reason=None, body=body, phone=to.phone, updated_at=now)
+            )
+            if not getattr(result, "rowcount", 0):
+                return None
+        existing.status, existing.body, existing.phone = "submitting", body, to.phone
+        return outgoing_of(existing)
+    row = _row(planned, to, now, status="submitting", body=body)
+    row.attempts = 0
+
+    async def write(session: AsyncSession) -> None:
+        session.add(row)
+
+    try:
+        await app.batch.run(write)
+    except IntegrityError:
+        log.info("job.claimed_elsewhere", key=planned.key)
+        return None
+    return outgoing_of(row)
