@@ -44,23 +44,25 @@ if str(ROOT) not in sys.path:
 
 from sqlalchemy import create_engine, func, insert, select  # noqa: E402
 
-from bench._harness import (  # noqa: E402
+from bench.harness import (  # noqa: E402
     Stack,
     api_client,
-    call,
+    arguments,
+    booking_db_path,
     chunked,
     code_fingerprint,
-    emit_json,
+    cpu_per_request,
     latency_summary,
     log,
     machine,
-    print_out,
-    run,
+    main,
     service_log_findings,
+    start_booking,
     table,
 )
 from services.booking import db  # noqa: E402
 from shared.db import sync_url  # noqa: E402
+from tools.kit import ClinicBuilder, Hours  # noqa: E402
 
 SESSIONS = db.Base.metadata.tables["sessions"]
 CLIENTS = db.Base.metadata.tables["clients"]
@@ -78,7 +80,11 @@ WINDOW = timedelta(days=14)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = arguments(
+        __doc__,
+        database="BOOKING_DATABASE_URL for the service (default: SQLite file under VAR_DIR)",
+        strict=f"exit 1 if p99 >= {TARGET_P99_MS:.0f} ms",
+    )
     p.add_argument("--sessions", type=int, default=50_000, help="sessions inserted (default 50000)")
     p.add_argument("--therapists", type=int, default=20, help="therapists at the location")
     p.add_argument("--rooms", type=int, default=20, help="rooms at the location (>= therapists)")
@@ -87,16 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5, help="warm-up requests, not measured")
     p.add_argument("--past-days", type=int, default=365, help="sessions start this far back")
     p.add_argument("--future-days", type=int, default=365, help="and reach this far ahead")
-    p.add_argument(
-        "--database-url",
-        default=None,
-        help="BOOKING_DATABASE_URL for the service (default: SQLite file under VAR_DIR)",
-    )
     p.add_argument("--seed", type=int, default=11, help="seed of the calendar and the windows")
-    p.add_argument("--budget", type=float, default=170.0, help="hard time limit in seconds")
-    p.add_argument("--json", type=Path, default=None, help="append the JSON line to this file")
-    p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, database)")
-    p.add_argument("--strict", action="store_true", help=f"exit 1 if p99 >= {TARGET_P99_MS:.0f} ms")
     args = p.parse_args(argv)
     if args.rooms < args.therapists:
         p.error("--rooms must be >= --therapists (every therapist may work the same block)")
@@ -112,70 +109,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def set_up(base: str, key: str, args: argparse.Namespace) -> dict[str, Any]:
+    clinic = ClinicBuilder()
+    clinic.location(
+        "Bench Clinic Uptown",
+        rooms=[f"Room {n + 1:02d}" for n in range(args.rooms)],
+        timezone=TIMEZONE,
+        address="2 Benchmark Plaza, New York, NY",
+        phone="+12125550101",
+        min_notice_minutes=60,
+        horizon_days=730,
+    )
+    clinic.treatment(
+        "Medical massage 60",
+        modality=MODALITY,
+        duration_minutes=DURATION_MIN,
+        buffer_minutes=BUFFER_MIN,
+    )
+    for n in range(args.therapists):
+        clinic.therapist(f"Therapist {n + 1:02d}", hours=[Hours(0, WORK_WEEKDAYS, OPEN, CLOSE)])
     async with api_client(base, key) as api:
-        location = await call(
-            api,
-            "POST",
-            "/v1/locations",
-            expect=201,
-            json={
-                "name": "Bench Clinic Uptown",
-                "timezone": TIMEZONE,
-                "address": "2 Benchmark Plaza, New York, NY",
-                "phone": "+12125550101",
-                "min_notice_minutes": 60,
-                "horizon_days": 730,
-            },
-        )
-        loc = location["id"]
-        rooms = [
-            (
-                await call(
-                    api,
-                    "POST",
-                    f"/v1/locations/{loc}/rooms",
-                    expect=201,
-                    json={"name": f"Room {n + 1:02d}"},
-                )
-            )["id"]
-            for n in range(args.rooms)
-        ]
-        service = await call(
-            api,
-            "POST",
-            "/v1/services",
-            expect=201,
-            json={
-                "name": "Medical massage 60",
-                "modality": MODALITY,
-                "duration_minutes": DURATION_MIN,
-                "buffer_minutes": BUFFER_MIN,
-            },
-        )
-        hours = [
-            {"location_id": loc, "weekday": d, "start": OPEN, "end": CLOSE} for d in WORK_WEEKDAYS
-        ]
-        therapists = [
-            (
-                await call(
-                    api,
-                    "POST",
-                    "/v1/therapists",
-                    expect=201,
-                    json={
-                        "name": f"Therapist {n + 1:02d}",
-                        "modalities": [MODALITY],
-                        "working_hours": hours,
-                    },
-                )
-            )["id"]
-            for n in range(args.therapists)
-        ]
+        made = await clinic.create(api)
     return {
-        "location_id": loc,
-        "service_id": service["id"],
-        "room_ids": rooms,
-        "therapist_ids": therapists,
+        "location_id": made.location["id"],
+        "service_id": made.treatment["id"],
+        "room_ids": made.ids("rooms"),
+        "therapist_ids": made.ids("therapists"),
     }
 
 
@@ -326,12 +284,12 @@ def windows(args: argparse.Namespace, today: date, count: int) -> list[tuple[dat
     return out
 
 
-async def main(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
+async def scenario(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     code = code_fingerprint()
     stack.start_nats()
-    booking, base = await stack.start_booking(args.database_url)
-    key = stack.admin_key
-    url = args.database_url or f"sqlite:///{stack.booking_db_path}"
+    service = await start_booking(stack, args.database_url)
+    booking, base, key = service.child, service.url, stack.admin_key
+    url = args.database_url or f"sqlite:///{booking_db_path(stack)}"
     today = datetime.now(ZoneInfo(TIMEZONE)).date()
 
     ids = await set_up(base, key, args)
@@ -380,12 +338,7 @@ async def main(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
             slot_counts.append(len(slots))
             in_window.append(busy.inside(start, end))
             wrong += bad_slots(slots, busy)
-    cpu_after = booking.cpu_seconds()
-    cpu_ms = (
-        round((cpu_after - cpu_before) * 1000 / args.requests, 2)
-        if cpu_before is not None and cpu_after is not None
-        else None
-    )
+    cpu_ms = cpu_per_request(cpu_before, booking.cpu_seconds(), args.requests)
     booking.stop()
 
     summary = latency_summary(latencies)
@@ -475,10 +428,12 @@ def report(fig: dict[str, Any]) -> str:
 
 def cli(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    figures = run(lambda stack: main(stack, args), budget=args.budget, keep=args.keep_tmp)
-    print_out(report(figures))
-    emit_json(figures, args.json)
-    return 1 if args.strict and not figures["target_met"] else 0
+    return main(
+        scenario,
+        args,
+        report=report,
+        failed=lambda figures: args.strict and not figures["target_met"],
+    )
 
 
 if __name__ == "__main__":

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import random
-import sqlite3
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -36,23 +34,26 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench._harness import (  # noqa: E402
+from bench.harness import (  # noqa: E402
     LoadResult,
     Stack,
     api_client,
-    call,
+    arguments,
+    booking_db_path,
     code_fingerprint,
-    drive,
-    emit_json,
-    free_port,
+    count,
+    cpu_per_request,
+    drive_with,
     latency_summary,
     log,
     machine,
-    print_out,
-    run,
+    main,
     service_log_findings,
+    start_booking,
+    start_uvicorn,
     table,
 )
+from tools.kit import ClinicBuilder, Hours, call  # noqa: E402
 
 TARGET_RATIO = 0.25
 TIMEZONE = "America/New_York"
@@ -63,7 +64,11 @@ OPEN, CLOSE = "08:00", "20:00"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = arguments(
+        __doc__,
+        database="BOOKING_DATABASE_URL for the service (default: SQLite file under VAR_DIR)",
+        strict=f"exit 1 if booking/bare < {TARGET_RATIO}",
+    )
     p.add_argument("--bookings", type=int, default=400, help="measured bookings (default 400)")
     p.add_argument("--concurrency", type=int, default=8, help="concurrent clients (default 8)")
     p.add_argument("--warmup", type=int, default=16, help="warm-up requests, not measured")
@@ -71,21 +76,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rooms", type=int, default=8, help="rooms at the location")
     p.add_argument("--clients", type=int, default=40, help="clients created and booked for")
     p.add_argument(
-        "--database-url",
-        default=None,
-        help="BOOKING_DATABASE_URL for the service (default: SQLite file under VAR_DIR)",
-    )
-    p.add_argument(
         "--bare-rounds",
         type=int,
         default=3,
         help="rounds of the bare baseline (same requests each); the median round is reported",
     )
     p.add_argument("--seed", type=int, default=7, help="shuffles the order of the bookings")
-    p.add_argument("--budget", type=float, default=170.0, help="hard time limit in seconds")
-    p.add_argument("--json", type=Path, default=None, help="append the JSON line to this file")
-    p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, database)")
-    p.add_argument("--strict", action="store_true", help=f"exit 1 if booking/bare < {TARGET_RATIO}")
     args = p.parse_args(argv)
     if args.bookings < 1 or args.concurrency < 1 or args.warmup < 0 or args.bare_rounds < 1:
         p.error("--bookings, --concurrency and --bare-rounds must be >= 1, --warmup >= 0")
@@ -101,81 +97,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def set_up(base: str, key: str, args: argparse.Namespace) -> dict[str, Any]:
+    clinic = ClinicBuilder()
+    clinic.location(
+        "Bench Clinic Midtown",
+        rooms=args.rooms,
+        timezone=TIMEZONE,
+        address="1 Benchmark Plaza, New York, NY",
+        phone="+12125550100",
+        min_notice_minutes=60,
+        horizon_days=90,
+    )
+    clinic.treatment(
+        "Medical massage 50",
+        modality=MODALITY,
+        duration_minutes=DURATION_MIN,
+        buffer_minutes=BUFFER_MIN,
+    )
+    for n in range(args.therapists):
+        clinic.therapist(
+            f"Therapist {n + 1:02d}",
+            modalities=[MODALITY, "sports_massage"],
+            hours=[Hours(0, range(7), OPEN, CLOSE)],
+        )
+    for n in range(args.clients):
+        clinic.client(
+            f"Client{n}", "Bench", phone=f"+1212555{1000 + n:04d}", sms_consent=n % 2 == 0
+        )
     async with api_client(base, key) as api:
-        location = await call(
-            api,
-            "POST",
-            "/v1/locations",
-            expect=201,
-            json={
-                "name": "Bench Clinic Midtown",
-                "timezone": TIMEZONE,
-                "address": "1 Benchmark Plaza, New York, NY",
-                "phone": "+12125550100",
-                "min_notice_minutes": 60,
-                "horizon_days": 90,
-            },
-        )
-        loc = location["id"]
-        for n in range(args.rooms):
-            await call(
-                api,
-                "POST",
-                f"/v1/locations/{loc}/rooms",
-                expect=201,
-                json={"name": f"Room {n + 1}"},
-            )
-        service = await call(
-            api,
-            "POST",
-            "/v1/services",
-            expect=201,
-            json={
-                "name": "Medical massage 50",
-                "modality": MODALITY,
-                "duration_minutes": DURATION_MIN,
-                "buffer_minutes": BUFFER_MIN,
-            },
-        )
-        hours = [{"location_id": loc, "weekday": d, "start": OPEN, "end": CLOSE} for d in range(7)]
-        therapists = [
-            (
-                await call(
-                    api,
-                    "POST",
-                    "/v1/therapists",
-                    expect=201,
-                    json={
-                        "name": f"Therapist {n + 1:02d}",
-                        "modalities": [MODALITY, "sports_massage"],
-                        "working_hours": hours,
-                    },
-                )
-            )["id"]
-            for n in range(args.therapists)
-        ]
-        clients = [
-            (
-                await call(
-                    api,
-                    "POST",
-                    "/v1/clients",
-                    expect=201,
-                    json={
-                        "first_name": f"Client{n}",
-                        "last_name": "Bench",
-                        "phone": f"+1212555{1000 + n:04d}",
-                        "sms_consent": n % 2 == 0,
-                    },
-                )
-            )["id"]
-            for n in range(args.clients)
-        ]
+        made = await clinic.create(api)
     return {
-        "location_id": loc,
-        "service_id": service["id"],
-        "therapist_ids": therapists,
-        "client_ids": clients,
+        "location_id": made.location["id"],
+        "service_id": made.treatment["id"],
+        "therapist_ids": made.ids("therapists"),
+        "client_ids": made.ids("clients"),
     }
 
 
@@ -266,13 +220,8 @@ async def outbox_backlog(db_path: Path, wait: float = 10.0) -> tuple[int | None,
     if not db_path.exists():
         return None, 0.0
     started = time.perf_counter()
-    pending: int | None = None
     while True:
-        with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as conn:
-            conn.execute("PRAGMA busy_timeout=5000")
-            pending = int(
-                conn.execute("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetchone()[0]
-            )
+        pending = count(db_path, "SELECT count(*) FROM outbox WHERE published_at IS NULL")
         waited = time.perf_counter() - started
         if pending == 0 or waited > wait:
             return pending, waited
@@ -299,21 +248,10 @@ def payloads(ids: dict[str, Any], starts: list[str]) -> list[dict[str, Any]]:
 async def load(
     base: str, key: str | None, bodies: list[dict[str, Any]], concurrency: int
 ) -> LoadResult:
-    clients = [api_client(base, key) for _ in range(concurrency)]
-    try:
+    async def send(client: Any, body: dict[str, Any]) -> Any:
+        return await client.post("/v1/sessions", json=body)
 
-        async def send(client: Any, body: dict[str, Any]) -> Any:
-            return await client.post("/v1/sessions", json=body)
-
-        return await drive(clients, bodies, send)
-    finally:
-        await asyncio.gather(*(c.aclose() for c in clients))
-
-
-def cpu_per_request(before: float | None, after: float | None, requests: int) -> float | None:
-    if before is None or after is None or not requests:
-        return None
-    return round((after - before) * 1000 / requests, 2)
+    return await drive_with(base, key, concurrency, bodies, send)
 
 
 def describe_failures(result: LoadResult) -> dict[str, int]:
@@ -327,12 +265,12 @@ def describe_failures(result: LoadResult) -> dict[str, int]:
     return found
 
 
-async def main(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
+async def scenario(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     total = args.warmup + args.bookings
     code = code_fingerprint()
     stack.start_nats()
-    booking, base = await stack.start_booking(args.database_url)
-    key = stack.admin_key
+    service = await start_booking(stack, args.database_url)
+    booking, base, key = service.child, service.url, stack.admin_key
 
     t0 = time.perf_counter()
     ids = await set_up(base, key, args)
@@ -353,34 +291,14 @@ async def main(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     stored = await stored_sessions(base, key, ids, starts)
     clashes = double_bookings(stored)
     backlog, drain_s = (
-        await outbox_backlog(stack.booking_db_path) if not args.database_url else (None, 0.0)
+        await outbox_backlog(booking_db_path(stack)) if not args.database_url else (None, 0.0)
     )
     booking.stop()
     findings = service_log_findings(booking.log_text())
 
     # The baseline, with the same request bodies, clients and counts.
-    port = free_port()
-    bare = stack.start_child(
-        "bare",
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "_bare_app:app",
-            "--app-dir",
-            str(ROOT / "bench"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        stack.booking_env(port),
-    )
-    bare_base = f"http://127.0.0.1:{port}"
-    await bare.wait_ready(f"{bare_base}/healthz", timeout=30)
+    bare_app = await start_uvicorn(stack, "bare", "_bare_app:app", ROOT / "bench")
+    bare, bare_base = bare_app.child, bare_app.url
     if args.warmup:
         await load(bare_base, None, bodies[: args.warmup], args.concurrency)
     log(
@@ -521,10 +439,12 @@ def report(fig: dict[str, Any]) -> str:
 
 def cli(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    figures = run(lambda stack: main(stack, args), budget=args.budget, keep=args.keep_tmp)
-    print_out(report(figures))
-    emit_json(figures, args.json)
-    return 1 if args.strict and not figures["target_met"] else 0
+    return main(
+        scenario,
+        args,
+        report=report,
+        failed=lambda figures: args.strict and not figures["target_met"],
+    )
 
 
 if __name__ == "__main__":

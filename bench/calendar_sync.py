@@ -43,22 +43,22 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench._harness import (  # noqa: E402
-    Child,
+from bench.harness import (  # noqa: E402
     Stack,
     api_client,
-    call,
-    drive,
-    emit_json,
-    free_port,
+    arguments,
+    booking_db_path,
+    drive_with,
     latency_summary,
     log,
     machine,
-    print_out,
-    run,
+    main,
     service_log_findings,
+    start_booking,
+    start_radicale,
     table,
 )
+from tools.kit import ClinicBuilder, Hours, call  # noqa: E402
 
 TIMEZONE = "America/New_York"
 MODALITY = "medical_massage"
@@ -69,7 +69,7 @@ RADICALE_PASSWORD = "bench"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = arguments(__doc__, database="BOOKING_DATABASE_URL (default SQLite)")
     p.add_argument("--backlog", type=int, default=300, help="sessions booked before linking")
     p.add_argument("--sessions", type=int, default=300, help="sessions booked while linked")
     p.add_argument("--concurrency", type=int, default=4, help="booking clients")
@@ -81,10 +81,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--therapists", type=int, default=4, help="therapists, one calendar each")
     p.add_argument("--clients", type=int, default=20, help="clients booked for")
-    p.add_argument("--database-url", default=None, help="BOOKING_DATABASE_URL (default SQLite)")
-    p.add_argument("--budget", type=float, default=170.0, help="hard time limit in seconds")
-    p.add_argument("--json", type=Path, default=None, help="append the JSON line to this file")
-    p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, storage)")
     args = p.parse_args(argv)
     if min(args.backlog, args.sessions, args.concurrency, args.therapists, args.clients) < 1:
         p.error("every count must be >= 1")
@@ -95,53 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------------------
-# Radicale and booking as child processes
-
-
-async def start_radicale(stack: Stack) -> tuple[Child, str, Path]:
-    port = free_port()
-    storage = stack.tmp / "radicale"
-    child = stack.start_child(
-        "radicale",
-        [
-            sys.executable,
-            "-m",
-            "radicale",
-            "--server-hosts",
-            f"127.0.0.1:{port}",
-            "--auth-type",
-            "none",
-            "--storage-filesystem-folder",
-            str(storage),
-        ],
-        dict(os.environ),
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            _r, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            await writer.wait_closed()
-            break
-        except OSError:
-            if not child.running or time.monotonic() > deadline:
-                raise SystemExit(f"radicale did not start: {child.log_tail()}") from None
-            await asyncio.sleep(0.05)
-    log(f"radicale on {base} (storage {storage})")
-    return child, base, storage
-
-
-async def start_booking(stack: Stack, database_url: str | None) -> tuple[Child, str]:
-    port = free_port()
-    env = stack.booking_env(port, database_url)
-    # Production settings refuse the documented dev key for calendar passwords.
-    env["BOOKING_SECRET_KEY"] = secrets.token_urlsafe(32)
-    child = stack.start_child("booking", [sys.executable, "-m", "services.booking"], env)
-    base = f"http://127.0.0.1:{port}"
-    await child.wait_ready(f"{base}/readyz", timeout=60)
-    log(f"booking on {base} ready (log {child.log_path})")
-    return child, base
+# Calendars and the clinic
 
 
 def make_calendar(radicale: str, user: str) -> str:
@@ -151,80 +101,35 @@ def make_calendar(radicale: str, user: str) -> str:
     return str(client.principal().make_calendar(name="work", cal_id="work").url)
 
 
-# ---------------------------------------------------------------------------------------
-# Set-up through the API
-
-
 async def set_up(base: str, key: str, args: argparse.Namespace) -> dict[str, Any]:
+    clinic = ClinicBuilder()
+    clinic.location(
+        "Bench Clinic",
+        rooms=[f"R{n}" for n in range(args.therapists)],
+        timezone=TIMEZONE,
+        address="1 Benchmark Plaza",
+        phone="+12125550100",
+    )
+    clinic.treatment(
+        "Medical massage 50",
+        modality=MODALITY,
+        duration_minutes=DURATION_MIN,
+        buffer_minutes=BUFFER_MIN,
+    )
+    hours = [Hours(0, range(7), f"{OPEN_HOUR:02d}:00", f"{CLOSE_HOUR:02d}:00")]
+    for n in range(args.therapists):
+        clinic.therapist(f"T{n}", modalities=[MODALITY], hours=hours)
+    for n in range(args.clients):
+        # sms_consent as booking's API defaults it: no texts for these clients
+        clinic.client(f"Client{n}", "Bench", phone=f"+1212555{1000 + n:04d}", sms_consent=False)
     async with api_client(base, key) as api:
-        loc = (
-            await call(
-                api,
-                "POST",
-                "/v1/locations",
-                expect=201,
-                json={
-                    "name": "Bench Clinic",
-                    "timezone": TIMEZONE,
-                    "address": "1 Benchmark Plaza",
-                    "phone": "+12125550100",
-                },
-            )
-        )["id"]
-        for n in range(args.therapists):
-            await call(
-                api, "POST", f"/v1/locations/{loc}/rooms", expect=201, json={"name": f"R{n}"}
-            )
-        service = await call(
-            api,
-            "POST",
-            "/v1/services",
-            expect=201,
-            json={
-                "name": "Medical massage 50",
-                "modality": MODALITY,
-                "duration_minutes": DURATION_MIN,
-                "buffer_minutes": BUFFER_MIN,
-            },
-        )
-        hours = [
-            {
-                "location_id": loc,
-                "weekday": d,
-                "start": f"{OPEN_HOUR:02d}:00",
-                "end": f"{CLOSE_HOUR:02d}:00",
-            }
-            for d in range(7)
-        ]
-        therapists = [
-            (
-                await call(
-                    api,
-                    "POST",
-                    "/v1/therapists",
-                    expect=201,
-                    json={"name": f"T{n}", "modalities": [MODALITY], "working_hours": hours},
-                )
-            )["id"]
-            for n in range(args.therapists)
-        ]
-        clients = [
-            (
-                await call(
-                    api,
-                    "POST",
-                    "/v1/clients",
-                    expect=201,
-                    json={
-                        "first_name": f"Client{n}",
-                        "last_name": "Bench",
-                        "phone": f"+1212555{1000 + n:04d}",
-                    },
-                )
-            )["id"]
-            for n in range(args.clients)
-        ]
-    return {"location": loc, "service": service["id"], "therapists": therapists, "clients": clients}
+        made = await clinic.create(api)
+    return {
+        "location": made.location["id"],
+        "service": made.treatment["id"],
+        "therapists": made.ids("therapists"),
+        "clients": made.ids("clients"),
+    }
 
 
 def bodies(ids: dict[str, Any], count: int, first_day: int) -> list[dict[str, Any]]:
@@ -240,7 +145,7 @@ def bodies(ids: dict[str, Any], count: int, first_day: int) -> list[dict[str, An
     today = datetime.now(tz).date()
     therapists = ids["therapists"]
     per_therapist = -(-count // len(therapists))
-    hours = []
+    hours: list[datetime] = []
     day = first_day
     while len(hours) < per_therapist:
         date = today + timedelta(days=day)
@@ -270,19 +175,16 @@ async def book(
 ) -> list[str]:
     """Book ``items`` with ``concurrency`` clients: as fast as they go, or (``rate`` > 0)
     open loop, booking number ``n`` sent at ``n / rate`` seconds (if a client is free)."""
-    clients = [api_client(base, key) for _ in range(concurrency)]
     started = time.monotonic()
-    try:
 
-        async def send(client: Any, item: tuple[int, dict[str, Any]]) -> Any:
-            n, body = item
-            if rate > 0:
-                await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
-            return await client.post("/v1/sessions", json=body)
+    async def send(client: Any, item: tuple[int, dict[str, Any]]) -> Any:
+        n, body = item
+        if rate > 0:
+            await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
+        return await client.post("/v1/sessions", json=body)
 
-        result = await drive(clients, list(enumerate(items)), send, keep_bodies=True)
-    finally:
-        await asyncio.gather(*(c.aclose() for c in clients))
+    items_n = list(enumerate(items))
+    result = await drive_with(base, key, concurrency, items_n, send, keep_bodies=True)
     ids = [body["id"] for status, body in result.bodies if status == 201]
     if len(ids) != len(items):
         failures = [b for s, b in result.bodies if s != 201][:3]
@@ -418,7 +320,6 @@ def requested_times(database_url: str, session_ids: list[str]) -> dict[str, floa
     from sqlalchemy import DateTime, bindparam, create_engine, text
 
     from shared.db import sync_url
-    from shared.timeutil import from_db
 
     engine = create_engine(sync_url(database_url))
     query = (
@@ -431,15 +332,20 @@ def requested_times(database_url: str, session_ids: list[str]) -> dict[str, floa
             rows = conn.execute(query, {"ids": session_ids}).all()
     finally:
         engine.dispose()
-    return {sid: from_db(at).timestamp() for sid, at in rows}
+    # SQLite gives the stored UTC time back without its zone.
+    return {sid: (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp() for sid, at in rows}
 
 
-async def main(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
+async def scenario(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     load_start = round(os.getloadavg()[0], 2)
     nats_url = stack.start_nats()
-    radicale, radicale_base, storage = await start_radicale(stack)
-    booking, base = await start_booking(stack, args.database_url)
-    key = stack.admin_key
+    radicale_service, storage = await start_radicale(stack)
+    radicale, radicale_base = radicale_service.child, radicale_service.url
+    # Production settings refuse the documented dev key for calendar passwords.
+    service = await start_booking(
+        stack, args.database_url, BOOKING_SECRET_KEY=secrets.token_urlsafe(32)
+    )
+    booking, base, key = service.child, service.url, stack.admin_key
     ids = await set_up(base, key, args)
     users = [f"t{n}" for n in range(args.therapists)]
     calendars = [await asyncio.to_thread(make_calendar, radicale_base, u) for u in users]
@@ -498,7 +404,7 @@ async def main(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     last_in_calendar = max(watch.seen[s] for s in live_ids)
     # Where the time goes: event -> the sync's consumer saw it (requested_at) -> in calendar.
     requested = await asyncio.to_thread(
-        requested_times, args.database_url or f"sqlite:///{stack.booking_db_path}", live_ids
+        requested_times, args.database_url or f"sqlite:///{booking_db_path(stack)}", live_ids
     )
     consumer_ms = [(requested[s] - tap.times[s]) * 1000 for s in live_ids if s in tap.times]
     push_ms = [(watch.seen[s] - requested[s]) * 1000 for s in live_ids]
@@ -552,42 +458,45 @@ async def main(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         },
         "machine": machine(),
     }
-    lat = figures["event_to_calendar"]
-    print_out(
-        table(
-            [
-                ["backlog: sessions pushed per second", figures["backlog_sessions_per_s"]],
-                ["radicale alone: PUTs per second", figures["radicale_alone_puts_per_s"]],
-                ["live: sessions booked per second", figures["live_booked_per_s"]],
-                ["live: sessions in calendar per second", figures["live_in_calendar_per_s"]],
-                ["event -> in calendar p50 (ms)", lat["p50_ms"]],
-                ["event -> in calendar p90 (ms)", lat["p90_ms"]],
-                ["event -> in calendar p99 (ms)", lat["p99_ms"]],
-                ["event -> in calendar max (ms)", lat["max_ms"]],
-                ["  event -> sync consumer p50 (ms)", figures["event_to_consumer"]["p50_ms"]],
-                ["  sync consumer -> calendar p50 (ms)", figures["consumer_to_calendar"]["p50_ms"]],
-                ["sessions not exactly once", doubled],
-                ["links not ok", len(unhealthy)],
-            ],
-            header=[
-                f"calendar sync ({len(users)} calendars, {figures['database']})",
-                "value",
-            ],
-        )
-    )
     if doubled or stray or wrong_sequence or unhealthy:
         log(f"CHECKS FAILED: {figures['checks']}")
     return figures
 
 
-def cli(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    figures = run(lambda stack: main(stack, args), budget=args.budget, keep=args.keep_tmp)
-    emit_json(figures, args.json)
+def report(figures: dict[str, Any]) -> str:
+    lat, checks = figures["event_to_calendar"], figures["checks"]
+    return table(
+        [
+            ["backlog: sessions pushed per second", figures["backlog_sessions_per_s"]],
+            ["radicale alone: PUTs per second", figures["radicale_alone_puts_per_s"]],
+            ["live: sessions booked per second", figures["live_booked_per_s"]],
+            ["live: sessions in calendar per second", figures["live_in_calendar_per_s"]],
+            ["event -> in calendar p50 (ms)", lat["p50_ms"]],
+            ["event -> in calendar p90 (ms)", lat["p90_ms"]],
+            ["event -> in calendar p99 (ms)", lat["p99_ms"]],
+            ["event -> in calendar max (ms)", lat["max_ms"]],
+            ["  event -> sync consumer p50 (ms)", figures["event_to_consumer"]["p50_ms"]],
+            ["  sync consumer -> calendar p50 (ms)", figures["consumer_to_calendar"]["p50_ms"]],
+            ["sessions not exactly once", checks["sessions_not_exactly_once"]],
+            ["links not ok", checks["links_not_ok"]],
+        ],
+        header=[
+            f"calendar sync ({figures['calendars']} calendars, {figures['database']})",
+            "value",
+        ],
+    )
+
+
+def failed(figures: dict[str, Any]) -> bool:
     checks = figures["checks"]
-    if checks["sessions_not_exactly_once"] or checks["stray_events"] or checks["links_not_ok"]:
-        raise SystemExit(1)
+    return bool(
+        checks["sessions_not_exactly_once"] or checks["stray_events"] or checks["links_not_ok"]
+    )
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return main(scenario, parse_args(argv), report=report, failed=failed)
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())

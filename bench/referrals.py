@@ -30,18 +30,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-import httpx
-import nats
 import uvicorn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,30 +46,32 @@ if str(ROOT) not in sys.path:
 
 from fhir.resources.R4B.bundle import Bundle  # noqa: E402
 
-from bench._harness import (  # noqa: E402
-    LoadResult,
+from bench.harness import (  # noqa: E402
     Stack,
     api_client,
-    call,
-    drive,
-    emit_json,
+    arguments,
+    drive_with,
     free_port,
     latency_summary,
     log,
     machine,
-    print_out,
-    run,
+    main,
+    open_loop,
     service_log_findings,
+    start_referrals,
     table,
 )
 from services.referrals import signing  # noqa: E402
-from shared import events  # noqa: E402
-
-_SCRUBBED = ("REFERRALS_", "APP_ENV", "PUBLIC_BASE_URL", "NATS_URL", "VAR_DIR", "ADMIN_API_KEY")
+from tools.kit import call  # noqa: E402
+from tools.kit.care import component, partner_body, plan_body, referral_body  # noqa: E402
+from tools.kit.events import client_event, publish  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = arguments(
+        __doc__,
+        database="REFERRALS_DATABASE_URL for the service (default: SQLite file under VAR_DIR)",
+    )
     p.add_argument("--referrals", type=int, default=400, help="measured referrals (default 400)")
     p.add_argument("--concurrency", type=int, default=8, help="concurrent clients (default 8)")
     p.add_argument(
@@ -90,14 +88,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="receiver checks signatures only, not the FHIR Bundle",
     )
-    p.add_argument(
-        "--database-url",
-        default=None,
-        help="REFERRALS_DATABASE_URL for the service (default: SQLite file under VAR_DIR)",
-    )
-    p.add_argument("--budget", type=float, default=170.0, help="hard time limit in seconds")
-    p.add_argument("--json", type=Path, default=None, help="append the JSON line to this file")
-    p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, database)")
     args = p.parse_args(argv)
     if args.referrals < 1 or args.concurrency < 1 or args.partners < 1 or args.warmup < 0:
         p.error("--referrals, --concurrency and --partners must be >= 1, --warmup >= 0")
@@ -176,95 +166,55 @@ async def start_receiver(receiver: Receiver) -> tuple[uvicorn.Server, asyncio.Ta
 # Set-up
 
 
-def referrals_env(
-    stack: Stack, nats_url: str, port: int, database_url: str | None
-) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED)}
-    env.update(
-        NATS_URL=nats_url,
-        REFERRALS_PORT=str(port),
-        VAR_DIR=str(stack.tmp / "var"),
-        ADMIN_API_KEY=stack.admin_key,
-        # Development mode: production refuses http:// webhooks, and ours is on 127.0.0.1.
-        APP_ENV="development",
-        PYTHONUNBUFFERED="1",
-    )
-    if database_url:
-        env["REFERRALS_DATABASE_URL"] = database_url
-    return env
-
-
 async def publish_clients(nats_url: str, count: int) -> list[str]:
     """Booking's ``booking.client.created`` events: the data a referral carries."""
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
-    ids = []
-    for n in range(count):
-        client_id = str(uuid.uuid4())
-        event = events.make_event(
-            events.CLIENT_CREATED,
-            "booking",
-            events.ClientEvent(
-                client=events.ClientDetails(
-                    id=client_id,
-                    first_name=f"Client{n}",
-                    last_name="Bench",
-                    date_of_birth=date(1970 + n % 40, 1 + n % 12, 1 + n % 28),
-                    phone=f"+1212555{1000 + n % 9000:04d}",
-                    sms_consent=True,
-                )
-            ),
+    items = [
+        client_event(
+            first_name=f"Client{n}",
+            last_name="Bench",
+            date_of_birth=date(1970 + n % 40, 1 + n % 12, 1 + n % 28),
+            phone=f"+1212555{1000 + n % 9000:04d}",
         )
-        await js.publish(
-            event.type, event.model_dump_json().encode(), headers={"Nats-Msg-Id": event.id}
-        )
-        ids.append(client_id)
-    await nc.close()
-    return ids
+        for n in range(count)
+    ]
+    await publish(nats_url, *items)
+    return [item.data.client.id for item in items]
 
 
 async def set_up(
     base: str, key: str, receiver: Receiver, receiver_url: str, args: argparse.Namespace
-) -> tuple[list[dict[str, Any]], list[str]]:
+) -> list[dict[str, Any]]:
+    partners = []
     async with api_client(base, key) as api:
-        partners = []
         for n in range(args.partners):
-            partner = await call(
-                api,
-                "POST",
-                "/v1/partners",
-                expect=201,
-                json={
-                    "name": f"Bench Physio {n + 1}",
-                    "discipline": "physical_therapy",
-                    "phone": f"+1212555{2000 + n:04d}",
-                    "email": f"physio{n + 1}@bench.example",
-                    "webhook_url": f"{receiver_url}/hook/{n}",
-                },
+            body = partner_body(
+                f"Bench Physio {n + 1}",
+                phone=f"+1212555{2000 + n:04d}",
+                email=f"physio{n + 1}@bench.example",
+                webhook_url=f"{receiver_url}/hook/{n}",
             )
+            partner = await call(api, "POST", "/v1/partners", expect=201, json=body)
             receiver.secrets[str(n)] = partner["webhook_secret"]
             partners.append(partner)
-    return partners, []
+    return partners
+
+
+PLAN: dict[str, Any] = {
+    "goals": "Return to running",
+    "baseline_pain_score": 6,
+    "components": [component("massage", 6, 1), component("physical_therapy", 8, 2)],
+}
 
 
 async def make_plans(base: str, key: str, client_ids: list[str], concurrency: int) -> list[str]:
-    clients = [api_client(base, key) for _ in range(concurrency)]
-    body = {
-        "goals": "Return to running",
-        "baseline_pain_score": 6,
-        "components": [
-            {"discipline": "massage", "sessions": 6, "per_week": 1},
-            {"discipline": "physical_therapy", "sessions": 8, "per_week": 2},
-        ],
-    }
-    result = await drive(
-        clients,
+    result = await drive_with(
+        base,
+        key,
+        concurrency,
         client_ids,
-        lambda c, cid: c.post("/v1/plans", json={**body, "client_id": cid}),
+        lambda c, cid: c.post("/v1/plans", json=plan_body(cid, **PLAN)),
         keep_bodies=True,
     )
-    for c in clients:
-        await c.aclose()
     if result.count(201) != len(client_ids):
         raise SystemExit(f"plans: {result.statuses} {result.bodies[:3]}")
     by_client = {b["client_id"]: b["id"] for _status, b in result.bodies}
@@ -285,24 +235,16 @@ async def wait_known(base: str, key: str, client_id: str, timeout: float = 60) -
 # The run
 
 
-async def main(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
+async def scenario(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     nats_url = stack.start_nats()
-    port = free_port()
-    child = stack.start_child(
-        "referrals",
-        [sys.executable, "-m", "services.referrals"],
-        referrals_env(stack, nats_url, port, args.database_url),
-    )
-    base = f"http://127.0.0.1:{port}"
-    started = time.perf_counter()
-    await child.wait_ready(f"{base}/readyz", timeout=60)
-    log(f"referrals on {base} ready in {time.perf_counter() - started:.1f}s")
+    service = await start_referrals(stack, args.database_url)
+    child, base = service.child, service.url
 
     receiver = Receiver(validate=not args.no_validate)
     server, server_task, receiver_url = await start_receiver(receiver)
     try:
         key = stack.admin_key
-        partners, _ = await set_up(base, key, receiver, receiver_url, args)
+        partners = await set_up(base, key, receiver, receiver_url, args)
         total = args.warmup + args.referrals
         client_ids = await publish_clients(nats_url, total)
         await wait_known(base, key, client_ids[-1])
@@ -310,14 +252,12 @@ async def main(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         log(f"set up: {len(partners)} partners, {total} clients and plans")
 
         def body(n: int) -> dict[str, Any]:
-            return {
-                "plan_id": plan_ids[n],
-                "partner_id": partners[n % len(partners)]["id"],
-                "reason": "Post-operative knee rehabilitation; gait and strength",
-                "diagnosis_codes": ["Z47.1", "Z96.651", "M25.561"],
-                "urgency": "routine",
-                "consent_to_share": True,
-            }
+            return referral_body(
+                plan_ids[n],
+                partners[n % len(partners)]["id"],
+                reason="Post-operative knee rehabilitation; gait and strength",
+                diagnosis_codes=["Z47.1", "Z96.651", "M25.561"],
+            )
 
         sent_at: dict[str, float] = {}
 
@@ -328,16 +268,13 @@ async def main(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
                 sent_at[response.json()["id"]] = start
             return response
 
-        clients = [api_client(base, key) for _ in range(args.concurrency)]
-        warm = await drive(clients, range(args.warmup), send)
+        warm = await drive_with(base, key, args.concurrency, range(args.warmup), send)
         if warm.count(201) != args.warmup:
             raise SystemExit(f"warm-up failed: {warm.statuses} {warm.bodies[:3]}")
         warm_ids = set(sent_at)
         await _wait_delivered(receiver, warm_ids, timeout=60)
         sent_at.clear()
 
-        for c in clients:
-            await c.aclose()
         load = f"{args.rate:g}/s open loop" if args.rate else f"{args.concurrency} clients"
         log(f"measuring {args.referrals} referrals, {load}")
         cpu_before = child.cpu_seconds()
@@ -345,10 +282,8 @@ async def main(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         if args.rate:
             result = await open_loop(base, key, range(args.warmup, total), send, args.rate)
         else:
-            clients = [api_client(base, key) for _ in range(args.concurrency)]
-            result = await drive(clients, range(args.warmup, total), send)
-            for c in clients:
-                await c.aclose()
+            items = range(args.warmup, total)
+            result = await drive_with(base, key, args.concurrency, items, send)
         http_done = time.perf_counter()
         measured = set(sent_at)
         await _wait_delivered(receiver, measured, timeout=max(60.0, args.budget / 2))
@@ -386,59 +321,34 @@ async def main(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         server.should_exit = True
         await server_task
 
-    print_out(
-        table(
-            [
-                ["referrals created /s (HTTP 201)", figures["created_per_s"]],
-                ["referrals delivered /s (end to end)", figures["delivered_per_s"]],
-                ["POST /v1/referrals p50 ms", figures["post_latency"]["p50_ms"]],
-                ["POST /v1/referrals p99 ms", figures["post_latency"]["p99_ms"]],
-                ["delivery latency p50 ms", figures["delivery_latency"]["p50_ms"]],
-                ["delivery latency p90 ms", figures["delivery_latency"]["p90_ms"]],
-                ["delivery latency p99 ms", figures["delivery_latency"]["p99_ms"]],
-                ["delivery latency max ms", figures["delivery_latency"]["max_ms"]],
-                ["service CPU ms per referral", service_cpu_ms],
-                ["duplicate deliveries", duplicates],
-            ],
-            header=["referrals", "value"],
-        )
-    )
-    if figures["created"] != args.referrals or duplicates or receiver.problems:
-        raise SystemExit(f"check failed: {json.dumps(figures)}")
     return figures
 
 
-async def open_loop(base: str, key: str, items: range, send: Any, rate: float) -> LoadResult:
-    """Send one request every 1/rate seconds, each on its own, whatever the answers."""
-    latencies: list[float] = []
-    statuses: Counter[int] = Counter()
-    errors: Counter[str] = Counter()
-    async with httpx.AsyncClient(
-        base_url=base,
-        headers={"Authorization": f"Bearer {key}"},
-        timeout=60,
-        limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
-    ) as client:
+def report(figures: dict[str, Any]) -> str:
+    return table(
+        [
+            ["referrals created /s (HTTP 201)", figures["created_per_s"]],
+            ["referrals delivered /s (end to end)", figures["delivered_per_s"]],
+            ["POST /v1/referrals p50 ms", figures["post_latency"]["p50_ms"]],
+            ["POST /v1/referrals p99 ms", figures["post_latency"]["p99_ms"]],
+            ["delivery latency p50 ms", figures["delivery_latency"]["p50_ms"]],
+            ["delivery latency p90 ms", figures["delivery_latency"]["p90_ms"]],
+            ["delivery latency p99 ms", figures["delivery_latency"]["p99_ms"]],
+            ["delivery latency max ms", figures["delivery_latency"]["max_ms"]],
+            ["service CPU ms per referral", figures["service_cpu_ms_per_referral"]],
+            ["duplicate deliveries", figures["duplicates"]],
+        ],
+        header=["referrals", "value"],
+    )
 
-        async def one(n: int) -> None:
-            started = time.perf_counter()
-            try:
-                response = await send(client, n)
-                statuses[response.status_code] += 1
-            except httpx.HTTPError as exc:
-                errors[type(exc).__name__] += 1
-                statuses[0] += 1
-            latencies.append((time.perf_counter() - started) * 1000)
 
-        start = time.perf_counter()
-        tasks = []
-        for i, n in enumerate(items):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(n)))
-        await asyncio.gather(*tasks)
-    return LoadResult(latencies, statuses, errors, time.perf_counter() - start, [])
+def failed(figures: dict[str, Any]) -> bool:
+    """Every referral created, delivered once, with a valid signature and Bundle."""
+    return bool(
+        figures["created"] != figures["referrals"]
+        or figures["duplicates"]
+        or figures["receiver_problems"]
+    )
 
 
 async def _wait_delivered(receiver: Receiver, ids: set[str], timeout: float) -> None:
@@ -451,10 +361,7 @@ async def _wait_delivered(receiver: Receiver, ids: set[str], timeout: float) -> 
 
 
 def cli(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    figures = run(lambda stack: main(stack, args), budget=args.budget, keep=args.keep_tmp)
-    emit_json(figures, args.json)
-    return 0
+    return main(scenario, parse_args(argv), report=report, failed=failed)
 
 
 if __name__ == "__main__":

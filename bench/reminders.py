@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import json
 import os
-import sqlite3
 import sys
 import time
 import uuid
@@ -45,23 +44,25 @@ if str(ROOT) not in sys.path:
 
 import httpx  # noqa: E402
 import nats  # noqa: E402
-import psycopg  # noqa: E402
 from nats.js import api as js_api  # noqa: E402
 
-from bench._harness import (  # noqa: E402
-    Child,
+from bench.harness import (  # noqa: E402
     Stack,
-    emit_json,
-    free_port,
+    arguments,
+    count,
     latency_summary,
     log,
     machine,
-    print_out,
-    run,
+    main,
     service_log_findings,
+    start_reminders,
+    start_sandbox,
     table,
+    wait_until,
 )
 from shared import events  # noqa: E402
+from tools.kit.events import MEDICAL_MASSAGE, client_ref, publish, session_event  # noqa: E402
+from tools.kit.postgres import reset_schema  # noqa: E402
 
 LOCATION = events.LocationRef(
     id="loc-bench",
@@ -70,11 +71,17 @@ LOCATION = events.LocationRef(
     address="1 Benchmark Plaza",
     phone="+12125550100",
 )
+THERAPIST = events.TherapistRef(id="t1", display_name="Therapist")
 ALL_DAY = {"start": "00:00", "end": "24:00"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = arguments(
+        __doc__,
+        budget=900.0,
+        database="a PostgreSQL URL for the service (its public schema is reset per instance); "
+        "default: a SQLite file per instance",
+    )
     p.add_argument("--messages", type=int, default=10_000, help="burst size (default 10,000)")
     p.add_argument("--limited", type=int, default=1_000, help="messages of the rate-limit run")
     p.add_argument("--rate", type=float, default=50.0, help="SMS_RATE_PER_SECOND of that run")
@@ -85,15 +92,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="seconds from start to the due time (default: enough to plan the burst)",
     )
-    p.add_argument(
-        "--database-url",
-        default=None,
-        help="a PostgreSQL URL for the service (its public schema is reset per instance); "
-        "default: a SQLite file per instance",
-    )
-    p.add_argument("--budget", type=float, default=900.0, help="hard time limit in seconds")
-    p.add_argument("--json", type=Path, default=None, help="append the JSON line to this file")
-    p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, databases)")
     args = p.parse_args(argv)
     if min(args.messages, args.limited, args.events) < 1 or args.rate <= 0:
         p.error("counts must be >= 1 and --rate > 0")
@@ -101,88 +99,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------------------
-# Processes
+# Events and the service
 
 
 def booked_event(start: datetime, n: int) -> events.CloudEvent[Any]:
-    session_id = str(uuid.uuid4())
-    data = events.SessionEvent(
-        session_id=session_id,
-        version=1,
-        status="booked",
-        start=start,
-        end=start + timedelta(hours=1),
-        client=events.ClientRef(
-            id=str(uuid.uuid4()), first_name="Bench", phone=f"+1646{n:07d}", sms_consent=True
-        ),
-        therapist=events.TherapistRef(id="t1", display_name="Therapist"),
-        location=LOCATION,
-        service=events.ServiceRef(
-            id="svc", name="Medical massage 60", modality="medical_massage", duration_minutes=60
-        ),
-        room_id="room1",
+    client = client_ref(first_name="Bench", phone=f"+1646{n:07d}")
+    return session_event(
+        start=start, client=client, therapist=THERAPIST, location=LOCATION, service=MEDICAL_MASSAGE
     )
-    return events.make_event(events.SESSION_BOOKED, "booking", data, subject=session_id)
 
 
-async def start_sandbox(stack: Stack) -> tuple[Child, str]:
-    port = free_port()
-    env = {
-        **stack_env(),
-        "SANDBOX_PORT": str(port),
-        # Nobody replies in this benchmark; callbacks go to each message's StatusCallback.
-        "SANDBOX_INBOUND_URL": "http://127.0.0.1:9/twilio/inbound",
-    }
-    child = stack.start_child("sandbox", [sys.executable, "-m", "tools.twilio_sandbox"], env)
-    url = f"http://127.0.0.1:{port}"
-    await child.wait_ready(f"{url}/_sandbox/health")
-    return child, url
-
-
-def stack_env() -> dict[str, str]:
-
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("REMINDERS_", "TWILIO_", "SANDBOX_", "QUIET_", "SMS_"))
-        and k not in {"NATS_URL", "PUBLIC_BASE_URL", "ADMIN_API_KEY", "VAR_DIR", "APP_ENV"}
-    }
-
-
-#: ``--database-url``: PostgreSQL instead of a SQLite file per instance.
-DATABASE_URL: str | None = None
-
-
-async def start_reminders(
-    stack: Stack, nats_url: str, name: str, sandbox_url: str, rate: float
-) -> tuple[Child, str, Path | str]:
-    port = free_port()
+async def reminders_instance(
+    stack: Stack, name: str, sandbox_url: str, rate: float, database_url: str | None
+) -> tuple[Any, str, Path | str]:
+    """A fresh reminders: its own SQLite file, or the PostgreSQL database emptied first."""
     db: Path | str = stack.tmp / f"{name}.db"
-    database_url = f"sqlite+aiosqlite:///{db}"
-    if DATABASE_URL:
-        reset_postgres(DATABASE_URL)
-        db = database_url = DATABASE_URL
-    env = {
-        **stack_env(),
-        "NATS_URL": nats_url,
-        "REMINDERS_PORT": str(port),
-        "REMINDERS_DATABASE_URL": database_url,
-        "ADMIN_API_KEY": stack.admin_key,
-        "TWILIO_API_BASE_URL": sandbox_url,
-        "SMS_RATE_PER_SECOND": str(rate),
-        "VAR_DIR": str(stack.tmp / "var"),
-        "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
-        "PYTHONUNBUFFERED": "1",
-    }
-    child = stack.start_child(name, [sys.executable, "-m", "services.reminders"], env)
-    url = f"http://127.0.0.1:{port}"
-    started = time.perf_counter()
-    await child.wait_ready(f"{url}/readyz", timeout=60)
-    async with httpx.AsyncClient(timeout=5) as client:
-        while (await client.get(f"{url}/readyz")).json().get("role") != "active":
-            await asyncio.sleep(0.1)
-    log(f"{name} on {url} active in {time.perf_counter() - started:.1f}s (log {child.log_path})")
-    return child, url, db
+    url = f"sqlite+aiosqlite:///{db}"
+    if database_url:
+        reset_schema(database_url)
+        db = url = database_url
+    service = await start_reminders(
+        stack,
+        name,
+        sandbox_url,
+        url,
+        SMS_RATE_PER_SECOND=str(rate),
+        LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+    )
+    return service.child, service.url, db
 
 
 async def put_rules(url: str, key: str, rules: list[dict[str, Any]]) -> None:
@@ -193,85 +137,32 @@ async def put_rules(url: str, key: str, rules: list[dict[str, Any]]) -> None:
         answer.raise_for_status()
 
 
-def count(db: Path | str, query: str) -> int:
-    """A count from the service's database (a SQLite file, or a PostgreSQL URL)."""
-    if isinstance(db, str):
-        with psycopg.connect(plain_postgres(db)) as conn:
-            row = conn.execute(query).fetchone()
-            return int(row[0]) if row else 0
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
-        return int(conn.execute(query).fetchone()[0])
-
-
-def plain_postgres(url: str) -> str:
-    for driver in ("postgresql+asyncpg://", "postgresql+psycopg://"):
-        url = url.replace(driver, "postgresql://")
-    return url
-
-
-def reset_postgres(url: str) -> None:
-    """Each reminders instance of the run starts from an empty schema."""
-    with psycopg.connect(plain_postgres(url), autocommit=True) as conn:
-        conn.execute("DROP SCHEMA IF EXISTS public CASCADE")
-        conn.execute("CREATE SCHEMA public")
-
-
-async def publish_all(nats_url: str, items: list[events.CloudEvent[Any]]) -> float:
-    """Publish with PubAcks, 500 in flight; returns the wall time."""
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
-    started = time.perf_counter()
-    for i in range(0, len(items), 500):
-        await asyncio.gather(
-            *(
-                js.publish(e.type, e.model_dump_json().encode(), headers={"Nats-Msg-Id": e.id})
-                for e in items[i : i + 500]
-            )
-        )
-    wall = time.perf_counter() - started
-    await nc.close()
-    return wall
-
-
-async def wait_until(
-    predicate: Any, timeout: float, what: str, every: float = 0.25
-) -> float:  # returns the time it became true (perf_counter)
-    deadline = time.perf_counter() + timeout
-    while True:
-        if await asyncio.to_thread(predicate):
-            return time.perf_counter()
-        if time.perf_counter() > deadline:
-            raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(every)
-
-
 # ---------------------------------------------------------------------------------------
 # 1 and 2: messages due at the same instant
 
 
 async def burst(
     stack: Stack,
-    nats_url: str,
+    args: argparse.Namespace,
     sandbox_url: str,
     name: str,
     n: int,
     rate: float,
-    lead: float,
     plan_rate: float,
 ) -> dict[str, Any]:
     """``n`` reminders due at one instant, far enough ahead (from the measured planning
     rate) that every job is stored before it."""
-    child, url, db = await start_reminders(stack, nats_url, name, sandbox_url, rate)
+    child, url, db = await reminders_instance(stack, name, sandbox_url, rate, args.database_url)
     async with httpx.AsyncClient(timeout=60) as client:
         (await client.post(f"{sandbox_url}/_sandbox/reset")).raise_for_status()
     await put_rules(
         url, stack.admin_key, [{"name": "reminder_1h", "kind": "reminder", "offset_minutes": -60}]
     )
-    lead = lead or max(20.0, 1.5 * n / plan_rate + 10)
+    lead = args.lead or max(20.0, 1.5 * n / plan_rate + 10)
     due = (datetime.now(UTC) + timedelta(seconds=lead)).replace(microsecond=0)
     items = [booked_event(due + timedelta(hours=1), i) for i in range(n)]
     log(f"{name}: publishing {n} booked events, reminders due at {due:%H:%M:%S} (+{lead:.0f}s)")
-    await publish_all(nats_url, items)
+    await publish(str(stack.nats_url), *items, in_flight=500)
     planned_at = await wait_until(
         lambda: count(db, "SELECT count(*) FROM apscheduler_jobs") >= n,
         timeout=lead + 600,
@@ -318,8 +209,13 @@ async def burst(
 # 3: events to jobs, beside raw JetStream
 
 
-async def events_to_jobs(stack: Stack, nats_url: str, sandbox_url: str, n: int) -> dict[str, Any]:
-    child, url, db = await start_reminders(stack, nats_url, "reminders-events", sandbox_url, 0)
+async def events_to_jobs(
+    stack: Stack, args: argparse.Namespace, sandbox_url: str, n: int
+) -> dict[str, Any]:
+    nats_url = str(stack.nats_url)
+    child, url, db = await reminders_instance(
+        stack, "reminders-events", sandbox_url, 0, args.database_url
+    )
     await put_rules(
         url,
         stack.admin_key,
@@ -332,7 +228,7 @@ async def events_to_jobs(stack: Stack, nats_url: str, sandbox_url: str, n: int) 
     start = datetime.now(UTC) + timedelta(days=5)
     items = [booked_event(start + timedelta(minutes=i % 600), i) for i in range(n)]
     started = time.perf_counter()
-    publish_wall = await publish_all(nats_url, items)
+    publish_wall = await publish(nats_url, *items, in_flight=500)
     done = await wait_until(
         lambda: count(db, "SELECT count(*) FROM apscheduler_jobs") >= 3 * n,
         timeout=900,
@@ -399,30 +295,22 @@ async def raw_jetstream(nats_url: str, payloads: list[bytes]) -> float:
 # ---------------------------------------------------------------------------------------
 
 
-async def main(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
-    nats_url = stack.start_nats()
-    sandbox, sandbox_url = await start_sandbox(stack)
-    log(f"sandbox on {sandbox_url}")
+async def scenario(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
+    stack.start_nats()
+    sandbox = await start_sandbox(stack)
     # Events first: the planning rate it measures sets how far ahead the bursts fall due.
-    evented = await events_to_jobs(stack, nats_url, sandbox_url, args.events)
+    evented = await events_to_jobs(stack, args, sandbox.url, args.events)
     plan_rate = float(evented["booked_to_jobs_stored_per_s"])
     unlimited = await burst(
-        stack, nats_url, sandbox_url, "reminders-burst", args.messages, 0, args.lead, plan_rate
+        stack, args, sandbox.url, "reminders-burst", args.messages, 0, plan_rate
     )
     limited = await burst(
-        stack,
-        nats_url,
-        sandbox_url,
-        "reminders-limited",
-        args.limited,
-        args.rate,
-        args.lead,
-        plan_rate,
+        stack, args, sandbox.url, "reminders-limited", args.limited, args.rate, plan_rate
     )
-    sandbox.stop()
+    sandbox.child.stop()
     return {
         "benchmark": "reminders",
-        "database": "postgresql" if DATABASE_URL else "sqlite",
+        "database": "postgresql" if args.database_url else "sqlite",
         "machine": machine(),
         "burst": unlimited,
         "rate_limited": limited,
@@ -430,7 +318,7 @@ async def main(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def report(figures: dict[str, Any]) -> None:
+def report(figures: dict[str, Any]) -> str:
     b, r, e = figures["burst"], figures["rate_limited"], figures["events"]
     rows = [
         [
@@ -448,25 +336,23 @@ def report(figures: dict[str, Any]) -> None:
             r["duplicates"],
         ],
     ]
-    print_out(table(rows, ["run", "p50 ms from due", "p99 ms from due", "sends/s", "dupes"]))
-    print_out("")
-    print_out(
-        table(
-            [
-                ["booked event -> 3 jobs stored (reminders)", e["booked_to_jobs_stored_per_s"]],
-                ["nats-py publish + pull consume (raw)", e["raw_publish_consume_per_s"]],
-                ["ratio", e["ratio"]],
-            ],
-            ["events/s", f"{e['events']} events"],
-        )
+    events_rows = [
+        ["booked event -> 3 jobs stored (reminders)", e["booked_to_jobs_stored_per_s"]],
+        ["nats-py publish + pull consume (raw)", e["raw_publish_consume_per_s"]],
+        ["ratio", e["ratio"]],
+    ]
+    return "\n".join(
+        [
+            table(rows, ["run", "p50 ms from due", "p99 ms from due", "sends/s", "dupes"]),
+            "",
+            table(events_rows, ["events/s", f"{e['events']} events"]),
+        ]
     )
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return main(scenario, parse_args(argv), report=report)
 
 
 if __name__ == "__main__":
-    arguments = parse_args()
-    DATABASE_URL = arguments.database_url
-    result = run(
-        lambda stack: main(stack, arguments), budget=arguments.budget, keep=arguments.keep_tmp
-    )
-    report(result)
-    emit_json(result, arguments.json)
+    sys.exit(cli())

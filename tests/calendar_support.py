@@ -1,4 +1,4 @@
-"""A real CalDAV server for the calendar tests and the bench: Radicale, as its own process.
+"""A real CalDAV server for the calendar tests: Radicale, as its own process.
 
 Radicale runs with ``--auth-type none``: any username and password are accepted (the
 client must still send some), and each user owns the collections under ``/<user>/``.

@@ -13,7 +13,6 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import httpx
-import nats
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fhir.resources.R4B.bundle import Bundle
@@ -23,6 +22,10 @@ from services.referrals.app import create_app
 from services.referrals.settings import ReferralsSettings
 from shared import events
 from tests.support import ADMIN_KEY, AUTH, serve, wait_ready
+from tools.kit import call, care
+from tools.kit import events as kit_events
+from tools.kit.care import component, partner_body, plan_body
+from tools.kit.events import publish as publish
 
 HOUR_PER_SECOND = 1 / 3600
 
@@ -69,20 +72,6 @@ def as_partner(client: httpx.AsyncClient, api_key: str) -> httpx.AsyncClient:
 # -- booking's events -----------------------------------------------------------------------
 
 
-async def publish(nats_url: str, event: events.CloudEvent[Any], msg_id: str | None = None) -> None:
-    """Publish like booking's relay does (``Nats-Msg-Id`` = event id, unless told otherwise:
-    a different one gets a redelivered duplicate past JetStream's dedupe, to the inbox)."""
-    nc = await nats.connect(nats_url)
-    try:
-        await nc.jetstream().publish(
-            event.type,
-            event.model_dump_json().encode(),
-            headers={"Nats-Msg-Id": msg_id or event.id},
-        )
-    finally:
-        await nc.close()
-
-
 def client_event(
     client_id: str,
     *,
@@ -92,54 +81,29 @@ def client_event(
     date_of_birth: date | None = date(1980, 2, 3),
     event_type: str = events.CLIENT_CREATED,
 ) -> events.CloudEvent[Any]:
-    return events.make_event(
-        event_type,
-        "booking",
-        events.ClientEvent(
-            client=events.ClientDetails(
-                id=client_id,
-                first_name=first_name,
-                last_name=last_name,
-                date_of_birth=date_of_birth,
-                phone=phone,
-                email="maria@example.com",
-                sms_consent=True,
-            )
-        ),
-        subject=client_id,
+    return kit_events.client_event(
+        client_id,
+        event_type=event_type,
+        first_name=first_name,
+        last_name=last_name,
+        phone=phone,
+        date_of_birth=date_of_birth,
+        email="maria@example.com",
     )
 
 
 def session_event(
     client_id: str, event_type: str = events.SESSION_COMPLETED, session_id: str | None = None
 ) -> events.CloudEvent[Any]:
-    start = datetime.now(UTC) + timedelta(minutes=5)
-    status = "completed" if event_type == events.SESSION_COMPLETED else "no_show"
-    return events.make_event(
+    return kit_events.session_event(
         event_type,
-        "booking",
-        events.SessionEvent(
-            session_id=session_id or str(uuid.uuid4()),
-            version=3,
-            status=status,
-            start=start,
-            end=start + timedelta(hours=1),
-            client=events.ClientRef(
-                id=client_id, first_name="Maria", phone="+12125550199", sms_consent=True
-            ),
-            therapist=events.TherapistRef(id="t1", display_name="Ana"),
-            location=events.LocationRef(
-                id="l1",
-                name="Riverside",
-                timezone="America/New_York",
-                address="1 Main St",
-                phone="+12125550100",
-            ),
-            service=events.ServiceRef(
-                id="s1", name="Medical massage 60", modality="medical_massage", duration_minutes=60
-            ),
-            room_id="r1",
-        ),
+        session_id=session_id,
+        version=3,
+        status="completed" if event_type == events.SESSION_COMPLETED else "no_show",
+        start=datetime.now(UTC) + timedelta(minutes=5),
+        client=kit_events.client_ref(client_id, phone="+12125550199"),
+        therapist=events.TherapistRef(id="t1", display_name="Ana"),
+        service=kit_events.MEDICAL_MASSAGE,
     )
 
 
@@ -222,9 +186,7 @@ async def webhook_receiver(answers: list[int] | None = None) -> AsyncIterator[We
 
 
 async def post_ok(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    response = await client.post(path, json=body)
-    assert response.status_code in (200, 201), f"{path}: {response.status_code} {response.text}"
-    return dict(response.json())
+    return dict(await call(client, "POST", path, json=body))
 
 
 async def make_partner(
@@ -234,46 +196,24 @@ async def make_partner(
     webhook_url: str | None = None,
     name: str | None = None,
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "name": name or f"Partner {uuid.uuid4().hex[:6]}",
-        "discipline": discipline,
-        "phone": "(212) 555-0142",
-        "email": "referrals@partner.example",
-    }
-    if webhook_url:
-        body["webhook_url"] = webhook_url
-    return await post_ok(client, "/v1/partners", body)
+    return await post_ok(
+        client, "/v1/partners", partner_body(name, discipline=discipline, webhook_url=webhook_url)
+    )
 
 
 async def make_plan(
     client: httpx.AsyncClient, client_id: str, *, massage_sessions: int = 2, **pt: Any
 ) -> dict[str, Any]:
-    return await post_ok(
-        client,
-        "/v1/plans",
-        {
-            "client_id": client_id,
-            "goals": "Walk without back pain",
-            "baseline_pain_score": 7,
-            "components": [
-                {"discipline": "massage", "sessions": massage_sessions, "per_week": 1},
-                {"discipline": "physical_therapy", "sessions": 6, "per_week": 2, **pt},
-                {"discipline": "acupuncture", "sessions": 4, "per_week": 1},
-            ],
-        },
-    )
+    components = [
+        component("massage", massage_sessions, 1),
+        component("physical_therapy", 6, 2, **pt),
+        component("acupuncture", 4, 1),
+    ]
+    return await post_ok(client, "/v1/plans", plan_body(client_id, components=components))
 
 
 def referral_body(plan: dict[str, Any], partner: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {
-        "plan_id": plan["id"],
-        "partner_id": partner["id"],
-        "reason": "Chronic low back pain, guarded movement; strengthening and mobility",
-        "diagnosis_codes": ["M54.50", "M62.830"],
-        "urgency": "routine",
-        "consent_to_share": True,
-        **extra,
-    }
+    return care.referral_body(plan["id"], partner["id"], **extra)
 
 
 async def known_client(client: httpx.AsyncClient, client_id: str) -> bool:

@@ -4,128 +4,36 @@ over HTTP, the reminders app on a chosen port, and reminders as a child process.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-import nats
 import uvicorn
 from fastapi import FastAPI
 
 from services.reminders.settings import RemindersSettings
-from shared import events
 from shared.natsd import free_port
 from shared.settings import PROJECT_ROOT
 from tests.support import ADMIN_KEY, eventually
+from tools.kit.events import SessionStory
+from tools.kit.events import publish as publish
 from tools.twilio_sandbox import SandboxSettings, create_app, serve_in_thread
 
 #: The whole day is allowed unless a test says otherwise, so tests pass at any hour.
 ALL_DAY = {"quiet_hours_start": "00:00", "quiet_hours_end": "24:00"}
-LOCATION = events.LocationRef(
-    id="loc-riverside",
-    name="Riverside Clinic",
-    timezone="America/New_York",
-    address="120 River St",
-    phone="+17065550100",
-)
+#: One session's story, told as booking's events (a phone no other test of this run uses).
+Booking = SessionStory
 
 
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-_phone_numbers = itertools.count(uuid.uuid4().int % 10_000)
-
-
-def new_phone() -> str:
-    """A US number no other test of this run has used (the sandbox keeps every thread, so a
-    random number shared by two tests would show one's messages in the other's count)."""
-    return f"+1212555{next(_phone_numbers) % 10_000:04d}"
-
-
-@dataclass
-class Booking:
-    """One session's story, told as booking's events."""
-
-    phone: str = field(default_factory=new_phone)
-    first_name: str = "Maria"
-    start: datetime = field(default_factory=lambda: now() + timedelta(days=3))
-    duration: timedelta = timedelta(hours=1)
-    session_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    client_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    consent: bool = True
-    modality: str = "lymphatic_drainage"
-    location: events.LocationRef = field(default_factory=lambda: LOCATION.model_copy())
-    version: int = 0
-    status: str = "booked"
-
-    def event(self, event_type: str, **extra: Any) -> events.CloudEvent[Any]:
-        self.version += 1
-        data = events.SessionEvent(
-            session_id=self.session_id,
-            version=self.version,
-            status=self.status,
-            start=self.start,
-            end=self.start + self.duration,
-            client=events.ClientRef(
-                id=self.client_id,
-                first_name=self.first_name,
-                phone=self.phone,
-                sms_consent=self.consent,
-            ),
-            therapist=events.TherapistRef(id="t1", display_name="Alex"),
-            location=self.location,
-            service=events.ServiceRef(
-                id="svc1", name="Lymphatic drainage 60", modality=self.modality, duration_minutes=60
-            ),
-            room_id="room1",
-            **extra,
-        )
-        return events.make_event(event_type, "booking", data, subject=self.session_id)
-
-    def booked(self) -> events.CloudEvent[Any]:
-        self.status = "booked"
-        return self.event(events.SESSION_BOOKED)
-
-    def rescheduled(self, start: datetime) -> events.CloudEvent[Any]:
-        previous, self.start, self.status = self.start, start, "booked"
-        return self.event(events.SESSION_RESCHEDULED, previous_start=previous)
-
-    def cancelled(self) -> events.CloudEvent[Any]:
-        self.status = "cancelled"
-        return self.event(events.SESSION_CANCELLED, reason="client called")
-
-    def client_event(self, event_type: str = events.CLIENT_CREATED) -> events.CloudEvent[Any]:
-        data = events.ClientEvent(
-            client=events.ClientDetails(
-                id=self.client_id,
-                first_name=self.first_name,
-                last_name="Lopez",
-                phone=self.phone,
-                sms_consent=self.consent,
-            )
-        )
-        return events.make_event(event_type, "booking", data, subject=self.client_id)
-
-
-async def publish(nats_url: str, *items: events.CloudEvent[Any]) -> None:
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
-    for event in items:
-        await js.publish(
-            event.type, event.model_dump_json().encode(), headers={"Nats-Msg-Id": event.id}
-        )
-    await nc.close()
 
 
 # ---------------------------------------------------------------------------------------

@@ -12,12 +12,12 @@ from typing import Any, TypeVar
 
 import httpx
 import nats
-import psycopg
 import uvicorn
 from fastapi import FastAPI
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from shared.natsd import free_port
+from tools.kit.postgres import reset_schema
 
 ADMIN_KEY = "test-admin-key"
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -110,12 +110,7 @@ class EventTap:
 
 def reset_postgres(url: str) -> None:
     """Start a PostgreSQL test database from an empty schema."""
-    plain = url.replace("postgresql+asyncpg://", "postgresql://").replace(
-        "postgresql+psycopg://", "postgresql://"
-    )
-    with psycopg.connect(plain, autocommit=True) as conn:
-        conn.execute("DROP SCHEMA IF EXISTS public CASCADE")
-        conn.execute("CREATE SCHEMA public")
+    reset_schema(url)
 
 
 def postgres_url() -> str | None:

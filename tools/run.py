@@ -19,11 +19,10 @@ from urllib.parse import urlparse
 
 import httpx
 
-from services.referrals.seed import seed_demo as seed_referrals
 from shared.natsd import EmbeddedNats, port_open
 from shared.settings import DEV_ADMIN_API_KEY, PROJECT_ROOT
 from tools.commands import SANDBOX_COMMAND, SERVICE_COMMANDS
-from tools.seed import seed_demo
+from tools.seed import seed_demo, seed_referrals
 
 PORTS = {"booking": "BOOKING_PORT", "reminders": "REMINDERS_PORT", "referrals": "REFERRALS_PORT"}
 DEFAULT_PORTS = {"booking": 8001, "reminders": 8002, "referrals": 8003}

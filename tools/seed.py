@@ -1,5 +1,11 @@
-"""The demo clinic `make run` seeds once: two locations in two zones, rooms, therapists,
-treatments and clients, created through the public API like any front desk would."""
+"""The demo `make run` seeds once, as a client of the services' public APIs (tools.kit).
+
+Booking: Riverside (America/New_York, two rooms) and Lakeside (America/Chicago, one room),
+four treatments, four therapists of whom two split their week between both, three clients.
+Referrals: a physical-therapy clinic, an acupuncturist, and a care plan for one of
+booking's demo clients combining massage with both. Each seed does nothing when its
+service already has data (a location; a partner).
+"""
 
 from __future__ import annotations
 
@@ -7,137 +13,134 @@ from typing import Any
 
 import httpx
 
+from tools.kit import Call, ClinicBuilder, Hours, bearer, run_sync
+from tools.kit.calls import Steps
+from tools.kit.care import component, partner_body, plan_body
+
 WEEKDAYS = range(5)  # Monday to Friday
 
 
-def _post(client: httpx.Client, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    response = client.post(path, json=body)
-    response.raise_for_status()
-    return dict(response.json())
+def demo_clinic() -> ClinicBuilder:
+    clinic = ClinicBuilder()
+    riverside = clinic.location(
+        "Riverside Clinic",
+        rooms=["Room A", "Room B"],
+        timezone="America/New_York",
+        address="120 River St, Columbus, GA 31901",
+        phone="+17065550100",
+    )
+    lakeside = clinic.location(
+        "Lakeside Clinic",
+        rooms=["Room 1"],
+        timezone="America/Chicago",
+        address="45 Lake Ave, Phenix City, AL 36867",
+        phone="+13345550100",
+    )
+    clinic.treatment("Medical massage 60", modality="medical_massage", duration_minutes=60)
+    clinic.treatment("Medical massage 90", modality="medical_massage", duration_minutes=90)
+    clinic.treatment("Lymphatic drainage 60", modality="lymphatic_drainage", duration_minutes=60)
+    clinic.treatment(
+        "Myofascial release 45",
+        modality="myofascial_release",
+        duration_minutes=45,
+        buffer_minutes=10,
+    )
+    # Two therapists split their week between the two locations.
+    clinic.therapist(
+        "Ana Silva",
+        modalities=["medical_massage", "myofascial_release"],
+        hours=[
+            Hours(riverside, [0, 2, 4], "09:00", "17:00"),
+            Hours(lakeside, [1, 3], "10:00", "18:00"),
+        ],
+    )
+    clinic.therapist(
+        "Ben Okafor",
+        modalities=["medical_massage", "lymphatic_drainage"],
+        hours=[
+            Hours(lakeside, [0, 2, 4], "09:00", "17:00"),
+            Hours(riverside, [1, 3], "12:00", "20:00"),
+        ],
+    )
+    clinic.therapist(
+        "Chloe Martin",
+        modalities=["medical_massage", "lymphatic_drainage", "myofascial_release"],
+        hours=[Hours(riverside, WEEKDAYS, "08:00", "16:00")],
+    )
+    clinic.therapist(
+        "Dev Patel",
+        modalities=["medical_massage"],
+        hours=[Hours(lakeside, WEEKDAYS, "11:00", "19:00")],
+    )
+    clinic.client("Maria", "Lopez", phone="+12125550101", sms_consent=True)
+    clinic.client("James", "Carter", phone="+12125550102", sms_consent=True)
+    clinic.client("Aiko", "Tanaka", phone="+12125550103", sms_consent=False)
+    return clinic
+
+
+def _demo_clinic_steps() -> Steps[dict[str, Any]]:
+    if (yield Call("GET", "/v1/locations")):
+        return {"seeded": False}
+    made = yield from demo_clinic().steps()
+    return {
+        "seeded": True,
+        "locations": made.locations,
+        "services": made.treatments,
+        "therapists": made.therapists,
+        "clients": made.clients,
+    }
 
 
 def seed_demo(booking_url: str, admin_key: str) -> dict[str, Any]:
     """Create the demo clinic unless a location exists already; returns what it made."""
-    with httpx.Client(
-        base_url=booking_url, headers={"Authorization": f"Bearer {admin_key}"}, timeout=10
-    ) as client:
-        existing = client.get("/v1/locations")
-        existing.raise_for_status()
-        if existing.json():
-            return {"seeded": False}
+    with httpx.Client(base_url=booking_url, headers=bearer(admin_key), timeout=10) as client:
+        return run_sync(client, _demo_clinic_steps())
 
-        riverside = _post(
-            client,
-            "/v1/locations",
-            {
-                "name": "Riverside Clinic",
-                "timezone": "America/New_York",
-                "address": "120 River St, Columbus, GA 31901",
-                "phone": "+17065550100",
-            },
+
+PT_CLINIC = partner_body(
+    "Riverside Physical Therapy",
+    discipline="physical_therapy",
+    phone="+17065550142",
+    email="referrals@riverside-pt.example",
+)
+ACUPUNCTURIST = partner_body(
+    "Lakeside Acupuncture",
+    discipline="acupuncture",
+    phone="+13345550177",
+    email="frontdesk@lakeside-acupuncture.example",
+)
+
+
+def _demo_partners_steps(client: dict[str, Any] | None) -> Steps[dict[str, Any]]:
+    if (yield Call("GET", "/v1/partners")):
+        return {"seeded": False}
+    pt = yield Call("POST", "/v1/partners", PT_CLINIC, expect=(201,))
+    acu = yield Call("POST", "/v1/partners", ACUPUNCTURIST, expect=(201,))
+    result: dict[str, Any] = {"seeded": True, "partners": [pt, acu], "plan": None}
+    if client is not None:
+        plan = plan_body(
+            client["id"],
+            goals="Reduce low back pain and return to gardening without flare-ups",
+            baseline_pain_score=7,
+            components=[
+                component("massage", 8, 1),
+                component("physical_therapy", 6, 2, partner_id=pt["id"]),
+                component("acupuncture", 4, 1, partner_id=acu["id"]),
+            ],
         )
-        lakeside = _post(
-            client,
-            "/v1/locations",
-            {
-                "name": "Lakeside Clinic",
-                "timezone": "America/Chicago",
-                "address": "45 Lake Ave, Phenix City, AL 36867",
-                "phone": "+13345550100",
-            },
-        )
-        for location, names in ((riverside, ["Room A", "Room B"]), (lakeside, ["Room 1"])):
-            for name in names:
-                _post(client, f"/v1/locations/{location['id']}/rooms", {"name": name})
+        result["plan"] = yield Call("POST", "/v1/plans", plan, expect=(201,))
+    return result
 
-        treatments = [
-            {
-                "name": "Medical massage 60",
-                "modality": "medical_massage",
-                "duration_minutes": 60,
-                "buffer_minutes": 15,
-            },
-            {
-                "name": "Medical massage 90",
-                "modality": "medical_massage",
-                "duration_minutes": 90,
-                "buffer_minutes": 15,
-            },
-            {
-                "name": "Lymphatic drainage 60",
-                "modality": "lymphatic_drainage",
-                "duration_minutes": 60,
-                "buffer_minutes": 15,
-            },
-            {
-                "name": "Myofascial release 45",
-                "modality": "myofascial_release",
-                "duration_minutes": 45,
-                "buffer_minutes": 10,
-            },
-        ]
-        services = [_post(client, "/v1/services", t) for t in treatments]
 
-        def hours(
-            location: dict[str, Any], days: range | list[int], start: str, end: str
-        ) -> list[dict[str, Any]]:
-            return [
-                {"location_id": location["id"], "weekday": d, "start": start, "end": end}
-                for d in days
-            ]
+def seed_referrals(
+    referrals_url: str, admin_key: str, client: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Create a PT clinic, an acupuncturist and (for ``client``, a booking client's JSON with
+    its ``id``) a care plan combining massage with both. Idempotent: if any partner exists,
+    nothing is created and ``{"seeded": False}`` is returned.
 
-        therapists = [
-            # Two therapists split their week between the two locations.
-            {
-                "name": "Ana Silva",
-                "modalities": ["medical_massage", "myofascial_release"],
-                "working_hours": hours(riverside, [0, 2, 4], "09:00", "17:00")
-                + hours(lakeside, [1, 3], "10:00", "18:00"),
-            },
-            {
-                "name": "Ben Okafor",
-                "modalities": ["medical_massage", "lymphatic_drainage"],
-                "working_hours": hours(lakeside, [0, 2, 4], "09:00", "17:00")
-                + hours(riverside, [1, 3], "12:00", "20:00"),
-            },
-            {
-                "name": "Chloe Martin",
-                "modalities": ["medical_massage", "lymphatic_drainage", "myofascial_release"],
-                "working_hours": hours(riverside, WEEKDAYS, "08:00", "16:00"),
-            },
-            {
-                "name": "Dev Patel",
-                "modalities": ["medical_massage"],
-                "working_hours": hours(lakeside, WEEKDAYS, "11:00", "19:00"),
-            },
-        ]
-        made = [_post(client, "/v1/therapists", t) for t in therapists]
-
-        clients = [
-            {
-                "first_name": "Maria",
-                "last_name": "Lopez",
-                "phone": "+12125550101",
-                "sms_consent": True,
-            },
-            {
-                "first_name": "James",
-                "last_name": "Carter",
-                "phone": "+12125550102",
-                "sms_consent": True,
-            },
-            {
-                "first_name": "Aiko",
-                "last_name": "Tanaka",
-                "phone": "+12125550103",
-                "sms_consent": False,
-            },
-        ]
-        people = [_post(client, "/v1/clients", c) for c in clients]
-        return {
-            "seeded": True,
-            "locations": [riverside, lakeside],
-            "services": services,
-            "therapists": made,
-            "clients": people,
-        }
+    The partners have no webhook: they use the partner API with the ``api_key`` returned
+    here (shown only this once).
+    """
+    with httpx.Client(base_url=referrals_url, headers=bearer(admin_key), timeout=10) as http:
+        return run_sync(http, _demo_partners_steps(client))

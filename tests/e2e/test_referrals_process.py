@@ -20,11 +20,11 @@ import pytest
 from cryptography.fernet import Fernet
 from fhir.resources.R4B.task import Task
 
-from services.referrals.seed import seed_demo
 from shared.natsd import EmbeddedNats, free_port
 from shared.settings import PROJECT_ROOT
 from tests.referrals_support import client_event, publish
 from tests.support import EventTap, eventually
+from tools.seed import seed_referrals as seed_demo
 
 ADMIN = "e2e-referrals-admin-key"
 

@@ -21,6 +21,7 @@ from services.booking.app import create_app
 from services.booking.settings import BookingSettings
 from shared import events
 from shared.outbox import outbox
+from tests.booking_support import make_clinic
 from tests.support import ADMIN_KEY, AUTH, EventTap, eventually, serve, wait_ready
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -53,65 +54,6 @@ async def booking(database_url: str, nats_url: str) -> AsyncIterator[tuple[httpx
         await wait_ready(base_url)
         async with httpx.AsyncClient(base_url=base_url, headers=AUTH, timeout=30) as client:
             yield client, app
-
-
-async def make_clinic(
-    client: httpx.AsyncClient, rooms: int = 1, therapists: int = 1
-) -> dict[str, Any]:
-    async def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
-        response = await client.post(path, json=body)
-        assert response.status_code == 201, response.text
-        return dict(response.json())
-
-    location = await post(
-        "/v1/locations",
-        {
-            "name": "Downtown",
-            "timezone": "America/New_York",
-            "address": "1 Main St",
-            "phone": "+12125550100",
-        },
-    )
-    room_list = [
-        await post(f"/v1/locations/{location['id']}/rooms", {"name": f"Room {i}"})
-        for i in range(rooms)
-    ]
-    service = await post(
-        "/v1/services",
-        {
-            "name": "Medical massage 60",
-            "modality": "medical_massage",
-            "duration_minutes": 60,
-            "buffer_minutes": 15,
-        },
-    )
-    hours = [
-        {"location_id": location["id"], "weekday": d, "start": "09:00", "end": "17:00"}
-        for d in range(7)
-    ]
-    staff = [
-        await post(
-            "/v1/therapists",
-            {"name": f"Therapist {i}", "modalities": ["medical_massage"], "working_hours": hours},
-        )
-        for i in range(therapists)
-    ]
-    client_row = await post(
-        "/v1/clients",
-        {
-            "first_name": "Maria",
-            "last_name": "Lopez",
-            "phone": "(212) 555-0199",
-            "sms_consent": True,
-        },
-    )
-    return {
-        "location": location,
-        "rooms": room_list,
-        "service": service,
-        "therapists": staff,
-        "client": client_row,
-    }
 
 
 def session_body(clinic: dict[str, Any], start: datetime, **extra: Any) -> dict[str, Any]:

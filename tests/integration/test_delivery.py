@@ -45,6 +45,7 @@ from tests.integration.test_booking_api import (
     settings_for,
 )
 from tests.support import AUTH, EventTap, eventually, serve, sqlite_url, wait_ready
+from tools.kit.events import reply_event
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -115,16 +116,6 @@ async def booking_app(
         await wait_ready(base_url)
         async with httpx.AsyncClient(base_url=base_url, headers=AUTH, timeout=30) as client:
             yield client, app
-
-
-def reply_event(
-    phone: str, intent: str = "confirm", client_id: str | None = None
-) -> events.CloudEvent[Any]:
-    return events.make_event(
-        events.REPLY_RECEIVED,
-        "reminders",
-        events.ReplyReceived(phone=phone, client_id=client_id, intent=intent),  # type: ignore[arg-type]
-    )
 
 
 async def test_a_malformed_event_goes_to_the_dlq_and_the_consumer_goes_on(
