@@ -33,6 +33,26 @@ DEFAULT_BUCKET = "leases"
 WRONG_LAST_SEQUENCE = (10071, 10164)
 
 
+async def ensure_lease_bucket(
+    js: JetStreamContext, *, replicas: int = 1, bucket: str = DEFAULT_BUCKET
+) -> None:
+    """Create the lease bucket with ``replicas`` copies, or change an existing bucket's
+    replicas (``NATS_REPLICAS`` raised from 1 to 3 when moving to a cluster)."""
+    try:
+        info = await js.stream_info(f"KV_{bucket}")
+    except nats.js.errors.NotFoundError:
+        try:
+            # No bucket TTL: each lease key carries its own, so services can share it.
+            await js.create_key_value(bucket=bucket, history=1, replicas=replicas)
+            return
+        except nats.js.errors.BadRequestError:  # another service created it meanwhile
+            info = await js.stream_info(f"KV_{bucket}")
+    if info.config.num_replicas != replicas:
+        info.config.num_replicas = replicas
+        await js.update_stream(info.config)
+        log.info("lease.bucket_replicas", bucket=bucket, replicas=replicas)
+
+
 def instance_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 

@@ -86,7 +86,11 @@ def create_app(settings: BookingSettings | None = None) -> FastAPI:
     engine = create_engine(settings.database_url)
     sessions = sessionmaker_for(engine)
     messaging = Messaging(
-        "booking", settings.nats_url, sessions, outbox_poll_seconds=settings.outbox_poll_seconds
+        "booking",
+        settings.nats_url,
+        sessions,
+        outbox_poll_seconds=settings.outbox_poll_seconds,
+        replicas=settings.nats_replicas,
     )
     relay = messaging.relay
     booking = usecases.Booking(

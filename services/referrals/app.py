@@ -79,7 +79,11 @@ def create_app(settings: ReferralsSettings | None = None) -> FastAPI:
     engine = create_engine(settings.database_url)
     sessions = sessionmaker_for(engine)
     messaging = Messaging(
-        "referrals", settings.nats_url, sessions, outbox_poll_seconds=settings.outbox_poll_seconds
+        "referrals",
+        settings.nats_url,
+        sessions,
+        outbox_poll_seconds=settings.outbox_poll_seconds,
+        replicas=settings.nats_replicas,
     )
     broker, relay = messaging.broker, messaging.relay
     referrals = usecases.Referrals(

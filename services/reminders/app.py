@@ -159,7 +159,11 @@ def create_app(settings: RemindersSettings | None = None) -> FastAPI:
     gate = Gate(enabled=is_sqlite(engine))
     sessions = gated_sessionmaker(engine, gate)
     messaging = Messaging(
-        "reminders", settings.nats_url, sessions, outbox_poll_seconds=settings.outbox_poll_seconds
+        "reminders",
+        settings.nats_url,
+        sessions,
+        outbox_poll_seconds=settings.outbox_poll_seconds,
+        replicas=settings.nats_replicas,
     )
     broker, relay = messaging.broker, messaging.relay
     library = AftercareLibrary(settings.aftercare_dir)
