@@ -90,9 +90,23 @@ def use_sandbox(reminders_url: str) -> str:
     return f"http://127.0.0.1:{sandbox_port}"
 
 
-def spawn(command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """A child from the project's root, with this environment plus ``env``."""
-    return subprocess.Popen(_argv(command), cwd=PROJECT_ROOT, env={**os.environ, **(env or {})})
+def spawn(
+    command: list[str], env: dict[str, str] | None = None, log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """A child from the project's root, with this environment plus ``env``; its output
+    goes to ``log`` when given, else to ours."""
+    out = log.open("ab") if log is not None else None
+    try:
+        return subprocess.Popen(
+            _argv(command),
+            cwd=PROJECT_ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT if out is not None else None,
+        )
+    finally:
+        if out is not None:
+            out.close()
 
 
 def supervise(children: dict[str, subprocess.Popen[bytes]]) -> int:
