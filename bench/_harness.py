@@ -37,6 +37,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
+from shared.natsauth import with_credentials  # noqa: E402
 from shared.natsd import EmbeddedNats, free_port, port_open  # noqa: E402
 
 #: Environment variables of the parent that would change what the service under test does.
@@ -200,7 +201,8 @@ class Stack:
             raise RuntimeError("start NATS first")
         env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
         env.update(
-            NATS_URL=self.nats_url,
+            # Production connects as a NATS user (this server takes any).
+            NATS_URL=with_credentials(self.nats_url, "booking", "bench"),
             BOOKING_PORT=str(port),
             VAR_DIR=str(self.tmp / "var"),
             ADMIN_API_KEY=self.admin_key,

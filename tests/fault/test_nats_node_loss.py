@@ -189,7 +189,12 @@ def _longest_pause(times: list[float]) -> float:
 
 async def test_a_nats_node_and_the_active_reminders_die_under_load(cluster: Cluster) -> None:
     booking_urls = [cluster.url("booking", r) for r in range(2)]
-    clients = [httpx.AsyncClient(base_url=u, headers=AUTH, timeout=30) for u in booking_urls]
+    # Idle connections are dropped before uvicorn's 5 s keep-alive ends, so a request is
+    # never written into a connection the server is closing.
+    limits = httpx.Limits(keepalive_expiry=2)
+    clients = [
+        httpx.AsyncClient(base_url=u, headers=AUTH, timeout=30, limits=limits) for u in booking_urls
+    ]
     sandbox = httpx.AsyncClient(base_url=cluster.sandbox_url, timeout=30)
     try:
         clinic = await _clinic(clients[0])
