@@ -143,7 +143,7 @@ class Lease:
                 log.warning("lease.unavailable", key=self.key, error=type(exc).__name__)
             await asyncio.sleep(self.renew_every_seconds)
 
-    async def renew(self) -> bool:
+    async def renew(self, *, again: bool = True) -> bool:
         """Extend the lease; ``False`` means it was lost (expired, or taken by another)."""
         if self.revision is None:
             return False
@@ -157,12 +157,29 @@ class Lease:
             )
         except nats.js.errors.APIError as exc:
             if exc.err_code in WRONG_LAST_SEQUENCE:
+                if again and await self._still_ours():
+                    return await self.renew(again=False)
                 log.warning("lease.lost", key=self.key, holder=self.holder)
                 self.revision = None
                 return False
             raise
         self.revision = ack.seq
         self._renewed_at = time.monotonic()
+        return True
+
+    async def _still_ours(self) -> bool:
+        """After a renewal that timed out but was stored (a cluster electing a leader),
+        our revision is stale while the key still names us: adopt its revision (the
+        caller renews from it at once, as when it was stored is unknown). Nobody else
+        writes our holder id, so this never takes a lease another holds."""
+        try:
+            entry = await (await self._bucket()).get(self.key)
+        except (nats.errors.Error, nats.js.errors.Error, TimeoutError):
+            return False
+        if entry.value != self.holder.encode() or entry.revision is None:
+            return False
+        self.revision = entry.revision
+        log.info("lease.revision_adopted", key=self.key, revision=entry.revision)
         return True
 
     async def keep(self) -> None:

@@ -77,7 +77,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         "LOG_LEVEL": os.environ.get("FAULT_LOG_LEVEL", "WARNING"),
         "OUTBOX_POLL_SECONDS": "0.2",
         "SMS_RATE_PER_SECOND": "50",
-        "SCHEDULER_LEASE_SECONDS": "3",
+        # Longer than a JetStream leader election on a busy machine.
+        "SCHEDULER_LEASE_SECONDS": "10",
         "PLANNER_POLL_SECONDS": "0.2",
         "CALENDAR_SYNC_ENABLED": "false",
         "PYTHONUNBUFFERED": "1",

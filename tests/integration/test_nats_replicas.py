@@ -75,3 +75,31 @@ async def test_streams_and_the_lease_bucket_follow_nats_replicas(tmp_path: Path)
         await nc.close()
     finally:
         cluster.stop()
+
+
+async def test_a_renewal_stored_after_its_timeout_does_not_lose_the_lease(nats_url: str) -> None:
+    """A cluster electing a leader may store a renewal whose answer never came: the next
+    renewal, made from the older revision, must not give the lease up."""
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await ensure_lease_bucket(js)
+    lease = Lease(js, key=f"test-{free_port()}", ttl_seconds=5)
+    assert await lease.try_acquire()
+    stale = lease.revision
+    # The renewal that "timed out": stored, its answer lost.
+    await js.publish(
+        f"$KV.leases.{lease.key}",
+        lease.holder.encode(),
+        headers={"Nats-Expected-Last-Subject-Sequence": str(stale)},
+        msg_ttl=5,
+    )
+    assert lease.revision == stale
+    assert await lease.renew(), "the key still names this holder"
+    assert lease.held and lease.revision != stale
+
+    # A stale revision of a key that names another holder is a lost lease, as before.
+    other = Lease(js, key=lease.key, ttl_seconds=5, holder="someone-else")
+    other.revision = stale
+    assert await other.renew() is False
+    assert other.revision is None and lease.held
+    await nc.close()
