@@ -85,6 +85,10 @@ class EmbeddedNats:
         return f"nats://{self.host}:{self.port}"
 
     @property
+    def log_file(self) -> Path:
+        return self.store_dir / "nats-server.log"
+
+    @property
     def config_file(self) -> Path:
         return self.store_dir / "nats.conf"
 
@@ -132,13 +136,14 @@ class EmbeddedNats:
 
     def start(self, timeout: float = 10.0) -> EmbeddedNats:
         self.write_config()
-        self.process = subprocess.Popen(
-            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+        # The server's log goes to a file: a pipe nobody reads fills up after 64 KiB and
+        # then blocks the server (a cluster node logs every route and leader change).
+        with self.log_file.open("ab") as log:
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=log)
         deadline = time.monotonic() + timeout
         while not port_open(self.host, self.port):
             if self.process.poll() is not None:
-                err = self.process.stderr.read().decode() if self.process.stderr else ""
+                err = self.log_file.read_text(errors="replace")
                 raise RuntimeError(f"nats-server exited at start: {err.strip()[-500:]}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nats-server did not open port {self.port} in {timeout}s")
