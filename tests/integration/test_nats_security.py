@@ -199,7 +199,7 @@ async def test_booking_and_reminders_do_all_they_need_as_their_own_users(
             phone = clinic["client"]["phone"]
             booked = await front.post("/v1/sessions", json=session_body(clinic, next_monday_at(10)))
             assert booked.status_code == 201, booked.text
-            await sandbox.wait_for(phone, 1, status="delivered")
+            await sandbox.wait_for(phone, 1, status="delivered", timeout=30)
             await sandbox.reply(phone, "C")
 
             async def confirmed() -> bool:
