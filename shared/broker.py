@@ -21,6 +21,7 @@ import structlog
 from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from faststream.nats.subscriber.usecases.stream_pull_subscriber import PullStreamSubscriber
+from faststream.security import SASLPlaintext
 from nats.js import api
 from nats.js.client import JetStreamContext
 from pydantic import ValidationError
@@ -36,6 +37,7 @@ from shared.events import (
     parse_event,
 )
 from shared.inbox import claim
+from shared.natsauth import parse_servers
 from shared.uow import UnitOfWork
 
 log = structlog.get_logger(__name__)
@@ -63,11 +65,19 @@ DUPLICATE_WINDOW_SECONDS = 120
 
 
 def make_broker(nats_url: str, name: str) -> NatsBroker:
-    """A broker that keeps reconnecting for as long as the service lives, and whose
-    per-message log lines are DEBUG lines of :data:`BROKER_LOGGER` (FastStream's own
-    logger prints them at INFO whatever the service's level)."""
+    """A broker that keeps reconnecting for as long as the service lives.
+
+    ``nats_url`` may list several servers, comma-separated (a cluster). The user and
+    password it carries are passed apart, so they also hold for the servers the cluster
+    announces, and never show in ``/asyncapi.json`` or logs."""
+    servers = parse_servers(nats_url)
     return NatsBroker(
-        nats_url,
+        servers.urls,
+        security=(
+            SASLPlaintext(username=servers.user, password=servers.password or "")
+            if servers.user is not None
+            else None
+        ),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
@@ -102,15 +112,17 @@ def jetstream(broker: NatsBroker) -> JetStreamContext:
 
 
 async def ensure_streams(
-    js: JetStreamContext, names: Sequence[str] = tuple(STREAM_SUBJECTS)
+    js: JetStreamContext, names: Sequence[str] = tuple(STREAM_SUBJECTS), *, replicas: int = 1
 ) -> None:
-    """Create the streams, or bring an existing one's subjects up to date. File storage."""
+    """Create the streams, or bring an existing one's subjects and replicas up to date.
+    File storage; ``replicas`` copies on as many cluster nodes (``NATS_REPLICAS``)."""
     for name in names:
         config = api.StreamConfig(
             name=name,
             subjects=[STREAM_SUBJECTS[name]],
             storage=api.StorageType.FILE,
             duplicate_window=DUPLICATE_WINDOW_SECONDS,
+            num_replicas=replicas,
         )
         try:
             await js.add_stream(config)

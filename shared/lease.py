@@ -33,6 +33,26 @@ DEFAULT_BUCKET = "leases"
 WRONG_LAST_SEQUENCE = (10071, 10164)
 
 
+async def ensure_lease_bucket(
+    js: JetStreamContext, *, replicas: int = 1, bucket: str = DEFAULT_BUCKET
+) -> None:
+    """Create the lease bucket with ``replicas`` copies, or change an existing bucket's
+    replicas (``NATS_REPLICAS`` raised from 1 to 3 when moving to a cluster)."""
+    try:
+        info = await js.stream_info(f"KV_{bucket}")
+    except nats.js.errors.NotFoundError:
+        try:
+            # No bucket TTL: each lease key carries its own, so services can share it.
+            await js.create_key_value(bucket=bucket, history=1, replicas=replicas)
+            return
+        except nats.js.errors.BadRequestError:  # another service created it meanwhile
+            info = await js.stream_info(f"KV_{bucket}")
+    if info.config.num_replicas != replicas:
+        info.config.num_replicas = replicas
+        await js.update_stream(info.config)
+        log.info("lease.bucket_replicas", bucket=bucket, replicas=replicas)
+
+
 def instance_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -123,7 +143,7 @@ class Lease:
                 log.warning("lease.unavailable", key=self.key, error=type(exc).__name__)
             await asyncio.sleep(self.renew_every_seconds)
 
-    async def renew(self) -> bool:
+    async def renew(self, *, again: bool = True) -> bool:
         """Extend the lease; ``False`` means it was lost (expired, or taken by another)."""
         if self.revision is None:
             return False
@@ -137,12 +157,29 @@ class Lease:
             )
         except nats.js.errors.APIError as exc:
             if exc.err_code in WRONG_LAST_SEQUENCE:
+                if again and await self._still_ours():
+                    return await self.renew(again=False)
                 log.warning("lease.lost", key=self.key, holder=self.holder)
                 self.revision = None
                 return False
             raise
         self.revision = ack.seq
         self._renewed_at = time.monotonic()
+        return True
+
+    async def _still_ours(self) -> bool:
+        """After a renewal that timed out but was stored (a cluster electing a leader),
+        our revision is stale while the key still names us: adopt its revision (the
+        caller renews from it at once, as when it was stored is unknown). Nobody else
+        writes our holder id, so this never takes a lease another holds."""
+        try:
+            entry = await (await self._bucket()).get(self.key)
+        except (nats.errors.Error, nats.js.errors.Error, TimeoutError):
+            return False
+        if entry.value != self.holder.encode() or entry.revision is None:
+            return False
+        self.revision = entry.revision
+        log.info("lease.revision_adopted", key=self.key, revision=entry.revision)
         return True
 
     async def keep(self) -> None:

@@ -29,7 +29,9 @@ from shared.broker import (
     register_consumer,
     watch_max_deliveries,
 )
+from shared.lease import ensure_lease_bucket
 from shared.logging import configure_logging
+from shared.natsauth import redact
 from shared.outbox import OUTBOX, OutboxRelay
 from shared.uow import UnitOfWork
 
@@ -50,8 +52,10 @@ class Messaging:
         uow: UnitOfWork,
         *,
         outbox_poll_seconds: float = 1.0,
+        replicas: int = 1,
     ) -> None:
         self.service = service
+        self.replicas = replicas
         self.nats_url = nats_url
         self.uow = uow
         self.broker = make_broker(nats_url, service)
@@ -100,7 +104,8 @@ class Messaging:
             try:
                 await self.broker.connect()
                 js = jetstream(self.broker)
-                await ensure_streams(js)
+                await ensure_streams(js, replicas=self.replicas)
+                await ensure_lease_bucket(js, replicas=self.replicas)
                 for consumer in self.consumers:
                     await ensure_consumer(js, consumer)
                 await self.broker.start()
@@ -117,7 +122,7 @@ class Messaging:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         self.ready.set()
-        log.info("nats.ready", service=self.service, url=self.nats_url)
+        log.info("nats.ready", service=self.service, url=redact(self.nats_url))
         for callback in self._on_ready:
             callback()
 

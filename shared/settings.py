@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.natsauth import anonymous
 
 #: The documented development key. A production process refuses to start with it.
 DEV_ADMIN_API_KEY = "dev-admin-key-change-me"
@@ -20,6 +22,8 @@ class ServiceSettings(BaseSettings):
 
     app_env: str = "development"
     nats_url: str = "nats://127.0.0.1:4222"
+    #: Copies of every stream and of the lease bucket: 1 on one server, 3 in a cluster.
+    nats_replicas: int = Field(default=1, ge=1, le=5)
     admin_api_key: str = DEV_ADMIN_API_KEY
     var_dir: Path = PROJECT_ROOT / "var"
     log_level: str = "INFO"
@@ -36,6 +40,17 @@ class ServiceSettings(BaseSettings):
             raise ValueError(
                 "ADMIN_API_KEY is the documented development value; "
                 "set a secret key before starting with APP_ENV=production"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_anonymous_nats_in_production(self) -> ServiceSettings:
+        # The development default connects without a user; a production NATS refuses that,
+        # and a service must connect as its own user (nats://booking:<password>@host:4222).
+        if self.app_env == "production" and anonymous(self.nats_url):
+            raise ValueError(
+                "NATS_URL carries no user and password (the development default); "
+                "give the service its own NATS user: nats://<service>:<password>@host:4222"
             )
         return self
 

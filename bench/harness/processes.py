@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from shared.natsauth import with_credentials
 from shared.natsd import EmbeddedNats, free_port, port_open
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -223,8 +224,10 @@ class Stack:
         the admin key; then ``values``."""
         if self.nats_url is None:
             raise RuntimeError("start NATS first")
+        service = port_variable.split("_")[0].lower()
         return self.env(
-            NATS_URL=self.nats_url,
+            # Production connects as a NATS user; the bench's server takes any.
+            NATS_URL=with_credentials(self.nats_url, service, "bench"),
             VAR_DIR=str(self.tmp / "var"),
             ADMIN_API_KEY=self.admin_key,
             PYTHONUNBUFFERED="1",

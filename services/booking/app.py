@@ -90,7 +90,11 @@ def create_app(settings: BookingSettings | None = None) -> FastAPI:
     engine = create_engine(settings.database_url)
     uow = UnitOfWork(engine)
     messaging = Messaging(
-        "booking", settings.nats_url, uow, outbox_poll_seconds=settings.outbox_poll_seconds
+        "booking",
+        settings.nats_url,
+        uow,
+        outbox_poll_seconds=settings.outbox_poll_seconds,
+        replicas=settings.nats_replicas,
     )
     booking = Booking(uow, default_phone_region=settings.default_phone_region)
     box = box_for(

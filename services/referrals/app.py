@@ -95,7 +95,11 @@ def create_app(settings: ReferralsSettings | None = None) -> FastAPI:
     engine = create_engine(settings.database_url)
     uow = UnitOfWork(engine)
     messaging = Messaging(
-        "referrals", settings.nats_url, uow, outbox_poll_seconds=settings.outbox_poll_seconds
+        "referrals",
+        settings.nats_url,
+        uow,
+        outbox_poll_seconds=settings.outbox_poll_seconds,
+        replicas=settings.nats_replicas,
     )
     broker = messaging.broker
     referrals = Referrals(

@@ -80,7 +80,11 @@ def bootstrap(settings: RemindersSettings) -> Runtime:
     engine = create_engine(settings.database_url)
     uow = UnitOfWork(engine)
     messaging = Messaging(
-        "reminders", settings.nats_url, uow, outbox_poll_seconds=settings.outbox_poll_seconds
+        "reminders",
+        settings.nats_url,
+        uow,
+        outbox_poll_seconds=settings.outbox_poll_seconds,
+        replicas=settings.nats_replicas,
     )
     library = AftercareLibrary(settings.aftercare_dir)
     library.load()  # a broken aftercare file stops the start, with the file named

@@ -20,6 +20,7 @@ import pytest
 from cryptography.fernet import Fernet
 from fhir.resources.R4B.task import Task
 
+from shared.natsauth import with_credentials
 from shared.natsd import EmbeddedNats, free_port
 from shared.settings import PROJECT_ROOT
 from tests.referrals_support import client_event, publish
@@ -34,7 +35,8 @@ def _env(var: Path, nats_url: str, port: int, **extra: str) -> dict[str, str]:
     return {
         **scrubbed,
         "VAR_DIR": str(var),
-        "NATS_URL": nats_url,
+        # Production connects as a NATS user (the test server takes any).
+        "NATS_URL": with_credentials(nats_url, "referrals", "test"),
         "REFERRALS_PORT": str(port),
         "ADMIN_API_KEY": ADMIN,
         "APP_ENV": "production",

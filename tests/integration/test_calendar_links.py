@@ -13,6 +13,7 @@ from services.booking.app import create_app
 from services.booking.migrate import MIGRATIONS
 from shared.db import sync_url
 from shared.migrations import alembic_config
+from shared.natsauth import with_credentials
 from tests.integration.test_booking_api import make_clinic, settings_for
 from tests.support import AUTH, serve, wait_ready
 
@@ -24,7 +25,9 @@ CALENDAR_TABLES = {"calendar_links", "calendar_pushes", "external_busy"}
 async def test_production_with_the_dev_secret_key_stores_no_password(
     sqlite_database_url: str, nats_url: str
 ) -> None:
-    app = create_app(settings_for(sqlite_database_url, nats_url, app_env="production"))
+    # Production connects as a NATS user (the test server takes any).
+    production_nats = with_credentials(nats_url, "booking", "test")
+    app = create_app(settings_for(sqlite_database_url, production_nats, app_env="production"))
     async with serve(app) as base_url:
         await wait_ready(base_url)
         async with httpx.AsyncClient(base_url=base_url, headers=AUTH, timeout=30) as client:

@@ -40,7 +40,9 @@ def test_keys_rotate_the_first_encrypts_and_all_decrypt() -> None:
 
 
 def test_production_refuses_the_documented_dev_key() -> None:
-    settings = BookingSettings(app_env="production", admin_api_key="real")
+    settings = BookingSettings(
+        app_env="production", admin_api_key="real", nats_url="nats://booking:real@nats:4222"
+    )
     assert settings.secret_key_is_dev_value
     box = box_for(settings.secret_keys(), setting=SETTING, production=True, uses_dev_key=True)
     assert not box.usable

@@ -8,7 +8,9 @@ Compose Specification's JSON schema (kept beside the project), and against
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +18,19 @@ import jsonschema
 import pytest
 import yaml
 
+from shared.natsauth import USERS, compose_config, parse_servers
+from shared.natsd import nats_server_binary
 from tools.commands import MIGRATE_COMMANDS, SERVICE_COMMANDS
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 SPEC_FILE = ROOT.parent / "shared" / "data" / "compose-spec" / "compose-spec.json"
 
-INFRA = ("nats", "postgres")
+NATS_NODES = ("nats-1", "nats-2", "nats-3")
+INFRA = (*NATS_NODES, "postgres")
+NATS_CONFIG = ROOT / "deploy" / "nats" / "nats.conf"
+CADDYFILE = ROOT / "deploy" / "Caddyfile"
+PORTS = {"booking": "8001", "reminders": "8002", "referrals": "8003"}
 #: ``${VAR:?message}``: compose refuses to start when VAR is unset or empty.
 REQUIRED_VAR = re.compile(r"^\$\{(?P<name>[A-Z_][A-Z0-9_]*):\?[^}]*\}$")
 
@@ -125,30 +133,91 @@ def test_infrastructure_has_healthchecks(services: dict[str, dict[str, Any]]) ->
         assert test and not services[name]["healthcheck"].get("disable"), f"{name}: no healthcheck"
 
 
-def test_nats_runs_jetstream_on_a_volume(compose: dict[str, Any]) -> None:
-    nats = compose["services"]["nats"]
-    command = nats["command"]
-    assert "-js" in command or "--jetstream" in command, "JetStream is off"
-    store_flag = next(f for f in ("-sd", "--store_dir") if f in command)
-    store_dir = command[command.index(store_flag) + 1]
-    volume_targets = {v.split(":")[1] for v in nats.get("volumes", []) if isinstance(v, str)}
-    assert store_dir in volume_targets, "the JetStream store is lost with the container"
-    assert "js-enabled-only=true" in " ".join(nats["healthcheck"]["test"])
+def test_nats_is_a_three_node_jetstream_cluster_on_volumes(compose: dict[str, Any]) -> None:
+    config = NATS_CONFIG.read_text()
+    assert 'jetstream { store_dir: "/data" }' in config, "JetStream is off or not on /data"
+    names = set()
+    for name in NATS_NODES:
+        node = compose["services"][name]
+        assert node["command"] == ["-c", "/etc/nats/nats.conf"]
+        mounts = {v.split(":")[0]: v.split(":")[1] for v in node["volumes"]}
+        assert mounts["./deploy/nats/nats.conf"] == "/etc/nats/nats.conf"
+        assert "/data" in mounts.values(), f"{name}: the JetStream store is lost with the container"
+        assert "js-enabled-only=true" in " ".join(node["healthcheck"]["test"])
+        assert "ports" not in node, f"{name}: NATS is published outside the compose network"
+        names.add(_environment(node)["NATS_SERVER_NAME"])
+        assert f'"nats://{name}:6222"' in config, f"{name} is not among the routes"
+    assert len(names) == 3, "every node needs its own server name"
+    volumes = {v.split(":")[0] for n in NATS_NODES for v in compose["services"][n]["volumes"]}
+    assert len(volumes - {"./deploy/nats/nats.conf"}) == 3, "each node needs its own store"
 
 
-def test_app_services_are_reachable_and_production(services: dict[str, dict[str, Any]]) -> None:
+def test_nats_users_are_the_generated_ones_and_anonymous_is_refused(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """The compose configuration is the one shared.natsauth generates (same users, same
+    permissions), nats-server accepts it, and every password is required."""
+    config = NATS_CONFIG.read_text()
+    assert config == compose_config(list(NATS_NODES)), (
+        "deploy/nats/nats.conf is out of date: regenerate it with shared.natsauth.compose_config"
+    )
+    assert "no_auth_user" not in config
+    env = {"NATS_SERVER_NAME": "nats-1"}
+    for user in USERS:
+        variable = f"NATS_{user.upper()}_PASSWORD"
+        env[variable] = "x"
+        for name in NATS_NODES:
+            match = REQUIRED_VAR.match(_environment(services[name]).get(variable) or "")
+            assert match and match["name"] == variable, f"{name}: {variable} is not required"
+    checked = subprocess.run(
+        [nats_server_binary(), "-c", str(NATS_CONFIG), "-t"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_app_services_are_replicated_behind_the_entry_and_production(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    entry = services["entry"]
+    assert entry["image"].split(":")[0] in {"caddy", "nginx"}
+    caddyfile = CADDYFILE.read_text()
     for name in SERVICE_COMMANDS:
         env = _environment(services[name])
         upper = name.upper()
         port = env.get(f"{upper}_PORT")
-        assert port, f"{name}: {upper}_PORT is not set"
-        assert f"{port}:{port}" in [str(p) for p in services[name].get("ports", [])]
-        # The service binds 127.0.0.1 unless told otherwise: unreachable from the host.
+        assert port == PORTS[name], f"{name}: {upper}_PORT is not {PORTS[name]}"
+        assert f"{port}:{port}" in [str(p) for p in entry.get("ports", [])]
+        assert f":{port} {{\n\timport replicas {name} {port}" in caddyfile
+        # The service binds 127.0.0.1 unless told otherwise: unreachable from the entry.
         assert env.get(f"{upper}_HOST") == "0.0.0.0"
-        assert env.get("NATS_URL") == "nats://nats:4222"
+        assert "ports" not in services[name], f"{name}: replicas cannot share a host port"
+        assert services[name].get("deploy", {}).get("replicas", 1) >= 2
         assert (env.get(f"{upper}_DATABASE_URL") or "").startswith("postgresql://")
         assert env.get("APP_ENV") == "production"
         assert env.get("PUBLIC_BASE_URL")
+        assert env.get("NATS_REPLICAS") == "3"
+
+
+def test_each_service_connects_to_every_node_as_its_own_user(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name, svc in _built_here(services).items():
+        service = name.removesuffix("-migrate")
+        nats_url = _environment(svc).get("NATS_URL") or ""
+        variable = f"NATS_{service.upper()}_PASSWORD"
+        references = re.findall(r"\$\{[^}]*\}", nats_url)
+        assert len(references) == 3, f"{name}: one password per server"
+        for reference in references:
+            match = REQUIRED_VAR.match(reference)
+            assert match and match["name"] == variable, (
+                f"{name}: the NATS password must be the required {variable}, not {reference}"
+            )
+        servers = parse_servers(re.sub(r"\$\{[^}]*\}", "secret", nats_url))
+        assert servers.urls == [f"nats://{node}:4222" for node in NATS_NODES], name
+        assert (servers.user, servers.password) == (service, "secret"), name
 
 
 def test_no_secret_default_is_baked_in(services: dict[str, dict[str, Any]]) -> None:

@@ -83,12 +83,17 @@ def test_a_rotated_key_still_opens_what_the_old_one_sealed() -> None:
 
 def test_production_refuses_the_documented_dev_key_and_bad_keys() -> None:
     with pytest.raises(ValueError, match="development value"):
-        ReferralsSettings(app_env="production", admin_api_key="real-admin-key")
+        ReferralsSettings(
+            app_env="production",
+            admin_api_key="real-admin-key",
+            nats_url="nats://referrals:real@nats:4222",
+        )
     with pytest.raises(ValueError, match="Fernet"):
         ReferralsSettings(referrals_secret_key="not-a-key")
     ok = ReferralsSettings(
         app_env="production",
         admin_api_key="real-admin-key",
+        nats_url="nats://referrals:real@nats:4222",
         referrals_secret_key=Fernet.generate_key().decode(),
     )
     assert ok.production

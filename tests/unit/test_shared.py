@@ -105,7 +105,12 @@ def test_production_refuses_the_documented_dev_key() -> None:
     with pytest.raises(ValidationError, match="ADMIN_API_KEY"):
         ServiceSettings(app_env="production", admin_api_key=DEV_ADMIN_API_KEY)
     assert (
-        ServiceSettings(app_env="production", admin_api_key="a-real-secret").app_env == "production"
+        ServiceSettings(
+            app_env="production",
+            admin_api_key="a-real-secret",
+            nats_url="nats://booking:a-real-password@nats:4222",
+        ).app_env
+        == "production"
     )
 
 
