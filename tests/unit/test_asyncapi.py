@@ -295,11 +295,13 @@ def test_reply_intents_of_the_contract_are_declared() -> None:
 def sent_by_the_services() -> list[CloudEvent[Any]]:
     """Events built by the services' own (pure) builders, every optional branch taken."""
     from services.booking import db as booking_db
-    from services.booking import usecases as booking
+    from services.booking.usecases import clients as booking_clients
+    from services.booking.usecases import sessions as booking_sessions
     from services.referrals import db as referrals_db
-    from services.referrals import usecases as referrals
+    from services.referrals import queries as referrals_queries
+    from services.referrals.usecases import lifecycle as referrals_lifecycle
     from services.reminders import db as reminders_db
-    from services.reminders import delivery as reminders
+    from services.reminders import status as reminders_status
 
     start = datetime(2026, 12, 1, 15, tzinfo=UTC)
     client = booking_db.Client(
@@ -362,21 +364,21 @@ def sent_by_the_services() -> list[CloudEvent[Any]]:
         id="m1", session_id="s1", rule="reminder-24h", provider_sid="SM1", error_code=30003
     )
     return [
-        make_event(events.SESSION_CANCELLED, "booking", booking.session_event(row)),
+        make_event(events.SESSION_CANCELLED, "booking", booking_sessions.session_event(row)),
         make_event(
             events.SESSION_RESCHEDULED,
             "booking",
-            booking.session_event(row, previous_start=start - timedelta(days=1)),
+            booking_sessions.session_event(row, previous_start=start - timedelta(days=1)),
         ),
         make_event(
             events.CLIENT_UPDATED,
             "booking",
-            events.ClientEvent(client=booking.client_details(client)),
+            events.ClientEvent(client=booking_clients.client_details(client)),
         ),
         make_event(
             events.referral_subject("declined"),
             "referrals",
-            referrals.referral_payload(referral, partner, referral_client),
+            referrals_lifecycle.referral_payload(referral, partner, referral_client),
         ),
         make_event(
             events.PLAN_UPDATED,
@@ -384,12 +386,12 @@ def sent_by_the_services() -> list[CloudEvent[Any]]:
             events.PlanEvent(
                 plan_id=plan.id,
                 client_id=plan.client_id,
-                progress=referrals.plan_progress(plan),  # type: ignore[arg-type]
+                progress=referrals_queries.plan_progress(plan),  # type: ignore[arg-type]
                 status=plan.status,
                 version=plan.version,
             ),
         ),
-        reminders._sms_event(events.SMS_FAILED, message),
+        reminders_status.sms_event(events.SMS_FAILED, message),
     ]
 
 
