@@ -21,14 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from services.referrals.seed import seed_demo as seed_referrals
 
 from shared.natsauth import ADMIN, OBSERVER, Credentials
 from shared.natsd import EmbeddedNats, Routes
 from shared.settings import DEV_ADMIN_API_KEY, PROJECT_ROOT
 from tools.commands import SANDBOX_COMMAND, SERVICE_COMMANDS
 from tools.run import spawn, stop_children, supervise, use_sandbox, wait_ready
-from tools.seed import seed_demo
+from tools.seed import seed_demo, seed_referrals
 
 NATS_PORTS = (4222, 4223, 4224)
 ROUTE_PORTS = (6222, 6223, 6224)
