@@ -6,10 +6,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup lint typecheck pytest browser bench clean
+.PHONY: run cluster test setup lint typecheck pytest browser bench clean
 
 run: setup
 	$(BIN)/python -m tools.run
+
+# Beyond one machine, locally: three NATS nodes and two replicas of every service.
+cluster: setup
+	$(BIN)/python -m tools.cluster
 
 test: setup browser lint typecheck pytest
 
