@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
 from shared.db import UtcDateTime
-from shared.errors import NotFound
+from shared.errors import InvalidRequest, NotFound
 from shared.payloads import ApiKeyEvent
 from shared.timeutil import utcnow
 
@@ -118,6 +118,18 @@ class Scope:
         """:class:`NotFound` for a location outside the scope (``kind`` names the thing)."""
         if not self.allows(location_id):
             raise NotFound(kind, location_id or "")
+
+    def location_for(self, asked: str | None, field_name: str) -> str | None:
+        """The location a new thing belongs to: as asked (checked against the scope), or a
+        front desk's only location; a front desk of several locations has to say which."""
+        if asked is not None:
+            self.require(asked)
+            return asked
+        if self.location_ids is None:
+            return None
+        if len(self.location_ids) == 1:
+            return next(iter(self.location_ids))
+        raise InvalidRequest(field_name, "say which of this key's locations it belongs to")
 
     def where(self, column: Any) -> ColumnElement[bool]:
         """``column`` (a location id) is in the scope, as an SQL condition."""

@@ -299,7 +299,9 @@ async def test_front_desk_keys_see_only_their_locations(booking: Any) -> None:
         )
     ).status_code == 403
     # A client of no location, without sessions, is nobody's front desk's yet.
-    assert (await client.get(f"/v1/clients/{clinic['client']['id']}", headers=desk)).status_code == 404
+    assert (
+        await client.get(f"/v1/clients/{clinic['client']['id']}", headers=desk)
+    ).status_code == 404
     walk_in = await client.post(
         "/v1/clients",
         json={"first_name": "Ana", "last_name": "Ruiz", "phone": "+12125550177"},

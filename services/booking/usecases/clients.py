@@ -13,7 +13,6 @@ from services.booking.scope import get_visible
 from services.booking.usecases import SOURCE, Booking
 from shared import events
 from shared.auth import Scope
-from shared.errors import InvalidRequest
 from shared.ids import new_id
 from shared.outbox import enqueue
 from shared.phones import normalize_phone
@@ -40,16 +39,6 @@ async def announce_client(session: AsyncSession, client: db.Client, event_type: 
     )
 
 
-def _home_for(scope: Scope, asked: str | None) -> str | None:
-    """The client's home location: as asked (within the caller's scope), or a front desk's
-    only location; a front desk of several locations has to say which."""
-    if asked is not None or scope.location_ids is None:
-        return asked
-    if len(scope.location_ids) == 1:
-        return next(iter(scope.location_ids))
-    raise InvalidRequest("home_location_id", "say which of this key's locations the client is at")
-
-
 async def _check_home(session: AsyncSession, scope: Scope, location_id: str | None) -> None:
     if location_id is not None:
         await get_visible(session, db.Location, location_id, "location", scope)
@@ -58,7 +47,7 @@ async def _check_home(session: AsyncSession, scope: Scope, location_id: str | No
 async def create_client(app: Booking, data: ClientIn, *, scope: Scope) -> db.Client:
     phone = normalize_phone(data.phone, app.default_phone_region)
     now = app.clock()
-    home = _home_for(scope, data.home_location_id)
+    home = scope.location_for(data.home_location_id, "home_location_id")
     async with app.uow.write() as session:
         await _check_home(session, scope, home)
         client = db.Client(
