@@ -1,7 +1,12 @@
 """API keys with roles: admin, front desk (for given locations), partner (its own referrals).
 
 Keys are random; only their SHA-256 is stored, so a database leak gives no usable key.
-The bootstrap ``ADMIN_API_KEY`` from the settings is accepted by every service.
+The bootstrap ``ADMIN_API_KEY`` from the settings is accepted by every service. Booking
+issues and revokes the clinic's keys; reminders and referrals learn their hashes from
+``booking.apikey.*`` (:func:`remember_key`) into their own table, which their
+:class:`Authenticator` reads on every request, so a change holds there within seconds.
+
+:class:`Scope` is what a caller may reach: every location (admin) or its own (front desk).
 """
 
 from __future__ import annotations
@@ -9,14 +14,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from datetime import datetime
+from typing import Any, Literal
 
-from fastapi import HTTPException, Request
-from sqlalchemy import JSON, Column, MetaData, String, Table, insert, select
+from fastapi import Depends, HTTPException, Request
+from sqlalchemy import JSON, Column, MetaData, String, Table, insert, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
 
 from shared.db import UtcDateTime
+from shared.errors import InvalidRequest, NotFound
+from shared.payloads import ApiKeyEvent
 from shared.timeutil import utcnow
 
 Role = Literal["admin", "front_desk", "partner"]
@@ -77,6 +87,74 @@ class Principal:
             raise HTTPException(403, f"this key may not act for location {location_id}")
 
 
+@dataclass(frozen=True)
+class Scope:
+    """The locations whose data a caller reaches: ``None`` means every one (an admin).
+
+    Built from the caller once per request and handed to the queries and use cases, which
+    filter with it; what lies outside answers 404, as if it did not exist.
+    """
+
+    location_ids: frozenset[str] | None
+
+    @classmethod
+    def of(cls, principal: Principal) -> Scope:
+        if principal.is_admin:
+            return EVERYTHING
+        if principal.role == "front_desk":
+            return cls(principal.location_ids)
+        return cls(frozenset())
+
+    @property
+    def everything(self) -> bool:
+        return self.location_ids is None
+
+    def allows(self, location_id: str | None) -> bool:
+        if self.location_ids is None:
+            return True
+        return location_id is not None and location_id in self.location_ids
+
+    def require(self, location_id: str | None, kind: str = "location") -> None:
+        """:class:`NotFound` for a location outside the scope (``kind`` names the thing)."""
+        if not self.allows(location_id):
+            raise NotFound(kind, location_id or "")
+
+    def location_for(self, asked: str | None, field_name: str) -> str | None:
+        """The location a new thing belongs to: as asked (checked against the scope), or a
+        front desk's only location; a front desk of several locations has to say which."""
+        if asked is not None:
+            self.require(asked)
+            return asked
+        if self.location_ids is None:
+            return None
+        if len(self.location_ids) == 1:
+            return next(iter(self.location_ids))
+        raise InvalidRequest(field_name, "say which of this key's locations it belongs to")
+
+    def where(self, column: Any) -> ColumnElement[bool]:
+        """``column`` (a location id) is in the scope, as an SQL condition."""
+        if self.location_ids is None:
+            return true()
+        return column.in_(sorted(self.location_ids))
+
+
+#: The scope of an admin and of the system itself.
+EVERYTHING = Scope(None)
+
+
+def clinic_scope(
+    authenticate: Callable[..., Awaitable[Principal]],
+) -> Callable[[Principal], Awaitable[Scope]]:
+    """A FastAPI dependency: the caller's :class:`Scope`, for clinic staff (admin, front
+    desk) only; any other key gets 403."""
+
+    async def scope(caller: Principal = Depends(authenticate)) -> Scope:
+        caller.require_role("admin", "front_desk")
+        return Scope.of(caller)
+
+    return scope
+
+
 async def create_key(
     session: AsyncSession,
     *,
@@ -100,6 +178,57 @@ async def create_key(
         )
     )
     return key
+
+
+async def revoke_key(session: AsyncSession, key_id: str, at: datetime) -> datetime | None:
+    """Mark the key revoked (kept, for the record). Returns when it was revoked, the first
+    time if it already was; ``None`` if there is no such key."""
+    row = (
+        await session.execute(select(api_keys.c.revoked_at).where(api_keys.c.id == key_id))
+    ).first()
+    if row is None:
+        return None
+    if row.revoked_at is not None:
+        return row.revoked_at
+    await session.execute(update(api_keys).where(api_keys.c.id == key_id).values(revoked_at=at))
+    return at
+
+
+async def remember_key(session: AsyncSession, data: ApiKeyEvent) -> None:
+    """Apply ``booking.apikey.issued`` or ``.revoked`` to this service's key table.
+
+    Events may come twice or out of order: a revoked key stays revoked whatever follows."""
+    row = (
+        await session.execute(select(api_keys.c.revoked_at).where(api_keys.c.id == data.id))
+    ).first()
+    if row is None:
+        await session.execute(
+            insert(api_keys).values(
+                id=data.id,
+                name="issued by booking",
+                key_hash=data.sha256,
+                role=data.role,
+                location_ids=list(data.location_ids),
+                partner_id=None,
+                created_at=utcnow(),
+                revoked_at=data.revoked_at,
+            )
+        )
+        return
+    await session.execute(
+        update(api_keys)
+        .where(api_keys.c.id == data.id)
+        .values(
+            role=data.role,
+            location_ids=list(data.location_ids),
+            revoked_at=row.revoked_at or data.revoked_at,
+        )
+    )
+
+
+def key_locations(location_ids: Iterable[str]) -> list[str]:
+    """Location ids as stored and announced: each once, sorted."""
+    return sorted(set(location_ids))
 
 
 class Authenticator:

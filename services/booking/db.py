@@ -120,6 +120,8 @@ class Client(Base):
     sms_consent: Mapped[bool] = mapped_column(Boolean, default=False)
     sms_consent_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     sms_consent_source: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    #: The location the client belongs to: its front desk sees the client before any session.
+    home_location_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
 

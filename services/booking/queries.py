@@ -18,7 +18,9 @@ from sqlalchemy.orm import selectinload
 
 from services.booking import db, domain
 from services.booking.calendar import ical
+from services.booking.scope import get_visible, visible
 from services.booking.usecases import Booking, get_or_404
+from shared.auth import Scope
 from shared.errors import InvalidRequest, NotFound
 from shared.phones import normalize_phone
 from shared.timeutil import zone
@@ -27,27 +29,32 @@ from shared.timeutil import zone
 # Locations, treatments, therapists
 
 
-async def list_locations(app: Booking) -> Sequence[db.Location]:
+async def list_locations(app: Booking, *, scope: Scope) -> Sequence[db.Location]:
     async with app.uow.read() as session:
         result = await session.scalars(
-            select(db.Location).options(selectinload(db.Location.rooms)).order_by(db.Location.name)
+            select(db.Location)
+            .where(visible(db.Location, scope))
+            .options(selectinload(db.Location.rooms))
+            .order_by(db.Location.name)
         )
         return result.all()
 
 
-async def get_location(app: Booking, location_id: str) -> db.Location:
+async def get_location(app: Booking, location_id: str, *, scope: Scope) -> db.Location:
     async with app.uow.read() as session:
-        location = await session.get(
-            db.Location, location_id, options=[selectinload(db.Location.rooms)]
+        return await get_visible(
+            session,
+            db.Location,
+            location_id,
+            "location",
+            scope,
+            options=[selectinload(db.Location.rooms)],
         )
-        if location is None:
-            raise NotFound("location", location_id)
-        return location
 
 
-async def list_rooms(app: Booking, location_id: str) -> Sequence[db.Room]:
+async def list_rooms(app: Booking, location_id: str, *, scope: Scope) -> Sequence[db.Room]:
     async with app.uow.read() as session:
-        await get_or_404(session, db.Location, location_id, "location")
+        await get_visible(session, db.Location, location_id, "location", scope)
         result = await session.scalars(
             select(db.Room).where(db.Room.location_id == location_id).order_by(db.Room.name)
         )
@@ -64,10 +71,13 @@ async def get_treatment(app: Booking, treatment_id: str) -> db.Treatment:
         return await get_or_404(session, db.Treatment, treatment_id, "service")
 
 
-async def list_therapists(app: Booking, location_id: str | None = None) -> Sequence[db.Therapist]:
+async def list_therapists(
+    app: Booking, location_id: str | None = None, *, scope: Scope
+) -> Sequence[db.Therapist]:
     async with app.uow.read() as session:
         query = (
             select(db.Therapist)
+            .where(visible(db.Therapist, scope))
             .options(selectinload(db.Therapist.working_hours))
             .order_by(db.Therapist.name)
         )
@@ -82,19 +92,21 @@ async def list_therapists(app: Booking, location_id: str | None = None) -> Seque
         return (await session.scalars(query)).all()
 
 
-async def get_therapist(app: Booking, therapist_id: str) -> db.Therapist:
+async def get_therapist(app: Booking, therapist_id: str, *, scope: Scope) -> db.Therapist:
     async with app.uow.read() as session:
-        therapist = await session.get(
-            db.Therapist, therapist_id, options=[selectinload(db.Therapist.working_hours)]
+        return await get_visible(
+            session,
+            db.Therapist,
+            therapist_id,
+            "therapist",
+            scope,
+            options=[selectinload(db.Therapist.working_hours)],
         )
-        if therapist is None:
-            raise NotFound("therapist", therapist_id)
-        return therapist
 
 
-async def list_time_off(app: Booking, therapist_id: str) -> Sequence[db.TimeOff]:
+async def list_time_off(app: Booking, therapist_id: str, *, scope: Scope) -> Sequence[db.TimeOff]:
     async with app.uow.read() as session:
-        await get_or_404(session, db.Therapist, therapist_id, "therapist")
+        await get_visible(session, db.Therapist, therapist_id, "therapist", scope)
         result = await session.scalars(
             select(db.TimeOff)
             .where(db.TimeOff.therapist_id == therapist_id)
@@ -107,17 +119,18 @@ async def list_time_off(app: Booking, therapist_id: str) -> Sequence[db.TimeOff]
 # Clients
 
 
-async def get_client(app: Booking, client_id: str) -> db.Client:
+async def get_client(app: Booking, client_id: str, *, scope: Scope) -> db.Client:
     async with app.uow.read() as session:
-        return await get_or_404(session, db.Client, client_id, "client")
+        return await get_visible(session, db.Client, client_id, "client", scope)
 
 
 async def list_clients(
-    app: Booking, phone: str | None = None, limit: int = 100, offset: int = 0
+    app: Booking, phone: str | None = None, limit: int = 100, offset: int = 0, *, scope: Scope
 ) -> Sequence[db.Client]:
     async with app.uow.read() as session:
         query = (
             select(db.Client)
+            .where(visible(db.Client, scope))
             .order_by(db.Client.last_name, db.Client.first_name)
             .limit(limit)
             .offset(offset)
@@ -256,16 +269,17 @@ async def availability(
     start: datetime,
     end: datetime,
     therapist_id: str | None = None,
+    scope: Scope,
 ) -> list[domain.Slot]:
     if end <= start:
         raise InvalidRequest(None, "end must be after start")
     if end - start > timedelta(days=MAX_AVAILABILITY_DAYS):
         raise InvalidRequest(None, f"ask for at most {MAX_AVAILABILITY_DAYS} days at a time")
     async with app.uow.read() as session:
-        location: db.Location = await get_or_404(session, db.Location, location_id, "location")
+        location = await get_visible(session, db.Location, location_id, "location", scope)
         treatment: db.Treatment = await get_or_404(session, db.Treatment, service_id, "service")
         if therapist_id is not None:
-            await get_or_404(session, db.Therapist, therapist_id, "therapist")
+            await get_visible(session, db.Therapist, therapist_id, "therapist", scope)
         window = domain.Interval(start, end)
         # Busy spans that start before the window can still reach into it.
         lookup = domain.Interval(start - timedelta(days=1), end + timedelta(days=1))
@@ -288,9 +302,9 @@ async def availability(
 # Sessions
 
 
-async def get_session(app: Booking, session_id: str) -> db.Session:
+async def get_session(app: Booking, session_id: str, *, scope: Scope) -> db.Session:
     async with app.uow.read() as session:
-        return await get_or_404(session, db.Session, session_id, "session")
+        return await get_visible(session, db.Session, session_id, "session", scope)
 
 
 async def list_sessions(
@@ -303,9 +317,15 @@ async def list_sessions(
     end: datetime | None = None,
     status: str | None = None,
     limit: int = 500,
+    scope: Scope,
 ) -> Sequence[db.Session]:
     async with app.uow.read() as session:
-        query = select(db.Session).order_by(db.Session.start_at).limit(limit)
+        query = (
+            select(db.Session)
+            .where(visible(db.Session, scope))
+            .order_by(db.Session.start_at)
+            .limit(limit)
+        )
         if location_id:
             query = query.where(db.Session.location_id == location_id)
         if therapist_id:

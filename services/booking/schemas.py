@@ -101,7 +101,9 @@ class TherapistOut(BaseModel):
     name: str
     modalities: list[str]
     working_hours: list[WorkingHoursIn]
-    ics_url: str
+    ics_url: str | None = Field(
+        default=None, description="the therapist's feed; admins only (it holds its token)"
+    )
 
 
 class TimeOffIn(Strict):
@@ -135,6 +137,11 @@ class ClientIn(Strict):
     date_of_birth: date | None = None
     sms_consent: bool = False
     sms_consent_source: str = Field(default="front_desk", max_length=100)
+    home_location_id: str | None = Field(
+        default=None,
+        max_length=36,
+        description="the client's location; a front-desk key with one location defaults to it",
+    )
 
 
 class ClientPatch(Strict):
@@ -145,6 +152,7 @@ class ClientPatch(Strict):
     date_of_birth: date | None = None
     sms_consent: bool | None = None
     sms_consent_source: str = Field(default="front_desk", max_length=100)
+    home_location_id: str | None = Field(default=None, max_length=36)
 
 
 class ClientOut(BaseModel):
@@ -157,6 +165,7 @@ class ClientOut(BaseModel):
     sms_consent: bool
     sms_consent_at: datetime | None
     sms_consent_source: str | None
+    home_location_id: str | None = None
 
 
 class SlotOut(BaseModel):
@@ -219,11 +228,16 @@ class ApiKeyIn(Strict):
     location_ids: list[str] = Field(default_factory=list)
 
 
-class ApiKeyOut(BaseModel):
+class ApiKeyView(BaseModel):
     id: str
     name: str
     role: str
     location_ids: list[str]
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ApiKeyOut(ApiKeyView):
     api_key: str = Field(description="shown this once; only its hash is stored")
 
 

@@ -22,7 +22,7 @@ from services.referrals.settings import ReferralsSettings
 from services.referrals.usecases import Referrals, from_booking
 from services.referrals.usecases.context import DEADLINES, DISPATCHER
 from shared import events
-from shared.auth import Authenticator
+from shared.auth import Authenticator, remember_key
 from shared.broker import Consumer, jetstream
 from shared.db import create_engine, sync_url
 from shared.events import ClientEvent, CloudEvent, SessionEvent
@@ -65,6 +65,9 @@ def build_consumers(referrals: Referrals, settings: ReferralsSettings) -> list[C
     async def on_session(session: AsyncSession, event: CloudEvent[SessionEvent]) -> None:
         await from_booking.apply_session_event(referrals, session, event)
 
+    async def on_key(session: AsyncSession, event: CloudEvent[events.ApiKeyEvent]) -> None:
+        await remember_key(session, event.data)
+
     common: dict[str, Any] = {
         "service": "referrals",
         "stream": events.BOOKING_STREAM,
@@ -74,6 +77,13 @@ def build_consumers(referrals: Referrals, settings: ReferralsSettings) -> list[C
     return [
         Consumer(purpose="clients", subject=CLIENT_EVENTS, handler=on_client, **common),
         Consumer(purpose="sessions", subject=SESSION_EVENTS, handler=on_session, **common),
+        # Keys issued and revoked at booking: the Authenticator reads them from our table.
+        Consumer.of(
+            events.REFERRALS_APIKEYS,
+            on_key,
+            max_deliver=settings.max_deliver,
+            retry_base_seconds=settings.retry_base_seconds,
+        ),
     ]
 
 

@@ -77,6 +77,9 @@ class Plan(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     client_id: Mapped[str] = mapped_column(String(64), index=True)
+    #: The booking location the plan is run from: its front desk sees the plan, its
+    #: referrals and its client. NULL for plans made before locations were recorded.
+    location_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
     goals: Mapped[str] = mapped_column(Text)
     baseline_pain_score: Mapped[int | None] = mapped_column(Integer, nullable=True)
     status: Mapped[str] = mapped_column(String(20))  # active | completed

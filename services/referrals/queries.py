@@ -10,11 +10,11 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.referrals import db, domain, fhir
+from services.referrals import db, domain, fhir, scope
 from services.referrals.codes import DiagnosisCode
 from services.referrals.domain import TaskStatus
 from services.referrals.usecases.context import Referrals
-from shared.auth import Principal
+from shared.auth import Principal, Scope
 from shared.errors import NotFound
 
 _HELD = "referrals.held"
@@ -78,10 +78,20 @@ async def get_partner(app: Referrals, partner_id: str) -> db.Partner:
 
 
 async def list_plans(
-    app: Referrals, client_id: str | None, status: str | None, limit: int, offset: int
+    app: Referrals,
+    client_id: str | None,
+    status: str | None,
+    limit: int,
+    offset: int,
+    *,
+    within: Scope,
 ) -> Sequence[db.Plan]:
     async with app.uow.read() as session:
-        query = select(db.Plan).order_by(db.Plan.created_at.desc(), db.Plan.id)
+        query = (
+            select(db.Plan)
+            .where(scope.plans(within))
+            .order_by(db.Plan.created_at.desc(), db.Plan.id)
+        )
         if client_id:
             query = query.where(db.Plan.client_id == client_id)
         if status:
@@ -89,28 +99,40 @@ async def list_plans(
         return (await session.scalars(query.limit(limit).offset(offset))).all()
 
 
-async def get_plan(app: Referrals, plan_id: str) -> db.Plan:
+async def get_plan(app: Referrals, plan_id: str, *, within: Scope) -> db.Plan:
     async with app.uow.read() as session:
         plan = await session.get(db.Plan, plan_id)
-        if plan is None:
+        if plan is None or not scope.reaches_plan(within, plan):
             raise NotFound("plan", plan_id)
         return plan
 
 
-async def known_client(app: Referrals, client_id: str) -> db.Client:
+async def _client_within(session: AsyncSession, client_id: str, within: Scope) -> db.Client | None:
+    client = await session.get(db.Client, client_id)
+    if client is None or within.everything:
+        return client
+    reachable = await session.scalar(
+        select(db.Client.id).where(db.Client.id == client_id, scope.clients(within))
+    )
+    return client if reachable is not None else None
+
+
+async def known_client(app: Referrals, client_id: str, *, within: Scope) -> db.Client:
     async with app.uow.read() as session:
-        client = await session.get(db.Client, client_id)
+        client = await _client_within(session, client_id, within)
         if client is None:
             raise NotFound("client", client_id)
         return client
 
 
 async def viewable_client(app: Referrals, client_id: str, caller: Principal) -> db.Client:
-    """A client's details for the FHIR Patient view: the clinic, or a partner it was sent to."""
+    """A client's details for the FHIR Patient view: the clinic (within its scope), or a
+    partner it was sent to."""
     async with app.uow.read() as session:
-        client = await session.get(db.Client, client_id)
+        client = await _client_within(session, client_id, Scope.of(caller))
         allowed = caller.role in ("admin", "front_desk")
-        if not allowed and caller.role == "partner":
+        if caller.role == "partner":
+            client = await session.get(db.Client, client_id)
             allowed = (
                 await session.scalar(
                     select(db.Referral.id).where(
@@ -225,12 +247,15 @@ async def record_of(
     return record
 
 
-async def get_referral(app: Referrals, referral_id: str) -> ReferralRecord:
+async def get_referral(app: Referrals, referral_id: str, *, within: Scope) -> ReferralRecord:
     async with app.uow.read() as session:
         row = await session.get(db.Referral, referral_id)
         if row is None:
             raise NotFound("referral", referral_id)
-        return await record_of(session, row)
+        record = await record_of(session, row)
+        if not scope.reaches_plan(within, record.plan):
+            raise NotFound("referral", referral_id)
+        return record
 
 
 async def list_referrals(
@@ -242,9 +267,14 @@ async def list_referrals(
     status: str | None = None,
     limit: int = 100,
     offset: int = 0,
+    within: Scope,
 ) -> list[ReferralRecord]:
     async with app.uow.read() as session:
-        query = select(db.Referral).order_by(db.Referral.created_at.desc(), db.Referral.id)
+        query = (
+            select(db.Referral)
+            .where(scope.referrals(within))
+            .order_by(db.Referral.created_at.desc(), db.Referral.id)
+        )
         if plan_id:
             query = query.where(db.Referral.plan_id == plan_id)
         if partner_id:
@@ -257,10 +287,11 @@ async def list_referrals(
         return [await record_of(session, r, details=False) for r in rows]
 
 
-def may_see(caller: Principal, row: db.Referral) -> bool:
-    """The clinic sees every referral; a partner only its own, once sent."""
+def may_see(caller: Principal, row: db.Referral, plan: db.Plan) -> bool:
+    """The clinic sees the referrals of its locations' plans; a partner only its own,
+    once sent."""
     if caller.role in ("admin", "front_desk"):
-        return True
+        return scope.reaches_plan(Scope.of(caller), plan)
     return (
         caller.role == "partner"
         and caller.partner_id == row.partner_id
@@ -273,9 +304,12 @@ async def viewable_referral(app: Referrals, referral_id: str, caller: Principal)
     referrals leak nothing."""
     async with app.uow.read() as session:
         row = await session.get(db.Referral, referral_id)
-        if row is None or not may_see(caller, row):
+        if row is None:
             raise NotFound("referral", referral_id)
-        return await record_of(session, row)
+        record = await record_of(session, row)
+        if not may_see(caller, row, record.plan):
+            raise NotFound("referral", referral_id)
+        return record
 
 
 async def report_pdf(app: Referrals, referral_id: str, caller: Principal) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import date, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, HttpUrl, field_validator
 
@@ -61,20 +61,14 @@ class PartnerCreatedOut(PartnerOut):
     )
 
 
-class ApiKeyIn(Strict):
-    name: str = Field(min_length=1, max_length=200)
-    role: Literal["admin", "front_desk"]
-    location_ids: list[Annotated[str, Field(max_length=64)]] = Field(
-        default_factory=list, max_length=100
-    )
+class PartnerKeyOut(BaseModel):
+    partner_id: str
+    api_key: str = Field(description="the new key, shown this once; the old one ended")
 
 
-class ApiKeyOut(BaseModel):
-    id: str
-    name: str
-    role: str
-    location_ids: list[str]
-    api_key: str = Field(description="shown this once; only its hash is stored")
+class PartnerSecretOut(BaseModel):
+    partner_id: str
+    webhook_secret: str = Field(description="the new secret, shown this once; the old one ended")
 
 
 # -- plans ----------------------------------------------------------------------------
@@ -89,6 +83,13 @@ class ComponentIn(Strict):
 
 class PlanIn(Strict):
     client_id: str = Field(min_length=1, max_length=64)
+    location_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=36,
+        description="the booking location running the plan; its front desk sees the plan "
+        "and its referrals (a front-desk key with one location defaults to it)",
+    )
     goals: str = Field(min_length=1, max_length=4000)
     baseline_pain_score: int | None = Field(default=None, ge=0, le=10)
     components: list[ComponentIn] = Field(min_length=1, max_length=10)
@@ -117,6 +118,7 @@ class ComponentOut(BaseModel):
 class PlanOut(BaseModel):
     id: str
     client_id: str
+    location_id: str | None
     goals: str
     baseline_pain_score: int | None
     status: str

@@ -13,7 +13,7 @@ from services.reminders import status as statuses
 from services.reminders.context import Reminders
 from services.reminders.links import AFTERCARE, REFERRAL, LinkExpired, LinkInvalid
 from services.reminders.schemas import MessageOut, RulesIn, RulesOut
-from shared.auth import Principal
+from shared.auth import Principal, Scope, clinic_scope
 from shared.errors import NotFound
 from shared.phones import normalize_phone
 
@@ -35,6 +35,7 @@ def build_router(app: Reminders, authenticate: Any) -> APIRouter:
     settings = app.settings
     validator = RequestValidator(settings.twilio_auth_token)
     Caller = Annotated[Principal, Depends(authenticate)]
+    Scoped = Annotated[Scope, Depends(clinic_scope(authenticate))]
 
     async def signed_form(request: Request) -> dict[str, str]:
         """Twilio's form, once ``X-Twilio-Signature`` matches the public URL it called."""
@@ -49,7 +50,7 @@ def build_router(app: Reminders, authenticate: Any) -> APIRouter:
 
     @router.get("/v1/rules", response_model=RulesOut, tags=["rules"])
     async def get_rules(caller: Caller) -> dict[str, Any]:
-        caller.require_role("admin", "front_desk")
+        caller.require_role("admin")
         return (await queries.get_rules(app)).as_dict()
 
     @router.put("/v1/rules", response_model=RulesOut, tags=["rules"])
@@ -60,20 +61,16 @@ def build_router(app: Reminders, authenticate: Any) -> APIRouter:
 
     @router.get("/v1/messages", response_model=list[MessageOut], tags=["messages"])
     async def messages(
-        caller: Caller,
+        scope: Scoped,
         session_id: str | None = None,
         phone: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     ) -> list[MessageOut]:
-        """The message log, newest first, with each message's delivery status."""
-        caller.require_role("admin", "front_desk")
+        """The message log, newest first, with each message's delivery status; a front
+        desk sees the messages of its locations' sessions only."""
         normalized = normalize_phone(phone, settings.default_phone_region) if phone else None
         rows = await queries.list_messages(
-            app,
-            session_id=session_id,
-            phone=normalized,
-            location_ids=None if caller.is_admin else caller.location_ids,
-            limit=limit,
+            app, session_id=session_id, phone=normalized, scope=scope, limit=limit
         )
         return [message_out(r) for r in rows]
 

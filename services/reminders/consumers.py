@@ -15,6 +15,7 @@ from services.reminders.context import PLANNER
 from services.reminders.domain import ClientUnknown
 from services.reminders.settings import RemindersSettings
 from shared import events
+from shared.auth import remember_key
 from shared.broker import Consumer
 from shared.timeutil import as_utc
 from shared.uow import after_commit
@@ -119,6 +120,13 @@ async def apply_referral_event(
     after_commit(session, PLANNER)
 
 
+async def apply_key_event(
+    session: AsyncSession, event: events.CloudEvent[events.ApiKeyEvent]
+) -> None:
+    """A key issued or revoked at booking: the Authenticator reads it from our table."""
+    await remember_key(session, event.data)
+
+
 def build_consumers(settings: RemindersSettings) -> list[Consumer]:
     common: dict[str, Any] = {
         "service": "reminders",
@@ -146,5 +154,11 @@ def build_consumers(settings: RemindersSettings) -> list[Consumer]:
             subject="referrals.referral.>",
             handler=apply_referral_event,
             **common,
+        ),
+        Consumer.of(
+            events.REMINDERS_APIKEYS,
+            apply_key_event,
+            max_deliver=settings.max_deliver,
+            retry_base_seconds=settings.retry_base_seconds,
         ),
     ]

@@ -10,6 +10,7 @@ from services.reminders import db
 from services.reminders.context import Reminders
 from services.reminders.facts import client_location
 from services.reminders.rules import RulesDocument, load_rules
+from shared.auth import Scope
 from shared.errors import NotFound
 
 
@@ -23,17 +24,21 @@ async def list_messages(
     *,
     session_id: str | None,
     phone: str | None,
-    location_ids: frozenset[str] | None,
+    scope: Scope,
     limit: int,
 ) -> Sequence[db.Message]:
+    """Messages within ``scope``: each carries the location of its session, as booking's
+    events told it (a message of no known location is the admins' only)."""
     async with app.uow.read() as session:
-        query = select(db.Message).order_by(db.Message.created_at.desc(), db.Message.id)
+        query = (
+            select(db.Message)
+            .where(scope.where(db.Message.location_id))
+            .order_by(db.Message.created_at.desc(), db.Message.id)
+        )
         if session_id:
             query = query.where(db.Message.session_id == session_id)
         if phone:
             query = query.where(db.Message.phone == phone)
-        if location_ids is not None:
-            query = query.where(db.Message.location_id.in_(location_ids))
         return (await session.scalars(query.limit(limit))).all()
 
 

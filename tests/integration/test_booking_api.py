@@ -290,7 +290,7 @@ async def test_front_desk_keys_see_only_their_locations(booking: Any) -> None:
     assert [loc["id"] for loc in mine.json()] == [clinic["location"]["id"]]
     assert (
         await client.get(f"/v1/locations/{other.json()['id']}", headers=desk)
-    ).status_code == 403
+    ).status_code == 404
     assert (
         await client.post(
             "/v1/services",
@@ -298,9 +298,18 @@ async def test_front_desk_keys_see_only_their_locations(booking: Any) -> None:
             headers=desk,
         )
     ).status_code == 403
-    booked = await client.post(
-        "/v1/sessions", json=session_body(clinic, next_monday_at(10)), headers=desk
+    # A client of no location, without sessions, is nobody's front desk's yet.
+    assert (
+        await client.get(f"/v1/clients/{clinic['client']['id']}", headers=desk)
+    ).status_code == 404
+    walk_in = await client.post(
+        "/v1/clients",
+        json={"first_name": "Ana", "last_name": "Ruiz", "phone": "+12125550177"},
+        headers=desk,
     )
+    assert walk_in.json()["home_location_id"] == clinic["location"]["id"], walk_in.text
+    body = {**session_body(clinic, next_monday_at(10)), "client_id": walk_in.json()["id"]}
+    booked = await client.post("/v1/sessions", json=body, headers=desk)
     assert booked.status_code == 201
 
 

@@ -17,6 +17,7 @@ from fhir.resources.R4B.task import Task
 
 from services.referrals import signing
 from shared import events
+from tests.keys_support import grant_key, key_answers
 from tests.referrals_support import (
     as_partner,
     client_event,
@@ -462,16 +463,18 @@ async def test_the_clinic_cancels_and_the_partner_is_told(database_url: str, nat
 
 async def test_keys_have_roles(database_url: str, nats_url: str) -> None:
     async with running_referrals(database_url, nats_url) as (client, _app):
-        issued = await post_ok(
-            client, "/v1/api-keys", {"name": "Riverside desk", "role": "front_desk"}
-        )
+        # Clinic keys come from booking (booking.apikey.issued): a Riverside front desk.
+        _, desk_key = await grant_key(nats_url, "front_desk", ["riverside"])
+        await key_answers(str(client.base_url), desk_key, "/v1/plans", 200)
         partner = await make_partner(client, discipline="acupuncture")
-        async with as_partner(client, issued["api_key"]) as desk:
+        listed = (await client.get("/v1/partners", params={"discipline": "acupuncture"})).json()
+        assert [p["id"] for p in listed] == [partner["id"]]
+        assert "api_key" not in listed[0] and "webhook_secret" not in listed[0]
+        async with as_partner(client, desk_key) as desk:
             plan = await make_plan(desk, str(uuid.uuid4()))
-            assert plan["status"] == "active"
-            listed = (await desk.get("/v1/partners", params={"discipline": "acupuncture"})).json()
-            assert [p["id"] for p in listed] == [partner["id"]]
-            assert "api_key" not in listed[0] and "webhook_secret" not in listed[0]
+            assert plan["status"] == "active" and plan["location_id"] == "riverside"
+            # Partners are the admin's.
+            assert (await desk.get("/v1/partners")).status_code == 403
             refused = await desk.post(
                 "/v1/partners",
                 json={

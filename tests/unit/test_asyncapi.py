@@ -425,8 +425,6 @@ def test_a_field_no_model_declares_is_refused_where_the_event_is_built() -> None
 NOT_RUNNING_YET = {
     "reminders-locations",
     "reminders-waitlist",
-    "reminders-apikeys",
-    "referrals-apikeys",
     "referrals-outcomes",
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from services.booking import db
 from services.booking.calendar.links import CalendarLinks, LinkView
@@ -19,7 +20,7 @@ from services.booking.schemas import (
     WorkingHoursIn,
 )
 from services.booking.usecases import Booking
-from shared.auth import Authenticator, Principal
+from shared.auth import Authenticator, Principal, Scope, clinic_scope
 from shared.errors import InvalidRequest
 from shared.timeutil import as_utc
 
@@ -33,6 +34,11 @@ class ApiContext:
     calendar_links: CalendarLinks
     authenticate: Authenticator
     base_url: str
+
+    @property
+    def scope(self) -> Any:
+        """A FastAPI dependency: the caller's :class:`~shared.auth.Scope` (clinic staff)."""
+        return clinic_scope(self.authenticate)
 
 
 def admin(caller: Principal) -> None:
@@ -63,7 +69,9 @@ def location_out(row: db.Location, base_url: str) -> LocationOut:
     )
 
 
-def therapist_out(row: db.Therapist, base_url: str) -> TherapistOut:
+def therapist_out(row: db.Therapist, base_url: str, scope: Scope) -> TherapistOut:
+    """The therapist; the feed URL (it holds the token of every session of theirs, at
+    every location) only for an admin."""
     return TherapistOut(
         id=row.id,
         name=row.name,
@@ -72,7 +80,11 @@ def therapist_out(row: db.Therapist, base_url: str) -> TherapistOut:
             WorkingHoursIn(location_id=h.location_id, weekday=h.weekday, start=h.start, end=h.end)
             for h in row.working_hours
         ],
-        ics_url=f"{base_url}/v1/calendars/therapists/{row.id}.ics?token={row.ics_token}",
+        ics_url=(
+            f"{base_url}/v1/calendars/therapists/{row.id}.ics?token={row.ics_token}"
+            if scope.everything
+            else None
+        ),
     )
 
 

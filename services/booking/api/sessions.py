@@ -11,7 +11,7 @@ from services.booking import domain, queries
 from services.booking.api.common import ApiContext, aware, session_out
 from services.booking.schemas import CancelIn, RescheduleIn, SessionIn, SessionOut, SlotOut
 from services.booking.usecases import sessions
-from shared.auth import Principal
+from shared.auth import Scope
 
 SLOTS_JSON = TypeAdapter(list[domain.Slot])
 
@@ -19,19 +19,18 @@ SLOTS_JSON = TypeAdapter(list[domain.Slot])
 def router(ctx: ApiContext) -> APIRouter:
     router = APIRouter()
     booking = ctx.booking
-    Caller = Annotated[Principal, Depends(ctx.authenticate)]
+    Scoped = Annotated[Scope, Depends(ctx.scope)]
 
     # -- availability and sessions ----------------------------------------------------
     @router.get("/availability", response_model=list[SlotOut], tags=["sessions"])
     async def availability(
-        caller: Caller,
+        scope: Scoped,
         service_id: str,
         location_id: str,
         start: datetime,
         end: datetime,
         therapist_id: str | None = None,
     ) -> Response:
-        caller.require_location(location_id)
         slots = await queries.availability(
             booking,
             service_id=service_id,
@@ -39,6 +38,7 @@ def router(ctx: ApiContext) -> APIRouter:
             start=aware(start, "start"),
             end=aware(end, "end"),
             therapist_id=therapist_id,
+            scope=scope,
         )
         # Hundreds of slots per answer: serialize the domain's dataclasses in one pass
         # instead of building and re-validating a model per slot.
@@ -47,24 +47,25 @@ def router(ctx: ApiContext) -> APIRouter:
     @router.post("/sessions", status_code=201, response_model=SessionOut, tags=["sessions"])
     async def book(
         body: SessionIn,
-        caller: Caller,
+        scope: Scoped,
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
     ) -> Any:
-        caller.require_location(body.location_id)
         if idempotency_key is not None:
             replay = await sessions.replay_idempotent(booking, idempotency_key, body)
             if replay is not None:
+                scope.require(body.location_id)
                 return JSONResponse(replay[1], status_code=replay[0])
         return await sessions.book(
             booking,
             body,
             idempotency_key,
             render=lambda row: session_out(row).model_dump(mode="json"),
+            scope=scope,
         )
 
     @router.get("/sessions", response_model=list[SessionOut], tags=["sessions"])
     async def list_sessions(
-        caller: Caller,
+        scope: Scoped,
         location_id: str | None = None,
         therapist_id: str | None = None,
         client_id: str | None = None,
@@ -73,8 +74,6 @@ def router(ctx: ApiContext) -> APIRouter:
         status: str | None = None,
         limit: int = Query(500, ge=1, le=2000),
     ) -> list[SessionOut]:
-        if not caller.is_admin:
-            caller.require_role("front_desk")
         rows = await queries.list_sessions(
             booking,
             location_id=location_id,
@@ -84,46 +83,36 @@ def router(ctx: ApiContext) -> APIRouter:
             end=aware(end, "end") if end else None,
             status=status,
             limit=limit,
+            scope=scope,
         )
-        return [
-            session_out(r) for r in rows if caller.is_admin or r.location_id in caller.location_ids
-        ]
-
-    async def _own_session(session_id: str, caller: Principal) -> None:
-        if not caller.is_admin:
-            row = await queries.get_session(booking, session_id)
-            caller.require_location(row.location_id)
+        return [session_out(r) for r in rows]
 
     @router.get("/sessions/{session_id}", response_model=SessionOut, tags=["sessions"])
-    async def get_session(session_id: str, caller: Caller) -> SessionOut:
-        await _own_session(session_id, caller)
-        return session_out(await queries.get_session(booking, session_id))
+    async def get_session(session_id: str, scope: Scoped) -> SessionOut:
+        return session_out(await queries.get_session(booking, session_id, scope=scope))
 
     @router.post("/sessions/{session_id}/reschedule", response_model=SessionOut, tags=["sessions"])
-    async def reschedule(session_id: str, body: RescheduleIn, caller: Caller) -> SessionOut:
-        await _own_session(session_id, caller)
+    async def reschedule(session_id: str, body: RescheduleIn, scope: Scoped) -> SessionOut:
         return session_out(
-            await sessions.reschedule(booking, session_id, body.start, body.therapist_id)
+            await sessions.reschedule(
+                booking, session_id, body.start, body.therapist_id, scope=scope
+            )
         )
 
     @router.post("/sessions/{session_id}/cancel", response_model=SessionOut, tags=["sessions"])
-    async def cancel(session_id: str, body: CancelIn, caller: Caller) -> SessionOut:
-        await _own_session(session_id, caller)
-        return session_out(await sessions.cancel(booking, session_id, body.reason))
+    async def cancel(session_id: str, body: CancelIn, scope: Scoped) -> SessionOut:
+        return session_out(await sessions.cancel(booking, session_id, body.reason, scope=scope))
 
     @router.post("/sessions/{session_id}/check-in", response_model=SessionOut, tags=["sessions"])
-    async def check_in(session_id: str, caller: Caller) -> SessionOut:
-        await _own_session(session_id, caller)
-        return session_out(await sessions.check_in(booking, session_id))
+    async def check_in(session_id: str, scope: Scoped) -> SessionOut:
+        return session_out(await sessions.check_in(booking, session_id, scope=scope))
 
     @router.post("/sessions/{session_id}/complete", response_model=SessionOut, tags=["sessions"])
-    async def complete(session_id: str, caller: Caller) -> SessionOut:
-        await _own_session(session_id, caller)
-        return session_out(await sessions.complete(booking, session_id))
+    async def complete(session_id: str, scope: Scoped) -> SessionOut:
+        return session_out(await sessions.complete(booking, session_id, scope=scope))
 
     @router.post("/sessions/{session_id}/no-show", response_model=SessionOut, tags=["sessions"])
-    async def no_show(session_id: str, caller: Caller) -> SessionOut:
-        await _own_session(session_id, caller)
-        return session_out(await sessions.no_show(booking, session_id))
+    async def no_show(session_id: str, scope: Scoped) -> SessionOut:
+        return session_out(await sessions.no_show(booking, session_id, scope=scope))
 
     return router

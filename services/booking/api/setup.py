@@ -25,7 +25,7 @@ from services.booking.schemas import (
     TreatmentOut,
 )
 from services.booking.usecases import setup
-from shared.auth import Principal
+from shared.auth import Principal, Scope
 
 
 def router(ctx: ApiContext) -> APIRouter:
@@ -33,6 +33,7 @@ def router(ctx: ApiContext) -> APIRouter:
     booking = ctx.booking
     base_url = ctx.base_url
     Caller = Annotated[Principal, Depends(ctx.authenticate)]
+    Scoped = Annotated[Scope, Depends(ctx.scope)]
 
     # -- locations and rooms ---------------------------------------------------------
     @router.post("/locations", status_code=201, response_model=LocationOut, tags=["locations"])
@@ -41,18 +42,13 @@ def router(ctx: ApiContext) -> APIRouter:
         return location_out(await setup.create_location(booking, body), base_url)
 
     @router.get("/locations", response_model=list[LocationOut], tags=["locations"])
-    async def list_locations(caller: Caller) -> list[LocationOut]:
-        rows = await queries.list_locations(booking)
-        return [
-            location_out(r, base_url)
-            for r in rows
-            if caller.is_admin or r.id in caller.location_ids
-        ]
+    async def list_locations(scope: Scoped) -> list[LocationOut]:
+        rows = await queries.list_locations(booking, scope=scope)
+        return [location_out(r, base_url) for r in rows]
 
     @router.get("/locations/{location_id}", response_model=LocationOut, tags=["locations"])
-    async def get_location(location_id: str, caller: Caller) -> LocationOut:
-        caller.require_location(location_id)
-        return location_out(await queries.get_location(booking, location_id), base_url)
+    async def get_location(location_id: str, scope: Scoped) -> LocationOut:
+        return location_out(await queries.get_location(booking, location_id, scope=scope), base_url)
 
     @router.post(
         "/locations/{location_id}/rooms",
@@ -66,11 +62,10 @@ def router(ctx: ApiContext) -> APIRouter:
         return RoomOut(id=room.id, location_id=room.location_id, name=room.name)
 
     @router.get("/locations/{location_id}/rooms", response_model=list[RoomOut], tags=["locations"])
-    async def list_rooms(location_id: str, caller: Caller) -> list[RoomOut]:
-        caller.require_location(location_id)
+    async def list_rooms(location_id: str, scope: Scoped) -> list[RoomOut]:
         return [
             RoomOut(id=r.id, location_id=r.location_id, name=r.name)
-            for r in await queries.list_rooms(booking, location_id)
+            for r in await queries.list_rooms(booking, location_id, scope=scope)
         ]
 
     @router.post("/locations/{location_id}/ics-token", tags=["calendars"])
@@ -94,23 +89,39 @@ def router(ctx: ApiContext) -> APIRouter:
         return treatment_out(await queries.get_treatment(booking, service_id))
 
     # -- therapists -------------------------------------------------------------------
-    @router.post("/therapists", status_code=201, response_model=TherapistOut, tags=["therapists"])
-    async def create_therapist(body: TherapistIn, caller: Caller) -> TherapistOut:
+    @router.post(
+        "/therapists",
+        status_code=201,
+        response_model=TherapistOut,
+        response_model_exclude_none=True,
+        tags=["therapists"],
+    )
+    async def create_therapist(body: TherapistIn, scope: Scoped, caller: Caller) -> TherapistOut:
         admin(caller)
         row = await setup.create_therapist(booking, body)
-        return therapist_out(await queries.get_therapist(booking, row.id), base_url)
+        return therapist_out(
+            await queries.get_therapist(booking, row.id, scope=scope), base_url, scope
+        )
 
-    @router.get("/therapists", response_model=list[TherapistOut], tags=["therapists"])
-    async def list_therapists(
-        _caller: Caller, location_id: str | None = None
-    ) -> list[TherapistOut]:
-        return [
-            therapist_out(r, base_url) for r in await queries.list_therapists(booking, location_id)
-        ]
+    @router.get(
+        "/therapists",
+        response_model=list[TherapistOut],
+        response_model_exclude_none=True,
+        tags=["therapists"],
+    )
+    async def list_therapists(scope: Scoped, location_id: str | None = None) -> list[TherapistOut]:
+        rows = await queries.list_therapists(booking, location_id, scope=scope)
+        return [therapist_out(r, base_url, scope) for r in rows]
 
-    @router.get("/therapists/{therapist_id}", response_model=TherapistOut, tags=["therapists"])
-    async def get_therapist(therapist_id: str, _caller: Caller) -> TherapistOut:
-        return therapist_out(await queries.get_therapist(booking, therapist_id), base_url)
+    @router.get(
+        "/therapists/{therapist_id}",
+        response_model=TherapistOut,
+        response_model_exclude_none=True,
+        tags=["therapists"],
+    )
+    async def get_therapist(therapist_id: str, scope: Scoped) -> TherapistOut:
+        row = await queries.get_therapist(booking, therapist_id, scope=scope)
+        return therapist_out(row, base_url, scope)
 
     @router.post("/therapists/{therapist_id}/ics-token", tags=["calendars"])
     async def new_therapist_token(therapist_id: str, caller: Caller) -> dict[str, str]:
@@ -124,9 +135,8 @@ def router(ctx: ApiContext) -> APIRouter:
         response_model=TimeOffOut,
         tags=["therapists"],
     )
-    async def add_time_off(therapist_id: str, body: TimeOffIn, caller: Caller) -> TimeOffOut:
-        caller.require_role("admin", "front_desk")
-        entry, clashes = await setup.add_time_off(booking, therapist_id, body)
+    async def add_time_off(therapist_id: str, body: TimeOffIn, scope: Scoped) -> TimeOffOut:
+        entry, clashes = await setup.add_time_off(booking, therapist_id, body, scope=scope)
         return TimeOffOut(
             id=entry.id,
             therapist_id=therapist_id,
@@ -139,13 +149,12 @@ def router(ctx: ApiContext) -> APIRouter:
     @router.get(
         "/therapists/{therapist_id}/time-off", response_model=list[TimeOffOut], tags=["therapists"]
     )
-    async def list_time_off(therapist_id: str, caller: Caller) -> list[TimeOffOut]:
-        caller.require_role("admin", "front_desk")
+    async def list_time_off(therapist_id: str, scope: Scoped) -> list[TimeOffOut]:
         return [
             TimeOffOut(
                 id=t.id, therapist_id=therapist_id, start=t.start_at, end=t.end_at, reason=t.reason
             )
-            for t in await queries.list_time_off(booking, therapist_id)
+            for t in await queries.list_time_off(booking, therapist_id, scope=scope)
         ]
 
     return router

@@ -9,8 +9,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.booking import db
 from services.booking.schemas import ClientIn, ClientPatch
-from services.booking.usecases import SOURCE, Booking, get_or_404
+from services.booking.scope import get_visible
+from services.booking.usecases import SOURCE, Booking
 from shared import events
+from shared.auth import Scope
 from shared.ids import new_id
 from shared.outbox import enqueue
 from shared.phones import normalize_phone
@@ -37,10 +39,17 @@ async def announce_client(session: AsyncSession, client: db.Client, event_type: 
     )
 
 
-async def create_client(app: Booking, data: ClientIn) -> db.Client:
+async def _check_home(session: AsyncSession, scope: Scope, location_id: str | None) -> None:
+    if location_id is not None:
+        await get_visible(session, db.Location, location_id, "location", scope)
+
+
+async def create_client(app: Booking, data: ClientIn, *, scope: Scope) -> db.Client:
     phone = normalize_phone(data.phone, app.default_phone_region)
     now = app.clock()
+    home = scope.location_for(data.home_location_id, "home_location_id")
     async with app.uow.write() as session:
+        await _check_home(session, scope, home)
         client = db.Client(
             id=new_id(),
             first_name=data.first_name,
@@ -51,6 +60,7 @@ async def create_client(app: Booking, data: ClientIn) -> db.Client:
             sms_consent=data.sms_consent,
             sms_consent_at=now if data.sms_consent else None,
             sms_consent_source=data.sms_consent_source if data.sms_consent else None,
+            home_location_id=home,
             created_at=now,
             updated_at=now,
         )
@@ -67,11 +77,15 @@ def set_consent(client: db.Client, consent: bool, source: str, now: datetime) ->
         client.sms_consent_source = source
 
 
-async def update_client(app: Booking, client_id: str, data: ClientPatch) -> db.Client:
+async def update_client(
+    app: Booking, client_id: str, data: ClientPatch, *, scope: Scope
+) -> db.Client:
     now = app.clock()
     async with app.uow.write() as session:
-        client: db.Client = await get_or_404(session, db.Client, client_id, "client")
+        client = await get_visible(session, db.Client, client_id, "client", scope)
         changes = data.model_dump(exclude_unset=True, exclude={"sms_consent", "sms_consent_source"})
+        if "home_location_id" in changes:
+            await _check_home(session, scope, changes["home_location_id"])
         if "phone" in changes and changes["phone"] is not None:
             changes["phone"] = normalize_phone(changes["phone"], app.default_phone_region)
         if "email" in changes and changes["email"] is not None:

@@ -19,8 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.booking import db, domain, queries
 from services.booking.schemas import SessionIn
+from services.booking.scope import get_visible
 from services.booking.usecases import SOURCE, Booking, get_or_404
 from shared import events
+from shared.auth import EVERYTHING, Scope
 from shared.ids import new_id
 from shared.outbox import enqueue
 from shared.timeutil import zone
@@ -144,17 +146,19 @@ async def book(
     data: SessionIn,
     idempotency_key: str | None,
     render: Callable[[db.Session], dict[str, Any]],
+    *,
+    scope: Scope,
 ) -> dict[str, Any]:
-    """Book a session: choose therapist and room if not given, check again, write with its event."""
+    """Book a session: choose therapist and room if not given, check again, write with its event.
+
+    A front desk books at its locations, for clients it can see."""
     try:
         async with app.uow.write() as session:
-            location: db.Location = await get_or_404(
-                session, db.Location, data.location_id, "location"
-            )
+            location = await get_visible(session, db.Location, data.location_id, "location", scope)
             treatment: db.Treatment = await get_or_404(
                 session, db.Treatment, data.service_id, "service"
             )
-            client: db.Client = await get_or_404(session, db.Client, data.client_id, "client")
+            client = await get_visible(session, db.Client, data.client_id, "client", scope)
             therapist_id, room_id = await _place(
                 session,
                 app,
@@ -217,10 +221,12 @@ async def _transition(
     action: str,
     event_type: str,
     change: Callable[[AsyncSession, db.Session], Any] | None = None,
+    *,
+    scope: Scope,
 ) -> db.Session:
     try:
         async with app.uow.write() as session:
-            row: db.Session = await get_or_404(session, db.Session, session_id, "session")
+            row = await get_visible(session, db.Session, session_id, "session", scope)
             target = domain.next_status(row.status, action)
             extra: dict[str, Any] = {}
             if change is not None:
@@ -238,7 +244,12 @@ async def _transition(
 
 
 async def reschedule(
-    app: Booking, session_id: str, start: datetime, therapist_id: str | None
+    app: Booking,
+    session_id: str,
+    start: datetime,
+    therapist_id: str | None,
+    *,
+    scope: Scope = EVERYTHING,
 ) -> db.Session:
     async def move(session: AsyncSession, row: db.Session) -> dict[str, Any]:
         previous = row.start_at
@@ -260,26 +271,30 @@ async def reschedule(
         row.blocked_until = start + duration + timedelta(minutes=row.treatment.buffer_minutes)
         return {"previous_start": previous}
 
-    return await _transition(app, session_id, "reschedule", events.SESSION_RESCHEDULED, move)
+    return await _transition(
+        app, session_id, "reschedule", events.SESSION_RESCHEDULED, move, scope=scope
+    )
 
 
-async def cancel(app: Booking, session_id: str, reason: str) -> db.Session:
+async def cancel(
+    app: Booking, session_id: str, reason: str, *, scope: Scope = EVERYTHING
+) -> db.Session:
     async def mark(_session: AsyncSession, row: db.Session) -> None:
         row.cancel_reason = reason
         row.late_cancel = domain.is_late_cancel(
             row.start_at, app.clock(), timedelta(hours=row.location.late_cancel_hours)
         )
 
-    return await _transition(app, session_id, "cancel", events.SESSION_CANCELLED, mark)
+    return await _transition(app, session_id, "cancel", events.SESSION_CANCELLED, mark, scope=scope)
 
 
-async def check_in(app: Booking, session_id: str) -> db.Session:
-    return await _transition(app, session_id, "check_in", events.SESSION_CHECKED_IN)
+async def check_in(app: Booking, session_id: str, *, scope: Scope = EVERYTHING) -> db.Session:
+    return await _transition(app, session_id, "check_in", events.SESSION_CHECKED_IN, scope=scope)
 
 
-async def complete(app: Booking, session_id: str) -> db.Session:
-    return await _transition(app, session_id, "complete", events.SESSION_COMPLETED)
+async def complete(app: Booking, session_id: str, *, scope: Scope = EVERYTHING) -> db.Session:
+    return await _transition(app, session_id, "complete", events.SESSION_COMPLETED, scope=scope)
 
 
-async def no_show(app: Booking, session_id: str) -> db.Session:
-    return await _transition(app, session_id, "no_show", events.SESSION_NO_SHOW)
+async def no_show(app: Booking, session_id: str, *, scope: Scope = EVERYTHING) -> db.Session:
+    return await _transition(app, session_id, "no_show", events.SESSION_NO_SHOW, scope=scope)

@@ -10,7 +10,9 @@ from sqlalchemy import select
 
 from services.booking import db, domain
 from services.booking.schemas import LocationIn, TherapistIn, TimeOffIn, TreatmentIn, WorkingHoursIn
+from services.booking.scope import get_visible
 from services.booking.usecases import Booking, get_or_404
+from shared.auth import Scope
 from shared.errors import InvalidRequest
 from shared.ids import new_id
 from shared.phones import normalize_phone
@@ -94,11 +96,11 @@ async def create_therapist(app: Booking, data: TherapistIn) -> db.Therapist:
 
 
 async def add_time_off(
-    app: Booking, therapist_id: str, data: TimeOffIn
+    app: Booking, therapist_id: str, data: TimeOffIn, *, scope: Scope
 ) -> tuple[db.TimeOff, list[str]]:
     """Record time off; returns it with the sessions already booked inside it, to be moved."""
     async with app.uow.write() as session:
-        await get_or_404(session, db.Therapist, therapist_id, "therapist")
+        await get_visible(session, db.Therapist, therapist_id, "therapist", scope)
         entry = db.TimeOff(
             id=new_id(),
             therapist_id=therapist_id,

@@ -37,6 +37,7 @@ def plan_out(row: db.Plan) -> PlanOut:
     return PlanOut(
         id=row.id,
         client_id=row.client_id,
+        location_id=row.location_id,
         goals=row.goals,
         baseline_pain_score=row.baseline_pain_score,
         status=row.status,

@@ -10,6 +10,7 @@ from services.referrals.domain import MassageTakesNoPartner, UnknownPartner, Wro
 from services.referrals.schemas import ComponentIn, PlanIn
 from services.referrals.usecases.context import Referrals
 from services.referrals.usecases.lifecycle import announce_new_plan
+from shared.auth import Scope
 from shared.ids import new_id
 
 
@@ -28,7 +29,9 @@ async def _check_component_partner(
         raise WrongDiscipline(where, partner.id, partner.discipline, component.discipline)
 
 
-async def create_plan(app: Referrals, data: PlanIn) -> db.Plan:
+async def create_plan(app: Referrals, data: PlanIn, *, within: Scope) -> db.Plan:
+    """A plan at one of the caller's locations (another location is not found)."""
+    location_id = within.location_for(data.location_id, "location_id")
     async with app.uow.write() as session:
         for index, component in enumerate(data.components):
             await _check_component_partner(session, index, component)
@@ -36,6 +39,7 @@ async def create_plan(app: Referrals, data: PlanIn) -> db.Plan:
         plan = db.Plan(
             id=new_id(),
             client_id=data.client_id,
+            location_id=location_id,
             goals=data.goals,
             baseline_pain_score=data.baseline_pain_score,
             status="active",

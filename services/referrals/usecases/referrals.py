@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from services.referrals import db, domain
+from services.referrals import db, domain, scope
 from services.referrals.codes import DiagnosisCode, InvalidDiagnosisCode
 from services.referrals.domain import (
     BusinessStatus,
@@ -32,6 +32,8 @@ from services.referrals.usecases.lifecycle import (
     record_history,
     supersede_deliveries,
 )
+from shared.auth import Scope
+from shared.errors import NotFound
 from shared.ids import new_id
 
 
@@ -42,16 +44,19 @@ def _check_codes(app: Referrals, raw: list[str]) -> list[DiagnosisCode]:
         raise DiagnosisCodeRefused(str(exc)) from exc
 
 
-async def create_referral(app: Referrals, data: ReferralIn, actor: str) -> ReferralRecord:
+async def create_referral(
+    app: Referrals, data: ReferralIn, actor: str, *, within: Scope
+) -> ReferralRecord:
     """A referral for the partner's discipline of a plan; sent at once if the client's
-    details are known, otherwise it waits (draft) for ``booking.client.*``."""
+    details are known, otherwise it waits (draft) for ``booking.client.*``. A plan
+    outside the caller's locations is unknown."""
     if not data.consent_to_share:
         raise ConsentRequired()
     codes = _check_codes(app, data.diagnosis_codes)
     try:
         async with app.uow.write() as session:
             plan = await lock_plan(session, data.plan_id)
-            if plan is None:
+            if plan is None or not scope.reaches_plan(within, plan):
                 raise UnknownPlan(data.plan_id)
             partner = await held(session, db.Partner, data.partner_id)
             if partner is None:
@@ -108,9 +113,14 @@ async def create_referral(app: Referrals, data: ReferralIn, actor: str) -> Refer
         raise ReferralAlreadyLive() from exc
 
 
-async def cancel_referral(app: Referrals, referral_id: str, reason: str, actor: str) -> None:
+async def cancel_referral(
+    app: Referrals, referral_id: str, reason: str, actor: str, *, within: Scope
+) -> None:
     async with app.uow.write() as session:
         row = await lock_referral(session, referral_id)
+        plan = await held(session, db.Plan, row.plan_id)
+        if plan is None or not scope.reaches_plan(within, plan):
+            raise NotFound("referral", referral_id)
         was_sent = row.task_status != TaskStatus.DRAFT
         await apply(session, app, row, "cancel", actor=actor, note=reason, status_reason=reason)
         await supersede_deliveries(session, row.id)
