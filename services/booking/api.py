@@ -13,6 +13,7 @@ from pydantic import TypeAdapter
 from services.booking import db, domain, usecases
 from services.booking.calendar_secrets import SecretKeyUnusable
 from services.booking.calendar_sync import CalendarSync, DuplicateLink, LinkView
+from services.booking.changes import current_week
 from services.booking.schemas import (
     ApiKeyIn,
     ApiKeyOut,
@@ -80,7 +81,7 @@ def location_out(row: db.Location, base_url: str) -> LocationOut:
         horizon_days=row.horizon_days,
         late_cancel_hours=row.late_cancel_hours,
         slot_step_minutes=row.slot_step_minutes,
-        rooms=[RoomOut(id=r.id, location_id=r.location_id, name=r.name) for r in row.rooms],
+        rooms=[RoomOut.model_validate(r, from_attributes=True) for r in row.rooms],
         ics_url=f"{base_url}/v1/calendars/locations/{row.id}.ics?token={row.ics_token}",
     )
 
@@ -92,8 +93,9 @@ def therapist_out(row: db.Therapist, base_url: str) -> TherapistOut:
         modalities=row.modalities,
         working_hours=[
             WorkingHoursIn(location_id=h.location_id, weekday=h.weekday, start=h.start, end=h.end)
-            for h in row.working_hours
+            for h in current_week(row)
         ],
+        active=row.active,
         ics_url=f"{base_url}/v1/calendars/therapists/{row.id}.ics?token={row.ics_token}",
     )
 
@@ -189,13 +191,13 @@ def build_router(
     async def add_room(location_id: str, body: RoomIn, caller: Caller) -> RoomOut:
         admin(caller)
         room = await usecases.add_room(booking, location_id, body.name)
-        return RoomOut(id=room.id, location_id=room.location_id, name=room.name)
+        return RoomOut.model_validate(room, from_attributes=True)
 
     @router.get("/locations/{location_id}/rooms", response_model=list[RoomOut], tags=["locations"])
     async def list_rooms(location_id: str, caller: Caller) -> list[RoomOut]:
         caller.require_location(location_id)
         return [
-            RoomOut(id=r.id, location_id=r.location_id, name=r.name)
+            RoomOut.model_validate(r, from_attributes=True)
             for r in await usecases.list_rooms(booking, location_id)
         ]
 

@@ -115,12 +115,21 @@ class BusyIndex:
 
 @dataclass(frozen=True)
 class WeeklyHours:
-    """A therapist works ``start``–``end`` (wall clock) on ``weekday`` (0=Monday) at a location."""
+    """A therapist works ``start``–``end`` (wall clock) on ``weekday`` (0=Monday) at a location,
+    on local dates from ``valid_from`` up to (not including) ``valid_until`` (None: no bound)."""
 
     location_id: str
     weekday: int
     start: time
     end: time
+    valid_from: date | None = None
+    valid_until: date | None = None
+
+    def holds_on(self, day: date) -> bool:
+        """Whether this week's version is the one in force on local date ``day``."""
+        return (self.valid_from is None or self.valid_from <= day) and (
+            self.valid_until is None or day < self.valid_until
+        )
 
 
 def local_datetime(day: date, clock: time, tz: ZoneInfo) -> datetime:
@@ -148,6 +157,8 @@ def working_spans(
     last = window.end.astimezone(tz).date()
     while day <= last:
         for h in by_weekday.get(day.weekday(), ()):
+            if not h.holds_on(day):
+                continue
             span = Interval(local_datetime(day, h.start, tz), local_datetime(day, h.end, tz))
             if span.overlaps(window):
                 spans.append(Interval(max(span.start, window.start), min(span.end, window.end)))

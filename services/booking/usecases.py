@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
-from services.booking import db, domain, ics
+from services.booking import db, domain, hours, ics
 from services.booking.schemas import (
     ClientIn,
     ClientPatch,
@@ -32,6 +32,7 @@ from services.booking.schemas import (
 from shared import events
 from shared.auth import Role, create_key
 from shared.db import transaction
+from shared.errors import Conflict
 from shared.outbox import enqueue
 from shared.phones import normalize_phone
 from shared.timeutil import utcnow, zone
@@ -416,27 +417,41 @@ async def _calendars(
             db.WorkingHours.weekday,
             db.WorkingHours.start,
             db.WorkingHours.end,
+            db.WorkingHours.effective_from,
         )
         .join(db.WorkingHours, db.WorkingHours.therapist_id == db.Therapist.id)
-        .where(db.Therapist.id.in_(works_here))
+        .where(db.Therapist.id.in_(works_here), db.Therapist.active)
     )
     if therapist_id is not None:
         staff_query = staff_query.where(db.Therapist.id == therapist_id)
-    hours: dict[str, list[domain.WeeklyHours]] = defaultdict(list)
-    for tid, modalities, location_id, weekday, opens, closes in await session.execute(staff_query):
+    week: dict[str, list[domain.WeeklyHours]] = defaultdict(list)
+    for tid, modalities, location_id, weekday, opens, closes, since in await session.execute(
+        staff_query
+    ):
         if modality in modalities:
-            hours[tid].append(
+            week[tid].append(
                 domain.WeeklyHours(
-                    location_id, weekday, time.fromisoformat(opens), time.fromisoformat(closes)
+                    location_id,
+                    weekday,
+                    time.fromisoformat(opens),
+                    time.fromisoformat(closes),
+                    valid_from=since,
                 )
             )
+    # Each row holds until the therapist's next version of the week (hours.py).
+    starts = await hours.version_starts(session, week)
+    week = {tid: hours.bounded(rows, starts[tid]) for tid, rows in week.items()}
 
     room_ids = sorted(
-        await session.scalars(select(db.Room.id).where(db.Room.location_id == location.id))
+        await session.scalars(
+            select(db.Room.id).where(db.Room.location_id == location.id, db.Room.active)
+        )
     )
-    rooms: dict[str, list[domain.Interval]] = {rid: [] for rid in room_ids}
-    busy: dict[str, list[domain.Interval]] = {tid: [] for tid in hours}
-    load: dict[str, dict[date, int]] = {tid: defaultdict(int) for tid in hours}
+    # A closed location blocks every therapist and room there.
+    closed = await hours.closures_between(session, location.id, window.start, window.end)
+    rooms: dict[str, list[domain.Interval]] = {rid: list(closed) for rid in room_ids}
+    busy: dict[str, list[domain.Interval]] = {tid: list(closed) for tid in week}
+    load: dict[str, dict[date, int]] = {tid: defaultdict(int) for tid in week}
 
     live = select(
         db.Session.therapist_id, db.Session.room_id, db.Session.start_at, db.Session.blocked_until
@@ -477,11 +492,11 @@ async def _calendars(
         domain.TherapistCalendar(
             id=tid,
             modalities=frozenset({modality}),
-            hours=hours[tid],
+            hours=week[tid],
             busy=busy[tid],
             load_by_day=dict(load[tid]),
         )
-        for tid in sorted(hours)
+        for tid in sorted(week)
     ]
     return therapists, [domain.RoomCalendar(rid, spans) for rid, spans in rooms.items()]
 
@@ -505,6 +520,7 @@ async def availability(
     async with app.read() as session:
         location: db.Location = await _get(session, db.Location, location_id, "location")
         treatment: db.Treatment = await _get(session, db.Treatment, service_id, "service")
+        _offered(treatment)
         if therapist_id is not None:
             await _get(session, db.Therapist, therapist_id, "therapist")
         window = domain.Interval(start, end)
@@ -601,6 +617,10 @@ async def _place(
 ) -> tuple[str, str]:
     """Choose therapist and room for ``start`` inside the write transaction."""
     domain.check_booking_window(start, app.clock(), _policy(location))
+    _offered(treatment)
+    end = start + timedelta(minutes=treatment.duration_minutes)
+    if await hours.closures_between(session, location.id, start, end):
+        raise Conflict(f"location {location.id} is closed at that time")
     lookup = domain.Interval(start - timedelta(days=1), start + timedelta(days=1))
     therapists, rooms = await _calendars(
         session,
@@ -612,6 +632,8 @@ async def _place(
     )
     if therapist_id is not None and not therapists:
         therapist = await _get(session, db.Therapist, therapist_id, "therapist")
+        if not therapist.active:
+            raise domain.TherapistUnavailable(f"therapist {therapist_id} is no longer active")
         if treatment.modality not in therapist.modalities:
             raise domain.TherapistUnavailable(
                 f"therapist {therapist_id} does not offer {treatment.modality}"
@@ -628,6 +650,11 @@ async def _place(
         rooms,
         therapist_id=therapist_id,
     )
+
+
+def _offered(treatment: db.Treatment) -> None:
+    if not treatment.active:
+        raise Conflict(f"service {treatment.id} is retired and no longer offered")
 
 
 def _overlap_error(exc: IntegrityError) -> domain.SlotTaken | None:

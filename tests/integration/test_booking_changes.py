@@ -1,0 +1,155 @@
+"""Changing the clinic after set-up, over real HTTP with a real nats-server (SQLite, PostgreSQL):
+renames, retirements, working-hours versions, time off changes, closures, moves."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+import icalendar
+import pytest
+import pytest_asyncio
+
+from services.booking.app import create_app
+from tests.integration.test_booking_api import (
+    make_clinic,
+    next_monday_at,
+    session_body,
+    settings_for,
+)
+from tests.support import AUTH, EventTap, serve, wait_ready
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+NY = ZoneInfo("America/New_York")
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def booking(database_url: str, nats_url: str) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    app = create_app(settings_for(database_url, nats_url))
+    async with serve(app) as base_url:
+        await wait_ready(base_url)
+        async with httpx.AsyncClient(base_url=base_url, headers=AUTH, timeout=30) as client:
+            yield client, app
+
+
+def monday_params(clinic: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "service_id": clinic["service"]["id"],
+        "location_id": clinic["location"]["id"],
+        "start": next_monday_at(0).isoformat(),
+        "end": next_monday_at(23).isoformat(),
+        **extra,
+    }
+
+
+async def free_starts(client: httpx.AsyncClient, params: dict[str, Any]) -> list[str]:
+    response = await client.get("/v1/availability", params=params)
+    assert response.status_code == 200, response.text
+    return [s["start"][:16] for s in response.json()]
+
+
+def hhmm(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M")
+
+
+async def feed_uids(client: httpx.AsyncClient, ics_url: str) -> set[str]:
+    path = "/" + ics_url.split("://", 1)[1].split("/", 1)[1]
+    cal = icalendar.Calendar.from_ical((await client.get(path)).content)
+    return {str(e["UID"]).split("@")[0] for e in cal.walk("VEVENT")}
+
+
+async def test_location_patch_renames_announces_and_guards_the_timezone(
+    booking: Any, nats_url: str
+) -> None:
+    client, _app = booking
+    clinic = await make_clinic(client)
+    location_id = clinic["location"]["id"]
+    async with EventTap(nats_url, "booking.location.updated") as tap:
+        response = await client.patch(
+            f"/v1/locations/{location_id}",
+            json={"name": "Riverside", "phone": "(212) 555-0142", "late_cancel_hours": 12},
+        )
+        assert response.status_code == 200, response.text
+        event = await tap.wait_for(lambda e: e["data"]["id"] == location_id)
+    shown = (await client.get(f"/v1/locations/{location_id}")).json()
+    assert shown["name"] == "Riverside" and shown["phone"] == "+12125550142"
+    assert shown["late_cancel_hours"] == 12
+    assert event["data"]["name"] == "Riverside" and event["data"]["phone"] == "+12125550142"
+    assert "ics_url" not in event["data"] and "ics_token" not in str(event["data"])
+    assert event["data"]["rooms"][0]["name"] == "Room 0"
+
+    # No future session yet: the zone may change; with one it may not.
+    moved = await client.patch(f"/v1/locations/{location_id}", json={"timezone": "America/Chicago"})
+    assert moved.status_code == 200 and moved.json()["timezone"] == "America/Chicago"
+    await client.patch(f"/v1/locations/{location_id}", json={"timezone": "America/New_York"})
+    booked = await client.post("/v1/sessions", json=session_body(clinic, next_monday_at(10)))
+    assert booked.status_code == 201, booked.text
+    refused = await client.patch(
+        f"/v1/locations/{location_id}", json={"timezone": "America/Denver"}
+    )
+    assert refused.status_code == 409 and "future sessions" in refused.json()["detail"]
+    assert (
+        await client.patch(f"/v1/locations/{location_id}", json={"name": None})
+    ).status_code == 422
+    assert (await client.patch("/v1/locations/nope", json={"name": "x"})).status_code == 404
+
+
+async def test_a_retired_room_service_or_therapist_is_offered_no_more_but_keeps_its_sessions(
+    booking: Any, nats_url: str
+) -> None:
+    client, _app = booking
+    clinic = await make_clinic(client, rooms=2, therapists=2)
+    location_id = clinic["location"]["id"]
+    booked = (
+        await client.post("/v1/sessions", json=session_body(clinic, next_monday_at(10)))
+    ).json()
+    params = monday_params(clinic)
+    assert hhmm(next_monday_at(10)) in await free_starts(client, params)  # a second pair is free
+
+    # Retire the other room: 10:00 is gone (the only active room is taken then).
+    other_room = next(r for r in clinic["rooms"] if r["id"] != booked["room_id"])
+    retired = await client.patch(
+        f"/v1/locations/{location_id}/rooms/{other_room['id']}", json={"active": False}
+    )
+    assert retired.status_code == 200 and retired.json()["active"] is False
+    assert hhmm(next_monday_at(10)) not in await free_starts(client, params)
+    rooms = (await client.get(f"/v1/locations/{location_id}/rooms")).json()
+    assert {r["id"]: r["active"] for r in rooms}[other_room["id"]] is False
+
+    # Retire the therapist who has the session: the other one is offered; the session stays.
+    keeper = booked["therapist_id"]
+    other = next(t["id"] for t in clinic["therapists"] if t["id"] != keeper)
+    async with EventTap(nats_url, "booking.therapist.updated") as tap:
+        gone = await client.patch(f"/v1/therapists/{keeper}", json={"active": False})
+        assert gone.status_code == 200 and gone.json()["active"] is False
+        event = await tap.wait_for(lambda e: e["data"]["id"] == keeper)
+    assert event["data"]["active"] is False and "ics_url" not in event["data"]
+    assert event["data"]["working_hours"][0]["start"] == "09:00"
+    slots = (await client.get("/v1/availability", params=params)).json()
+    assert slots and {s["therapist_id"] for s in slots} == {other}
+    named = await client.post(
+        "/v1/sessions", json=session_body(clinic, next_monday_at(14), therapist_id=keeper)
+    )
+    assert named.status_code == 409 and "no longer active" in named.json()["detail"]
+    still = (await client.get(f"/v1/sessions/{booked['id']}")).json()
+    assert still["status"] == "booked" and still["therapist_id"] == keeper
+    therapist = next(t for t in clinic["therapists"] if t["id"] == keeper)
+    assert booked["id"] in await feed_uids(client, therapist["ics_url"])
+
+    # Retire the treatment: nothing is offered nor booked for it; renames still work.
+    service_id = clinic["service"]["id"]
+    patched = await client.patch(
+        f"/v1/services/{service_id}", json={"active": False, "name": "Massage (old)"}
+    )
+    assert patched.status_code == 200 and patched.json()["active"] is False
+    assert (await client.get("/v1/availability", params=params)).status_code == 409
+    refused = await client.post("/v1/sessions", json=session_body(clinic, next_monday_at(15)))
+    assert refused.status_code == 409 and "retired" in refused.json()["detail"]
+    assert (await client.get(f"/v1/sessions/{booked['id']}")).json()["status"] == "booked"
+    assert booked["id"] in await feed_uids(client, clinic["location"]["ics_url"])
+    back = await client.patch(f"/v1/services/{service_id}", json={"active": True})
+    assert back.json()["active"] is True and back.json()["name"] == "Massage (old)"
