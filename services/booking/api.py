@@ -383,8 +383,12 @@ def build_router(
     @router.post("/sessions/{session_id}/reschedule", response_model=SessionOut, tags=["sessions"])
     async def reschedule(session_id: str, body: RescheduleIn, caller: Caller) -> SessionOut:
         await _own_session(session_id, caller)
+        if body.location_id is not None:
+            caller.require_location(body.location_id)
         return session_out(
-            await usecases.reschedule(booking, session_id, body.start, body.therapist_id)
+            await usecases.reschedule(
+                booking, session_id, body.start, body.therapist_id, body.location_id
+            )
         )
 
     @router.post("/sessions/{session_id}/cancel", response_model=SessionOut, tags=["sessions"])

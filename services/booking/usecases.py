@@ -774,10 +774,13 @@ async def _transition(
     action: str,
     event_type: str,
     change: Callable[[AsyncSession, db.Session], Any] | None = None,
+    expected_version: int | None = None,
 ) -> db.Session:
     try:
         async with app.write() as session:
             row: db.Session = await _get(session, db.Session, session_id, "session")
+            if expected_version is not None and row.version != expected_version:
+                raise Conflict("the session changed meanwhile; nothing was changed")
             target = domain.next_status(row.status, action)
             extra: dict[str, Any] = {}
             if change is not None:
@@ -795,20 +798,35 @@ async def _transition(
 
 
 async def reschedule(
-    app: Booking, session_id: str, start: datetime, therapist_id: str | None
+    app: Booking,
+    session_id: str,
+    start: datetime,
+    therapist_id: str | None,
+    location_id: str | None = None,
+    *,
+    any_therapist: bool = False,
+    expected_version: int | None = None,
 ) -> db.Session:
+    """Move a session, checked as a new booking. The therapist stays unless another is
+    named, the location changes, or ``any_therapist`` (the client's page) says so."""
+
     async def move(session: AsyncSession, row: db.Session) -> dict[str, Any]:
         previous = row.start_at
-        # Keep the same therapist unless a new one is named; the room may change.
+        location = row.location
+        if location_id is not None and location_id != row.location_id:
+            location = await _get(session, db.Location, location_id, "location")
+        keep = not any_therapist and location.id == row.location_id
         therapist, room_id = await _place(
             session,
             app,
-            location=row.location,
+            location=location,
             treatment=row.treatment,
             start=start,
-            therapist_id=therapist_id or row.therapist_id,
+            therapist_id=therapist_id or (row.therapist_id if keep else None),
             exclude_session=row.id,
         )
+        if location.id != row.location_id:
+            row.location, row.location_id = location, location.id
         duration = timedelta(minutes=row.treatment.duration_minutes)
         if therapist != row.therapist_id:
             row.therapist = await _get(session, db.Therapist, therapist, "therapist")
@@ -817,17 +835,37 @@ async def reschedule(
         row.blocked_until = start + duration + timedelta(minutes=row.treatment.buffer_minutes)
         return {"previous_start": previous}
 
-    return await _transition(app, session_id, "reschedule", events.SESSION_RESCHEDULED, move)
+    return await _transition(
+        app,
+        session_id,
+        "reschedule",
+        events.SESSION_RESCHEDULED,
+        move,
+        expected_version=expected_version,
+    )
 
 
-async def cancel(app: Booking, session_id: str, reason: str) -> db.Session:
+async def cancel(
+    app: Booking, session_id: str, reason: str, *, expected_version: int | None = None
+) -> db.Session:
     async def mark(_session: AsyncSession, row: db.Session) -> None:
         row.cancel_reason = reason
         row.late_cancel = domain.is_late_cancel(
             row.start_at, app.clock(), timedelta(hours=row.location.late_cancel_hours)
         )
 
-    return await _transition(app, session_id, "cancel", events.SESSION_CANCELLED, mark)
+    return await _transition(
+        app, session_id, "cancel", events.SESSION_CANCELLED, mark, expected_version=expected_version
+    )
+
+
+async def confirm(
+    app: Booking, session_id: str, *, expected_version: int | None = None
+) -> db.Session:
+    """The client confirms (the client's page; a texted C goes through ``apply_reply``)."""
+    return await _transition(
+        app, session_id, "confirm", events.SESSION_CONFIRMED, expected_version=expected_version
+    )
 
 
 async def check_in(app: Booking, session_id: str) -> db.Session:

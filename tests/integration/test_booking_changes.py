@@ -361,3 +361,83 @@ async def test_a_closure_blocks_every_therapist_and_room_and_lists_what_it_overl
     assert (
         await client.delete(f"/v1/locations/{location_id}/closures/{closure['id']}")
     ).status_code == 404
+
+
+async def test_a_reschedule_can_move_to_another_location_and_therapist(
+    booking: Any, nats_url: str
+) -> None:
+    client, _app = booking
+    clinic = await make_clinic(client)
+    uptown = (
+        await client.post(
+            "/v1/locations",
+            json={
+                "name": "Uptown",
+                "timezone": "America/New_York",
+                "address": "9 High St",
+                "phone": "+12125550111",
+            },
+        )
+    ).json()
+    room = (await client.post(f"/v1/locations/{uptown['id']}/rooms", json={"name": "Blue"})).json()
+    there = (
+        await client.post(
+            "/v1/therapists",
+            json={
+                "name": "Uptown therapist",
+                "modalities": ["medical_massage"],
+                "working_hours": every_day(uptown["id"], "08:00", "18:00"),
+            },
+        )
+    ).json()
+    session = (
+        await client.post("/v1/sessions", json=session_body(clinic, next_monday_at(10)))
+    ).json()
+    here = session["therapist_id"]
+    path = f"/v1/sessions/{session['id']}/reschedule"
+
+    stays = await client.post(
+        path,
+        json={
+            "start": next_monday_at(9).isoformat(),
+            "location_id": uptown["id"],
+            "therapist_id": here,
+        },
+    )
+    assert stays.status_code == 409, stays.text  # that therapist does not work uptown
+    async with EventTap(nats_url, "booking.session.rescheduled") as tap:
+        moved = await client.post(
+            path, json={"start": next_monday_at(8).isoformat(), "location_id": uptown["id"]}
+        )
+        assert moved.status_code == 200, moved.text
+        event = await tap.wait_for(lambda e: e["data"]["session_id"] == session["id"])
+    body = moved.json()
+    assert body["location_id"] == uptown["id"] and body["therapist_id"] == there["id"]
+    assert body["room_id"] == room["id"] and body["status"] == "booked"
+    assert event["data"]["location"]["name"] == "Uptown"
+    assert event["data"]["therapist"]["id"] == there["id"]
+    assert session["id"] in await feed_uids(client, there["ics_url"])
+    # Back home, naming the therapist: checked as a new booking there.
+    back = await client.post(
+        path,
+        json={
+            "start": next_monday_at(11).isoformat(),
+            "location_id": clinic["location"]["id"],
+            "therapist_id": here,
+        },
+    )
+    assert back.status_code == 200 and back.json()["therapist_id"] == here
+
+    key = (
+        await client.post(
+            "/v1/api-keys",
+            json={"name": "desk", "role": "front_desk", "location_ids": [clinic["location"]["id"]]},
+        )
+    ).json()["api_key"]
+    desk = {"Authorization": f"Bearer {key}"}
+    refused = await client.post(
+        path,
+        json={"start": next_monday_at(8).isoformat(), "location_id": uptown["id"]},
+        headers=desk,
+    )
+    assert refused.status_code in (403, 404)
