@@ -3,6 +3,7 @@
 Domain failures become HTTP statuses here and nowhere else.
 """
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -104,8 +105,9 @@ def client_out(row: db.Client) -> ClientOut:
     return ClientOut.model_validate(row, from_attributes=True)
 
 
-def session_out(row: db.Session) -> SessionOut:
+def session_out(row: db.Session, manage_url: str | None = None) -> SessionOut:
     return SessionOut(
+        manage_url=manage_url,
         id=row.id,
         status=row.status,
         version=row.version,
@@ -155,6 +157,7 @@ def build_router(
     authenticate: Any,
     base_url: str,
     calendar: CalendarSync | None = None,
+    manage_url: Callable[[db.Session], str | None] = lambda _row: None,
 ) -> APIRouter:
     router = APIRouter(prefix="/v1")
     Caller = Annotated[Principal, Depends(authenticate)]
@@ -340,7 +343,7 @@ def build_router(
             booking,
             body,
             idempotency_key,
-            render=lambda row: session_out(row).model_dump(mode="json"),
+            render=lambda row: session_out(row, manage_url(row)).model_dump(mode="json"),
         )
 
     @router.get("/sessions", response_model=list[SessionOut], tags=["sessions"])
@@ -378,7 +381,8 @@ def build_router(
     @router.get("/sessions/{session_id}", response_model=SessionOut, tags=["sessions"])
     async def get_session(session_id: str, caller: Caller) -> SessionOut:
         await _own_session(session_id, caller)
-        return session_out(await usecases.get_session(booking, session_id))
+        row = await usecases.get_session(booking, session_id)
+        return session_out(row, manage_url(row))
 
     @router.post("/sessions/{session_id}/reschedule", response_model=SessionOut, tags=["sessions"])
     async def reschedule(session_id: str, body: RescheduleIn, caller: Caller) -> SessionOut:

@@ -12,7 +12,7 @@ import structlog
 from fastapi import FastAPI
 from faststream.nats import NatsBroker
 
-from services.booking import api, routes_changes, usecases
+from services.booking import api, manage, routes_changes, usecases
 from services.booking.calendar_secrets import box_for
 from services.booking.calendar_sync import CalendarSync, SyncTimings
 from services.booking.migrate import upgrade
@@ -130,8 +130,11 @@ def create_app(settings: BookingSettings | None = None) -> FastAPI:
     app.state.runtime = runtime
     api.install_error_handlers(app)
     authenticate = Authenticator(sessions, settings.admin_api_key)
-    app.include_router(api.build_router(booking, authenticate, settings.base_url, calendar))
-    routes_changes.install(app, booking, authenticate, settings)
+    links = manage.ManageLinks(settings.secret_keys(), settings.base_url)
+    app.include_router(
+        api.build_router(booking, authenticate, settings.base_url, calendar, links.url)
+    )
+    routes_changes.install(app, booking, authenticate, settings, links)
 
     add_ops_routes(app, engine, messaging)
 

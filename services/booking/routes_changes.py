@@ -22,6 +22,8 @@ from services.booking.change_schemas import (
     WorkingWeekOut,
     WorkingWeeksOut,
 )
+from services.booking.manage import ManageLinks
+from services.booking.routes_manage import build_manage_router
 from services.booking.schemas import LocationOut, RoomOut, TherapistOut, TreatmentOut
 from services.booking.settings import BookingSettings
 from services.booking.usecases import Booking
@@ -166,7 +168,15 @@ def build_changes_router(booking: Booking, authenticate: Any, base_url: str) -> 
     return router
 
 
-def install(app: FastAPI, booking: Booking, authenticate: Any, settings: BookingSettings) -> None:
+def install(
+    app: FastAPI,
+    booking: Booking,
+    authenticate: Any,
+    settings: BookingSettings,
+    links: ManageLinks,
+) -> None:
     """Add the routes of this module and the client's page to booking's app."""
     install_error_handlers(app)
+    app.state.manage_links = links
     app.include_router(build_changes_router(booking, authenticate, settings.base_url))
+    app.include_router(build_manage_router(booking, links))

@@ -53,6 +53,10 @@ class InvalidRequest(Exception):
     """The request is well formed but cannot be applied (422)."""
 
 
+class StaleVersion(Conflict):
+    """The session changed since the caller read it (a form submitted twice): 409."""
+
+
 class IdempotencyMismatch(InvalidRequest):
     """An Idempotency-Key was reused for a different request."""
 
@@ -780,7 +784,7 @@ async def _transition(
         async with app.write() as session:
             row: db.Session = await _get(session, db.Session, session_id, "session")
             if expected_version is not None and row.version != expected_version:
-                raise Conflict("the session changed meanwhile; nothing was changed")
+                raise StaleVersion("the session changed meanwhile; nothing was changed")
             target = domain.next_status(row.status, action)
             extra: dict[str, Any] = {}
             if change is not None:
