@@ -59,10 +59,11 @@ DONE_TEXT = {
 }
 
 #: Security headers of every answer: the URL holds the credential, so it must not leak
-#: through the Referer, caches or frames.
+#: through the Referer to other sites, caches or frames. ``same-origin`` rather than
+#: ``no-referrer``: with the latter Chromium sends ``Origin: null`` on our own form posts.
 HEADERS = {
     "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Content-Security-Policy": (

@@ -83,7 +83,7 @@ async def test_the_page_shows_the_appointment_without_health_details(booked: Any
         assert expected in text, expected
     assert "Lopez" not in text and "massage" not in text.lower()
     assert page.headers["cache-control"] == "no-store"
-    assert page.headers["referrer-policy"] == "no-referrer"
+    assert page.headers["referrer-policy"] == "same-origin"
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     assert "late cancellation" not in text
     css = await booked["browser"].get("/m/static/manage.css")
