@@ -130,7 +130,11 @@ def create_app(settings: BookingSettings | None = None) -> FastAPI:
     app.state.runtime = runtime
     api.install_error_handlers(app)
     authenticate = Authenticator(sessions, settings.admin_api_key)
-    links = manage.ManageLinks(settings.secret_keys(), settings.base_url)
+    links = manage.ManageLinks(
+        settings.secret_keys(),
+        settings.base_url,
+        enabled=settings.app_env != "production" or not settings.secret_key_is_dev_value,
+    )
     app.include_router(
         api.build_router(booking, authenticate, settings.base_url, calendar, links.url)
     )

@@ -76,7 +76,10 @@ HEADERS = {
 class ManageLinks:
     """Signs and reads the page's link and its form tokens."""
 
-    def __init__(self, secret_keys: list[str], base_url: str) -> None:
+    def __init__(self, secret_keys: list[str], base_url: str, *, enabled: bool = True) -> None:
+        #: False in production while the documented development key is in force: anyone
+        #: could sign links with it, so none is issued and none opens.
+        self.enabled = enabled
         # itsdangerous signs with the LAST key and accepts all: ours are newest first.
         keys = list(reversed(secret_keys))
         self._links = URLSafeSerializer(keys, salt="booking.manage.link")
@@ -86,10 +89,12 @@ class ManageLinks:
     def token(self, session_id: str) -> str:
         return str(self._links.dumps(session_id))
 
-    def url(self, row: db.Session) -> str:
-        return f"{self.base_url}/m/{self.token(row.id)}"
+    def url(self, row: db.Session) -> str | None:
+        return f"{self.base_url}/m/{self.token(row.id)}" if self.enabled else None
 
     def session_id(self, token: str) -> str | None:
+        if not self.enabled:
+            return None
         try:
             value = self._links.loads(token)
         except BadSignature:
