@@ -54,7 +54,11 @@ class TherapistPatch(Strict):
 
 
 class WorkingWeekIn(Strict):
-    effective_from: date = Field(description="local date from which the new week holds")
+    effective_from: date = Field(
+        ge=date(1970, 1, 1),
+        le=date(2999, 12, 31),
+        description="local date from which the new week holds",
+    )
     working_hours: list[WorkingHoursIn]
 
 

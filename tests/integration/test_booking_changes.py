@@ -253,6 +253,11 @@ async def test_a_new_week_of_hours_holds_from_its_date_and_reports_sessions_it_l
         },
     )
     assert bad.status_code == 422
+    ancient = await client.put(
+        f"/v1/therapists/{therapist_id}/working-hours",
+        json={"effective_from": "0001-01-01", "working_hours": []},
+    )
+    assert ancient.status_code == 422
 
 
 async def test_a_new_week_starting_in_the_week_of_a_dst_change_keeps_wall_clock_hours(
