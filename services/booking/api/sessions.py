@@ -59,7 +59,7 @@ def router(ctx: ApiContext) -> APIRouter:
             booking,
             body,
             idempotency_key,
-            render=lambda row: session_out(row).model_dump(mode="json"),
+            render=lambda row: session_out(row, booking.manage_url(row.id)).model_dump(mode="json"),
         )
 
     @router.get("/sessions", response_model=list[SessionOut], tags=["sessions"])
@@ -97,13 +97,18 @@ def router(ctx: ApiContext) -> APIRouter:
     @router.get("/sessions/{session_id}", response_model=SessionOut, tags=["sessions"])
     async def get_session(session_id: str, caller: Caller) -> SessionOut:
         await _own_session(session_id, caller)
-        return session_out(await queries.get_session(booking, session_id))
+        row = await queries.get_session(booking, session_id)
+        return session_out(row, booking.manage_url(row.id))
 
     @router.post("/sessions/{session_id}/reschedule", response_model=SessionOut, tags=["sessions"])
     async def reschedule(session_id: str, body: RescheduleIn, caller: Caller) -> SessionOut:
         await _own_session(session_id, caller)
+        if body.location_id is not None:
+            caller.require_location(body.location_id)
         return session_out(
-            await sessions.reschedule(booking, session_id, body.start, body.therapist_id)
+            await sessions.reschedule(
+                booking, session_id, body.start, body.therapist_id, body.location_id
+            )
         )
 
     @router.post("/sessions/{session_id}/cancel", response_model=SessionOut, tags=["sessions"])
