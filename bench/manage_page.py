@@ -24,120 +24,60 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench._harness import (  # noqa: E402
+from bench.harness import (  # noqa: E402
     Stack,
     api_client,
-    call,
-    emit_json,
-    free_port,
+    arguments,
     latency_summary,
     log,
     machine,
-    print_out,
-    run,
+    main,
+    start_booking,
     table,
 )
+from tools.kit import ClinicBuilder, Hours, call  # noqa: E402
 
 NY = ZoneInfo("America/New_York")
 FORM_TOKEN = re.compile(r'name="form_token" value="([^"]+)"')
 START = re.compile(r'name="start" id="[^"]+" value="([^"]+)"')
 
 
-async def start_booking(stack: Stack) -> str:
-    port = free_port()
-    env = stack.booking_env(port)
-    env["BOOKING_SECRET_KEY"] = secrets.token_urlsafe(32)
-    child = stack.start_child("booking", [sys.executable, "-m", "services.booking"], env)
-    base = f"http://127.0.0.1:{port}"
-    await child.wait_ready(f"{base}/readyz", timeout=60)
-    return base
-
-
 async def book_sessions(base: str, key: str, count: int) -> list[str]:
-    """``count`` sessions over two weeks; returns each one's page path."""
+    """``count`` sessions over ten days (four therapists, four rooms); each one's page path."""
+    clinic = ClinicBuilder()
+    clinic.location(
+        "Bench", rooms=4, timezone="America/New_York", address="1 Main St", phone="+12125550100"
+    )
+    clinic.treatment("Massage", modality="massage", duration_minutes=60, buffer_minutes=15)
+    for i in range(4):
+        clinic.therapist(
+            f"T{i}", modalities=["massage"], hours=[Hours(0, range(7), "08:00", "20:00")]
+        )
+    for i in range(count):
+        clinic.client(f"C{i}", "Bench", phone=f"+1212555{i:04d}", sms_consent=True)
+    paths = []
+    day = datetime.now(NY).date() + timedelta(days=2)
     async with api_client(base, key) as api:
-        location = await call(
-            api,
-            "POST",
-            "/v1/locations",
-            expect=201,
-            json={
-                "name": "Bench",
-                "timezone": "America/New_York",
-                "address": "1 Main St",
-                "phone": "+12125550100",
-            },
-        )
-        for i in range(4):
-            await call(
-                api,
-                "POST",
-                f"/v1/locations/{location['id']}/rooms",
-                expect=201,
-                json={"name": f"Room {i}"},
-            )
-        service = await call(
-            api,
-            "POST",
-            "/v1/services",
-            expect=201,
-            json={
-                "name": "Massage",
-                "modality": "massage",
-                "duration_minutes": 60,
-                "buffer_minutes": 15,
-            },
-        )
-        hours = [
-            {"location_id": location["id"], "weekday": d, "start": "08:00", "end": "20:00"}
-            for d in range(7)
-        ]
-        for i in range(4):
-            await call(
-                api,
-                "POST",
-                "/v1/therapists",
-                expect=201,
-                json={"name": f"T{i}", "modalities": ["massage"], "working_hours": hours},
-            )
-        paths = []
-        day = datetime.now(NY).date() + timedelta(days=2)
+        made = await clinic.create(api)
         for i in range(count):
-            client = await call(
-                api,
-                "POST",
-                "/v1/clients",
-                expect=201,
-                json={
-                    "first_name": f"C{i}",
-                    "last_name": "Bench",
-                    "phone": f"+1212555{i:04d}",
-                    "sms_consent": True,
-                },
-            )
             slot_day = day + timedelta(days=i % 10)
             start = datetime(
                 slot_day.year, slot_day.month, slot_day.day, 8 + (i // 10) % 11, tzinfo=NY
             ).astimezone(UTC)
             session = await call(
-                api,
-                "POST",
-                "/v1/sessions",
-                expect=201,
-                json={
-                    "client_id": client["id"],
-                    "service_id": service["id"],
-                    "location_id": location["id"],
-                    "start": start.isoformat(),
-                },
+                api, "POST", "/v1/sessions", expect=201, json=made.session_body(start, client=i)
             )
             paths.append("/" + session["manage_url"].split("://", 1)[1].split("/", 1)[1])
-        return paths
+    return paths
 
 
-async def main(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
+async def scenario(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     stack.start_nats()
-    base = await start_booking(stack)
+    # Production settings with a real secret key: the development one issues no links.
+    booking = await start_booking(
+        stack, args.database_url, BOOKING_SECRET_KEY=secrets.token_urlsafe(32)
+    )
+    base = booking.url
     paths = await book_sessions(base, stack.admin_key, args.sessions)
     log(f"booked {len(paths)} sessions; timing the page")
     opened, listed, moved = [], [], []
@@ -172,6 +112,10 @@ async def main(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         "reschedule_total_ms": latency_summary([a + b for a, b in zip(listed, moved, strict=True)]),
         "machine": machine(),
     }
+    return figures
+
+
+def report(figures: dict[str, Any]) -> str:
     rows = [
         (name, figures[key]["p50_ms"], figures[key]["p99_ms"])
         for name, key in (
@@ -181,19 +125,14 @@ async def main(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
             ("reschedule, both", "reschedule_total_ms"),
         )
     ]
-    print_out(table(rows, ["step", "p50 ms", "p99 ms"]))
-    return figures
+    return table(rows, ["step", "p50 ms", "p99 ms"]) + "\n"
 
 
-def cli() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+def cli(argv: list[str] | None = None) -> int:
+    parser = arguments(__doc__.split("\n\n", 1)[0] if __doc__ else None)
     parser.add_argument("--sessions", type=int, default=100)
-    parser.add_argument("--budget", type=float, default=170.0)
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
-    figures = run(lambda stack: main(stack, args), budget=args.budget)
-    emit_json(figures, args.json)
+    return main(scenario, parser.parse_args(argv), report=report)
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())
