@@ -298,8 +298,22 @@ async def test_time_off_can_be_corrected_and_withdrawn_answering_its_conflicts(
         json={"start": next_monday_at(9).isoformat(), "end": next_monday_at(12).isoformat()},
     )
     time_off = created.json()
+    assert created.status_code == 201 and time_off["conflicts"] == []
     params = monday_params(clinic)
     assert hhmm(next_monday_at(9)) not in await free_starts(client, params)
+    # New time off over the booked session answers it, like every change of hours.
+    over = await client.post(
+        f"/v1/therapists/{therapist_id}/time-off",
+        json={"start": next_monday_at(14).isoformat(), "end": next_monday_at(16).isoformat()},
+    )
+    assert over.status_code == 201, over.text
+    (conflict,) = over.json()["conflicts"]
+    assert conflict["session_id"] == session["id"] and conflict["status"] == "booked"
+    assert datetime.fromisoformat(conflict["start"]) == datetime.fromisoformat(session["start"])
+    assert over.json()["conflicting_session_ids"] == [session["id"]]
+    assert (
+        await client.delete(f"/v1/therapists/{therapist_id}/time-off/{over.json()['id']}")
+    ).status_code == 204
 
     longer = await client.patch(
         f"/v1/therapists/{therapist_id}/time-off/{time_off['id']}",
