@@ -19,6 +19,8 @@ from services.booking.api.common import ApiContext
 from services.booking.calendar import push
 from services.booking.calendar.context import SyncTimings
 from services.booking.calendar.sync import CalendarSync
+from services.booking.manage import routes as manage_routes
+from services.booking.manage.links import ManageLinks
 from services.booking.migrate import upgrade
 from services.booking.settings import BookingSettings
 from services.booking.usecases import Booking, replies
@@ -54,7 +56,7 @@ class Runtime:
 
 def build_consumers(booking: Booking, settings: BookingSettings) -> list[Consumer]:
     async def on_reply(session: AsyncSession, event: CloudEvent[events.ReplyReceived]) -> None:
-        await replies.apply_reply(session, event.data, booking.clock())
+        await replies.apply_reply(booking, session, event.data)
 
     async def on_consent(session: AsyncSession, event: CloudEvent[events.ConsentChanged]) -> None:
         await replies.apply_consent(session, event.data, booking.clock())
@@ -96,7 +98,14 @@ def create_app(settings: BookingSettings | None = None) -> FastAPI:
         outbox_poll_seconds=settings.outbox_poll_seconds,
         replicas=settings.nats_replicas,
     )
-    booking = Booking(uow, default_phone_region=settings.default_phone_region)
+    # The client's page: no links in production while the development key is in force
+    # (anyone could sign them).
+    links = ManageLinks(
+        settings.secret_keys(),
+        settings.base_url,
+        enabled=settings.app_env != "production" or not settings.secret_key_is_dev_value,
+    )
+    booking = Booking(uow, default_phone_region=settings.default_phone_region, manage_url=links.url)
     box = box_for(
         settings.secret_keys(),
         setting="BOOKING_SECRET_KEY",
@@ -152,6 +161,7 @@ def create_app(settings: BookingSettings | None = None) -> FastAPI:
     app.include_router(
         api.build_router(ApiContext(booking, calendar.links, authenticate, settings.base_url))
     )
+    app.include_router(manage_routes.router(booking, links))
 
     add_ops_routes(app, engine, messaging)
 

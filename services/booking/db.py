@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -27,6 +28,9 @@ class Base(DeclarativeBase):
 
 
 UtcDateTime = UtcDateTimeType()
+
+#: ``effective_from`` of the working hours a therapist was created with: "since always".
+FIRST_DAY = date(1970, 1, 1)
 
 
 class Location(Base):
@@ -53,6 +57,8 @@ class Room(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     location_id: Mapped[str] = mapped_column(ForeignKey("locations.id"), index=True)
     name: Mapped[str] = mapped_column(String(200))
+    #: A retired room is offered no more; its booked sessions stay (changes.py).
+    active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
     location: Mapped[Location] = relationship(back_populates="rooms")
 
@@ -69,6 +75,7 @@ class Treatment(Base):
     modality: Mapped[str] = mapped_column(String(64))
     duration_minutes: Mapped[int] = mapped_column(Integer)
     buffer_minutes: Mapped[int] = mapped_column(Integer, default=0)
+    active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
 
 class Therapist(Base):
@@ -79,9 +86,13 @@ class Therapist(Base):
     modalities: Mapped[list[str]] = mapped_column(JSON)
     ics_token: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
     working_hours: Mapped[list[WorkingHours]] = relationship(
         cascade="all, delete-orphan", order_by="(WorkingHours.weekday, WorkingHours.start)"
+    )
+    weeks: Mapped[list[WorkingWeek]] = relationship(
+        lazy="selectin", cascade="all, delete-orphan", order_by="WorkingWeek.effective_from"
     )
 
 
@@ -94,6 +105,25 @@ class WorkingHours(Base):
     weekday: Mapped[int] = mapped_column(Integer)
     start: Mapped[str] = mapped_column(String(5))  # "HH:MM", wall clock at the location
     end: Mapped[str] = mapped_column(String(5))
+    #: The week this row belongs to holds from this local date until the next version's.
+    effective_from: Mapped[date] = mapped_column(
+        Date, default=FIRST_DAY, server_default=FIRST_DAY.isoformat()
+    )
+
+
+class WorkingWeek(Base):
+    """A version of a therapist's week, from ``effective_from`` on (``PUT …/working-hours``).
+
+    Its rows are the ``working_hours`` with the same ``effective_from``; a version may have
+    none (the therapist stops working). The week a therapist was created with has no row
+    here: it holds from ``FIRST_DAY``.
+    """
+
+    __tablename__ = "working_weeks"
+
+    therapist_id: Mapped[str] = mapped_column(ForeignKey("therapists.id"), primary_key=True)
+    effective_from: Mapped[date] = mapped_column(Date, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class TimeOff(Base):
@@ -106,6 +136,21 @@ class TimeOff(Base):
     reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
 
     __table_args__ = (Index("ix_time_off_therapist_span", "therapist_id", "start_at", "end_at"),)
+
+
+class Closure(Base):
+    """A location closed for a span (holiday, repairs): every therapist and room there is off."""
+
+    __tablename__ = "closures"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    location_id: Mapped[str] = mapped_column(ForeignKey("locations.id"))
+    start_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    end_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (Index("ix_closures_location_span", "location_id", "start_at", "end_at"),)
 
 
 class Client(Base):

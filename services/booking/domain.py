@@ -55,6 +55,22 @@ class RoomNameTaken(DomainError):
     """The location already has a room of that name (422)."""
 
 
+class NotOffered(Conflict):
+    """The treatment is retired: nothing new is booked on it (409)."""
+
+
+class LocationClosed(Conflict):
+    """The location is closed at that time (a holiday, repairs): 409."""
+
+
+class TimezoneInUse(Conflict):
+    """A location's timezone cannot change while it has future sessions (409)."""
+
+
+class StaleVersion(Conflict):
+    """The session changed since the caller read it (a form submitted twice): 409."""
+
+
 class IdempotencyMismatch(DomainError):
     """An Idempotency-Key was reused for a different request (422)."""
 
@@ -127,12 +143,21 @@ class BusyIndex:
 
 @dataclass(frozen=True)
 class WeeklyHours:
-    """A therapist works ``start``–``end`` (wall clock) on ``weekday`` (0=Monday) at a location."""
+    """A therapist works ``start``–``end`` (wall clock) on ``weekday`` (0=Monday) at a location,
+    on local dates from ``valid_from`` up to (not including) ``valid_until`` (None: no bound)."""
 
     location_id: str
     weekday: int
     start: time
     end: time
+    valid_from: date | None = None
+    valid_until: date | None = None
+
+    def holds_on(self, day: date) -> bool:
+        """Whether this week's version is the one in force on local date ``day``."""
+        return (self.valid_from is None or self.valid_from <= day) and (
+            self.valid_until is None or day < self.valid_until
+        )
 
 
 def _span(hours: WeeklyHours) -> str:
@@ -180,6 +205,8 @@ def working_spans(
     last = window.end.astimezone(tz).date()
     while day <= last:
         for h in by_weekday.get(day.weekday(), ()):
+            if not h.holds_on(day):
+                continue
             span = Interval(local_datetime(day, h.start, tz), local_datetime(day, h.end, tz))
             if span.overlaps(window):
                 spans.append(Interval(max(span.start, window.start), min(span.end, window.end)))

@@ -16,7 +16,7 @@ from sqlalchemy import select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from services.booking import db, domain
+from services.booking import db, domain, hours
 from services.booking.calendar import ical
 from services.booking.scope import get_visible, visible
 from services.booking.usecases import Booking, get_or_404
@@ -156,6 +156,12 @@ def treatment_of(row: db.Treatment) -> domain.Treatment:
     return domain.Treatment(row.id, row.modality, row.duration_minutes, row.buffer_minutes)
 
 
+def check_offered(treatment: db.Treatment) -> None:
+    """A retired treatment is offered no more (its booked sessions stay)."""
+    if not treatment.active:
+        raise domain.NotOffered(f"service {treatment.id} is retired and no longer offered")
+
+
 #: No stored session lasts longer than this (treatment plus buffer). It bounds the index
 #: range read for sessions that start before a window and reach into it.
 LONGEST_SESSION = timedelta(days=1)
@@ -170,11 +176,14 @@ async def staff_calendars(
     therapist_id: str | None = None,
     exclude_session: str | None = None,
 ) -> tuple[list[domain.TherapistCalendar], list[domain.RoomCalendar]]:
-    """Therapists who work at ``location`` and do ``modality``, and the location's rooms,
-    each with everything that keeps them busy during ``window`` (at any location).
+    """Active therapists who work at ``location`` and do ``modality``, and the location's
+    active rooms, each with everything that keeps them busy during ``window`` (at any
+    location); each week of hours holds on its own dates, and a closure of the location
+    blocks everyone there.
 
-    Four queries whatever the size of the clinic: staff with their hours, rooms, live
-    sessions in the window, and time off plus outside-calendar busy time.
+    Six queries whatever the size of the clinic: staff with their hours, their versions'
+    dates, rooms, closures, live sessions in the window, and time off plus
+    outside-calendar busy time.
     """
     tz = zone(location.timezone)
     works_here = select(db.WorkingHours.therapist_id).where(
@@ -188,27 +197,41 @@ async def staff_calendars(
             db.WorkingHours.weekday,
             db.WorkingHours.start,
             db.WorkingHours.end,
+            db.WorkingHours.effective_from,
         )
         .join(db.WorkingHours, db.WorkingHours.therapist_id == db.Therapist.id)
-        .where(db.Therapist.id.in_(works_here))
+        .where(db.Therapist.id.in_(works_here), db.Therapist.active)
     )
     if therapist_id is not None:
         staff_query = staff_query.where(db.Therapist.id == therapist_id)
-    hours: dict[str, list[domain.WeeklyHours]] = defaultdict(list)
-    for tid, modalities, location_id, weekday, opens, closes in await session.execute(staff_query):
+    week: dict[str, list[domain.WeeklyHours]] = defaultdict(list)
+    for tid, modalities, location_id, weekday, opens, closes, since in await session.execute(
+        staff_query
+    ):
         if modality in modalities:
-            hours[tid].append(
+            week[tid].append(
                 domain.WeeklyHours(
-                    location_id, weekday, time.fromisoformat(opens), time.fromisoformat(closes)
+                    location_id,
+                    weekday,
+                    time.fromisoformat(opens),
+                    time.fromisoformat(closes),
+                    valid_from=since,
                 )
             )
+    # Each row holds until the therapist's next version of the week.
+    starts = await hours.version_starts(session, week)
+    week = {tid: hours.bounded(rows, starts[tid]) for tid, rows in week.items()}
 
     room_ids = sorted(
-        await session.scalars(select(db.Room.id).where(db.Room.location_id == location.id))
+        await session.scalars(
+            select(db.Room.id).where(db.Room.location_id == location.id, db.Room.active)
+        )
     )
-    rooms: dict[str, list[domain.Interval]] = {rid: [] for rid in room_ids}
-    busy: dict[str, list[domain.Interval]] = {tid: [] for tid in hours}
-    load: dict[str, dict[date, int]] = {tid: defaultdict(int) for tid in hours}
+    # A closed location blocks every therapist and room there.
+    closed = await hours.closures_between(session, location.id, window.start, window.end)
+    rooms: dict[str, list[domain.Interval]] = {rid: list(closed) for rid in room_ids}
+    busy: dict[str, list[domain.Interval]] = {tid: list(closed) for tid in week}
+    load: dict[str, dict[date, int]] = {tid: defaultdict(int) for tid in week}
 
     live = select(
         db.Session.therapist_id, db.Session.room_id, db.Session.start_at, db.Session.blocked_until
@@ -249,11 +272,11 @@ async def staff_calendars(
         domain.TherapistCalendar(
             id=tid,
             modalities=frozenset({modality}),
-            hours=hours[tid],
+            hours=week[tid],
             busy=busy[tid],
             load_by_day=dict(load[tid]),
         )
-        for tid in sorted(hours)
+        for tid in sorted(week)
     ]
     return therapists, [domain.RoomCalendar(rid, spans) for rid, spans in rooms.items()]
 
@@ -278,6 +301,7 @@ async def availability(
     async with app.uow.read() as session:
         location = await get_visible(session, db.Location, location_id, "location", scope)
         treatment: db.Treatment = await get_or_404(session, db.Treatment, service_id, "service")
+        check_offered(treatment)
         if therapist_id is not None:
             await get_visible(session, db.Therapist, therapist_id, "therapist", scope)
         window = domain.Interval(start, end)

@@ -43,6 +43,7 @@ class RoomOut(BaseModel):
     id: str
     location_id: str
     name: str
+    active: bool = True
 
 
 class LocationOut(BaseModel):
@@ -68,6 +69,7 @@ class TreatmentIn(Strict):
 
 class TreatmentOut(TreatmentIn):
     id: str
+    active: bool = True
 
 
 class WorkingHoursIn(Strict):
@@ -100,7 +102,8 @@ class TherapistOut(BaseModel):
     id: str
     name: str
     modalities: list[str]
-    working_hours: list[WorkingHoursIn]
+    working_hours: list[WorkingHoursIn] = Field(description="the week in force today")
+    active: bool = True
     ics_url: str | None = Field(
         default=None, description="the therapist's feed; admins only (it holds its token)"
     )
@@ -119,6 +122,17 @@ class TimeOffIn(Strict):
         return self
 
 
+class ConflictOut(BaseModel):
+    """A booked session a change now overlaps; it stays booked, the front desk decides."""
+
+    session_id: str
+    start: datetime
+    end: datetime
+    status: str
+    therapist_id: str
+    location_id: str
+
+
 class TimeOffOut(BaseModel):
     id: str
     therapist_id: str
@@ -126,6 +140,8 @@ class TimeOffOut(BaseModel):
     end: datetime
     reason: str | None
     #: Sessions already booked inside the time off: the front desk should move them.
+    conflicts: list[ConflictOut] = Field(default_factory=list)
+    #: The ids of ``conflicts`` (the first answer's field, kept for its readers).
     conflicting_session_ids: list[str] = Field(default_factory=list)
 
 
@@ -191,6 +207,9 @@ class SessionIn(Strict):
 class RescheduleIn(Strict):
     start: datetime
     therapist_id: str | None = None
+    location_id: str | None = Field(
+        default=None, description="move to another location (any therapist there, unless named)"
+    )
 
     @field_validator("start")
     @classmethod
@@ -220,6 +239,9 @@ class SessionOut(BaseModel):
     cancel_reason: str | None
     created_at: datetime
     updated_at: datetime
+    manage_url: str | None = Field(
+        default=None, description="the client's own page for this session (signed)"
+    )
 
 
 class ApiKeyIn(Strict):

@@ -295,13 +295,14 @@ def test_reply_intents_of_the_contract_are_declared() -> None:
 def sent_by_the_services() -> list[CloudEvent[Any]]:
     """Events built by the services' own (pure) builders, every optional branch taken."""
     from services.booking import db as booking_db
+    from services.booking.usecases import changes as booking_changes
     from services.booking.usecases import clients as booking_clients
-    from services.booking.usecases import sessions as booking_sessions
+    from services.booking.usecases import sessions as booking
     from services.referrals import db as referrals_db
-    from services.referrals import queries as referrals_queries
-    from services.referrals.usecases import lifecycle as referrals_lifecycle
+    from services.referrals.queries import plan_progress
+    from services.referrals.usecases import lifecycle as referrals
     from services.reminders import db as reminders_db
-    from services.reminders import status as reminders_status
+    from services.reminders.status import sms_event
 
     start = datetime(2026, 12, 1, 15, tzinfo=UTC)
     client = booking_db.Client(
@@ -331,6 +332,17 @@ def sent_by_the_services() -> list[CloudEvent[Any]]:
     row.treatment = booking_db.Treatment(
         id="v1", name="Medical massage 60", modality="medical_massage", duration_minutes=60
     )
+    row.location.min_notice_minutes, row.location.horizon_days = 60, 90
+    row.location.late_cancel_hours, row.location.slot_step_minutes = 24, 15
+    row.location.rooms = [booking_db.Room(id="r1", location_id="l1", name="Room 1", active=False)]
+    therapist = booking_db.Therapist(id="t1", name="Ana", modalities=["medical_massage"])
+    therapist.active = True
+    therapist.working_hours = [
+        booking_db.WorkingHours(
+            location_id="l1", weekday=0, start="09:00", end="17:00", effective_from=date(1970, 1, 1)
+        )
+    ]
+    therapist.weeks = []
     referral = referrals_db.Referral(
         id="r1",
         plan_id="p1",
@@ -364,11 +376,15 @@ def sent_by_the_services() -> list[CloudEvent[Any]]:
         id="m1", session_id="s1", rule="reminder-24h", provider_sid="SM1", error_code=30003
     )
     return [
-        make_event(events.SESSION_CANCELLED, "booking", booking_sessions.session_event(row)),
+        make_event(events.SESSION_CANCELLED, "booking", booking.session_event(row)),
         make_event(
             events.SESSION_RESCHEDULED,
             "booking",
-            booking_sessions.session_event(row, previous_start=start - timedelta(days=1)),
+            booking.session_event(
+                row,
+                previous_start=start - timedelta(days=1),
+                manage_url="https://book.example/m/token",
+            ),
         ),
         make_event(
             events.CLIENT_UPDATED,
@@ -376,9 +392,17 @@ def sent_by_the_services() -> list[CloudEvent[Any]]:
             events.ClientEvent(client=booking_clients.client_details(client)),
         ),
         make_event(
+            events.LOCATION_UPDATED, "booking", booking_changes.location_event(row.location)
+        ),
+        make_event(
+            events.THERAPIST_UPDATED,
+            "booking",
+            booking_changes.therapist_event(therapist, start.date()),
+        ),
+        make_event(
             events.referral_subject("declined"),
             "referrals",
-            referrals_lifecycle.referral_payload(referral, partner, referral_client),
+            referrals.referral_payload(referral, partner, referral_client),
         ),
         make_event(
             events.PLAN_UPDATED,
@@ -386,12 +410,12 @@ def sent_by_the_services() -> list[CloudEvent[Any]]:
             events.PlanEvent(
                 plan_id=plan.id,
                 client_id=plan.client_id,
-                progress=referrals_queries.plan_progress(plan),  # type: ignore[arg-type]
+                progress=plan_progress(plan),  # type: ignore[arg-type]
                 status=plan.status,
                 version=plan.version,
             ),
         ),
-        reminders_status.sms_event(events.SMS_FAILED, message),
+        sms_event(events.SMS_FAILED, message),
     ]
 
 
@@ -399,8 +423,12 @@ def test_what_the_services_send_is_declared_and_described(
     documents: dict[str, dict[str, Any]],
 ) -> None:
     built = sent_by_the_services()
-    referral = built[3].data
+    by_type = {event.type: event.data for event in built}
+    referral = by_type[events.referral_subject("declined")]
     assert referral.client is not None and referral.respond_by is not None  # branches taken
+    assert by_type[events.SESSION_RESCHEDULED].manage_url is not None
+    assert by_type[events.LOCATION_UPDATED].rooms[0].active is False
+    assert by_type[events.THERAPIST_UPDATED].working_hours[0].start == "09:00"
     for event in built:
         doc = documents[event.type.split(".", 1)[0]]
         wire = json.loads(event.model_dump_json())

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from services.booking import db
+from services.booking import db, hours
 from services.booking.calendar.links import CalendarLinks, LinkView
 from services.booking.schemas import (
     CalendarLinkOut,
     ClientOut,
+    ConflictOut,
     LocationOut,
     RoomOut,
     SessionOut,
@@ -64,7 +65,7 @@ def location_out(row: db.Location, base_url: str) -> LocationOut:
         horizon_days=row.horizon_days,
         late_cancel_hours=row.late_cancel_hours,
         slot_step_minutes=row.slot_step_minutes,
-        rooms=[RoomOut(id=r.id, location_id=r.location_id, name=r.name) for r in row.rooms],
+        rooms=[RoomOut.model_validate(r, from_attributes=True) for r in row.rooms],
         ics_url=f"{base_url}/v1/calendars/locations/{row.id}.ics?token={row.ics_token}",
     )
 
@@ -76,10 +77,8 @@ def therapist_out(row: db.Therapist, base_url: str, scope: Scope) -> TherapistOu
         id=row.id,
         name=row.name,
         modalities=row.modalities,
-        working_hours=[
-            WorkingHoursIn(location_id=h.location_id, weekday=h.weekday, start=h.start, end=h.end)
-            for h in row.working_hours
-        ],
+        working_hours=[hours_out(h) for h in hours.current_week(row)],
+        active=row.active,
         ics_url=(
             f"{base_url}/v1/calendars/therapists/{row.id}.ics?token={row.ics_token}"
             if scope.everything
@@ -88,12 +87,28 @@ def therapist_out(row: db.Therapist, base_url: str, scope: Scope) -> TherapistOu
     )
 
 
+def hours_out(h: db.WorkingHours) -> WorkingHoursIn:
+    return WorkingHoursIn(location_id=h.location_id, weekday=h.weekday, start=h.start, end=h.end)
+
+
+def conflict_out(row: db.Session) -> ConflictOut:
+    return ConflictOut(
+        session_id=row.id,
+        start=row.start_at,
+        end=row.end_at,
+        status=row.status,
+        therapist_id=row.therapist_id,
+        location_id=row.location_id,
+    )
+
+
 def client_out(row: db.Client) -> ClientOut:
     return ClientOut.model_validate(row, from_attributes=True)
 
 
-def session_out(row: db.Session) -> SessionOut:
+def session_out(row: db.Session, manage_url: str | None = None) -> SessionOut:
     return SessionOut(
+        manage_url=manage_url,
         id=row.id,
         status=row.status,
         version=row.version,

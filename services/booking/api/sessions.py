@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter
 
-from services.booking import domain, queries
+from services.booking import db, domain, queries
 from services.booking.api.common import ApiContext, aware, session_out
 from services.booking.schemas import CancelIn, RescheduleIn, SessionIn, SessionOut, SlotOut
 from services.booking.usecases import sessions
@@ -20,6 +20,10 @@ def router(ctx: ApiContext) -> APIRouter:
     router = APIRouter()
     booking = ctx.booking
     Scoped = Annotated[Scope, Depends(ctx.scope)]
+
+    def out(row: db.Session) -> SessionOut:
+        """Every session answer carries the client's page for it."""
+        return session_out(row, booking.manage_url(row.id))
 
     # -- availability and sessions ----------------------------------------------------
     @router.get("/availability", response_model=list[SlotOut], tags=["sessions"])
@@ -59,7 +63,7 @@ def router(ctx: ApiContext) -> APIRouter:
             booking,
             body,
             idempotency_key,
-            render=lambda row: session_out(row).model_dump(mode="json"),
+            render=lambda row: out(row).model_dump(mode="json"),
             scope=scope,
         )
 
@@ -85,34 +89,34 @@ def router(ctx: ApiContext) -> APIRouter:
             limit=limit,
             scope=scope,
         )
-        return [session_out(r) for r in rows]
+        return [out(r) for r in rows]
 
     @router.get("/sessions/{session_id}", response_model=SessionOut, tags=["sessions"])
     async def get_session(session_id: str, scope: Scoped) -> SessionOut:
-        return session_out(await queries.get_session(booking, session_id, scope=scope))
+        return out(await queries.get_session(booking, session_id, scope=scope))
 
     @router.post("/sessions/{session_id}/reschedule", response_model=SessionOut, tags=["sessions"])
     async def reschedule(session_id: str, body: RescheduleIn, scope: Scoped) -> SessionOut:
-        return session_out(
+        return out(
             await sessions.reschedule(
-                booking, session_id, body.start, body.therapist_id, scope=scope
+                booking, session_id, body.start, body.therapist_id, body.location_id, scope=scope
             )
         )
 
     @router.post("/sessions/{session_id}/cancel", response_model=SessionOut, tags=["sessions"])
     async def cancel(session_id: str, body: CancelIn, scope: Scoped) -> SessionOut:
-        return session_out(await sessions.cancel(booking, session_id, body.reason, scope=scope))
+        return out(await sessions.cancel(booking, session_id, body.reason, scope=scope))
 
     @router.post("/sessions/{session_id}/check-in", response_model=SessionOut, tags=["sessions"])
     async def check_in(session_id: str, scope: Scoped) -> SessionOut:
-        return session_out(await sessions.check_in(booking, session_id, scope=scope))
+        return out(await sessions.check_in(booking, session_id, scope=scope))
 
     @router.post("/sessions/{session_id}/complete", response_model=SessionOut, tags=["sessions"])
     async def complete(session_id: str, scope: Scoped) -> SessionOut:
-        return session_out(await sessions.complete(booking, session_id, scope=scope))
+        return out(await sessions.complete(booking, session_id, scope=scope))
 
     @router.post("/sessions/{session_id}/no-show", response_model=SessionOut, tags=["sessions"])
     async def no_show(session_id: str, scope: Scoped) -> SessionOut:
-        return session_out(await sessions.no_show(booking, session_id, scope=scope))
+        return out(await sessions.no_show(booking, session_id, scope=scope))
 
     return router

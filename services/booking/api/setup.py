@@ -8,6 +8,7 @@ from services.booking import db, queries
 from services.booking.api.common import (
     ApiContext,
     admin,
+    conflict_out,
     location_out,
     therapist_out,
     treatment_out,
@@ -59,12 +60,12 @@ def router(ctx: ApiContext) -> APIRouter:
     async def add_room(location_id: str, body: RoomIn, caller: Caller) -> RoomOut:
         admin(caller)
         room = await setup.add_room(booking, location_id, body.name)
-        return RoomOut(id=room.id, location_id=room.location_id, name=room.name)
+        return RoomOut.model_validate(room, from_attributes=True)
 
     @router.get("/locations/{location_id}/rooms", response_model=list[RoomOut], tags=["locations"])
     async def list_rooms(location_id: str, scope: Scoped) -> list[RoomOut]:
         return [
-            RoomOut(id=r.id, location_id=r.location_id, name=r.name)
+            RoomOut.model_validate(r, from_attributes=True)
             for r in await queries.list_rooms(booking, location_id, scope=scope)
         ]
 
@@ -143,7 +144,8 @@ def router(ctx: ApiContext) -> APIRouter:
             start=entry.start_at,
             end=entry.end_at,
             reason=entry.reason,
-            conflicting_session_ids=clashes,
+            conflicts=[conflict_out(s) for s in clashes],
+            conflicting_session_ids=[s.id for s in clashes],
         )
 
     @router.get(

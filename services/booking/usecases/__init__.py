@@ -5,6 +5,8 @@ unit of work that changes state and queues its events in the outbox.
   off, feed tokens);
 - ``clients``: the front desk keeps client records;
 - ``sessions``: booking, rescheduling and every status change of a session;
+- ``changes``: an admin changes the clinic after set-up (renames, retirements; announced);
+- ``schedule``: working hours as versions, time off corrected or withdrawn, closures;
 - ``replies``: what the reminders service tells us (a client confirmed, a phone opted out);
 - ``keys``: an admin issues API keys.
 
@@ -14,6 +16,7 @@ use cases in ``services.booking.calendar.links``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
@@ -29,6 +32,12 @@ SOURCE = "booking"
 RowT = TypeVar("RowT")
 
 
+def no_manage_link(_session_id: str) -> str | None:
+    """No client's page: what a context without a link signer gives (and production while
+    the documented development key is in force)."""
+    return None
+
+
 @dataclass(frozen=True)
 class Booking:
     """What every use case and query needs: the unit of work and the clinic's defaults."""
@@ -36,6 +45,9 @@ class Booking:
     uow: UnitOfWork
     #: Phones typed without a country code are read in this region.
     default_phone_region: str = "US"
+    #: The signed URL of the client's own page for a session (``manage.links``); every
+    #: session event and answer carries it, so it is built where those are built.
+    manage_url: Callable[[str], str | None] = no_manage_link
 
     def clock(self) -> datetime:
         return self.uow.clock()

@@ -10,15 +10,18 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.booking import db, domain
+from services.booking.usecases import Booking
 from services.booking.usecases.clients import announce_client, set_consent
 from services.booking.usecases.sessions import announce_session
 from shared import events
 
 
-async def apply_reply(session: AsyncSession, reply: events.ReplyReceived, now: datetime) -> None:
-    """A client texted C: their next booked session becomes confirmed."""
+async def apply_reply(app: Booking, session: AsyncSession, reply: events.ReplyReceived) -> None:
+    """A client texted C: their next booked session becomes confirmed (its event carries
+    the client's page like every session event)."""
     if reply.intent != "confirm":
         return
+    now = app.clock()
     query = select(db.Session).where(db.Session.status == domain.BOOKED, db.Session.start_at > now)
     if reply.session_id:
         query = query.where(db.Session.id == reply.session_id)
@@ -34,7 +37,7 @@ async def apply_reply(session: AsyncSession, reply: events.ReplyReceived, now: d
     row.status = domain.next_status(row.status, "confirm")
     row.version += 1
     row.updated_at = now
-    await announce_session(session, row, events.SESSION_CONFIRMED)
+    await announce_session(app, session, row, events.SESSION_CONFIRMED)
 
 
 async def apply_consent(

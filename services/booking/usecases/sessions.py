@@ -1,9 +1,12 @@
 """Sessions: book one, move it, and every other change of its status.
 
 Each use case checks again inside its write transaction (the slot shown a moment ago may
-be gone), changes the row, bumps its version and queues its ``booking.session.*`` event.
-On PostgreSQL two exclusion constraints back the check; their violation reads as
-:class:`~services.booking.domain.SlotTaken`.
+be gone), changes the row, bumps its version and queues its ``booking.session.*`` event,
+which carries the client's ``manage_url``. On PostgreSQL two exclusion constraints back
+the check; their violation reads as :class:`~services.booking.domain.SlotTaken`.
+
+A change may name the version it was asked on (``expected_version``, the client's page
+form): if the session moved on meanwhile, nothing changes (:class:`StaleVersion`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.booking import db, domain, queries
+from services.booking import db, domain, hours, queries
 from services.booking.schemas import SessionIn
 from services.booking.scope import get_visible
 from services.booking.usecases import SOURCE, Booking, get_or_404
@@ -64,11 +67,11 @@ def session_event(row: db.Session, **extra: Any) -> events.SessionEvent:
 
 
 async def announce_session(
-    session: AsyncSession, row: db.Session, event_type: str, **extra: Any
+    app: Booking, session: AsyncSession, row: db.Session, event_type: str, **extra: Any
 ) -> None:
-    await enqueue(
-        session, events.make_event(event_type, SOURCE, session_event(row, **extra), subject=row.id)
-    )
+    """Queue the session's event, with the signed link to the client's own page."""
+    data = session_event(row, manage_url=app.manage_url(row.id), **extra)
+    await enqueue(session, events.make_event(event_type, SOURCE, data, subject=row.id))
 
 
 def _request_hash(data: SessionIn) -> str:
@@ -102,6 +105,10 @@ async def _place(
 ) -> tuple[str, str]:
     """Choose therapist and room for ``start`` inside the write transaction."""
     domain.check_booking_window(start, app.clock(), queries.policy_of(location))
+    queries.check_offered(treatment)
+    end = start + timedelta(minutes=treatment.duration_minutes)
+    if await hours.closures_between(session, location.id, start, end):
+        raise domain.LocationClosed(f"location {location.id} is closed at that time")
     lookup = domain.Interval(start - timedelta(days=1), start + timedelta(days=1))
     therapists, rooms = await queries.staff_calendars(
         session,
@@ -113,6 +120,8 @@ async def _place(
     )
     if therapist_id is not None and not therapists:
         therapist = await get_or_404(session, db.Therapist, therapist_id, "therapist")
+        if not therapist.active:
+            raise domain.TherapistUnavailable(f"therapist {therapist_id} is no longer active")
         if treatment.modality not in therapist.modalities:
             raise domain.TherapistUnavailable(
                 f"therapist {therapist_id} does not offer {treatment.modality}"
@@ -191,7 +200,7 @@ async def book(
                 updated_at=now,
             )
             session.add(row)
-            await announce_session(session, row, events.SESSION_BOOKED)
+            await announce_session(app, session, row, events.SESSION_BOOKED)
             body = render(row)
             if idempotency_key is not None:
                 session.add(
@@ -223,10 +232,13 @@ async def _transition(
     change: Callable[[AsyncSession, db.Session], Any] | None = None,
     *,
     scope: Scope,
+    expected_version: int | None = None,
 ) -> db.Session:
     try:
         async with app.uow.write() as session:
             row = await get_visible(session, db.Session, session_id, "session", scope)
+            if expected_version is not None and row.version != expected_version:
+                raise domain.StaleVersion("the session changed meanwhile; nothing was changed")
             target = domain.next_status(row.status, action)
             extra: dict[str, Any] = {}
             if change is not None:
@@ -234,7 +246,7 @@ async def _transition(
             row.status = target
             row.version += 1
             row.updated_at = app.clock()
-            await announce_session(session, row, event_type, **extra)
+            await announce_session(app, session, row, event_type, **extra)
             return row
     except IntegrityError as exc:
         taken = _overlap_error(exc)
@@ -248,21 +260,33 @@ async def reschedule(
     session_id: str,
     start: datetime,
     therapist_id: str | None,
+    location_id: str | None = None,
     *,
+    any_therapist: bool = False,
+    expected_version: int | None = None,
     scope: Scope = EVERYTHING,
 ) -> db.Session:
+    """Move a session, checked as a new booking. The therapist stays unless another is
+    named, the location changes, or ``any_therapist`` (the client's page) says so; the
+    room may change."""
+
     async def move(session: AsyncSession, row: db.Session) -> dict[str, Any]:
         previous = row.start_at
-        # Keep the same therapist unless a new one is named; the room may change.
+        location = row.location
+        if location_id is not None and location_id != row.location_id:
+            location = await get_visible(session, db.Location, location_id, "location", scope)
+        keep = not any_therapist and location.id == row.location_id
         therapist, room_id = await _place(
             session,
             app,
-            location=row.location,
+            location=location,
             treatment=row.treatment,
             start=start,
-            therapist_id=therapist_id or row.therapist_id,
+            therapist_id=therapist_id or (row.therapist_id if keep else None),
             exclude_session=row.id,
         )
+        if location.id != row.location_id:
+            row.location, row.location_id = location, location.id
         duration = timedelta(minutes=row.treatment.duration_minutes)
         if therapist != row.therapist_id:
             row.therapist = await get_or_404(session, db.Therapist, therapist, "therapist")
@@ -272,12 +296,23 @@ async def reschedule(
         return {"previous_start": previous}
 
     return await _transition(
-        app, session_id, "reschedule", events.SESSION_RESCHEDULED, move, scope=scope
+        app,
+        session_id,
+        "reschedule",
+        events.SESSION_RESCHEDULED,
+        move,
+        scope=scope,
+        expected_version=expected_version,
     )
 
 
 async def cancel(
-    app: Booking, session_id: str, reason: str, *, scope: Scope = EVERYTHING
+    app: Booking,
+    session_id: str,
+    reason: str,
+    *,
+    expected_version: int | None = None,
+    scope: Scope = EVERYTHING,
 ) -> db.Session:
     async def mark(_session: AsyncSession, row: db.Session) -> None:
         row.cancel_reason = reason
@@ -285,7 +320,29 @@ async def cancel(
             row.start_at, app.clock(), timedelta(hours=row.location.late_cancel_hours)
         )
 
-    return await _transition(app, session_id, "cancel", events.SESSION_CANCELLED, mark, scope=scope)
+    return await _transition(
+        app,
+        session_id,
+        "cancel",
+        events.SESSION_CANCELLED,
+        mark,
+        scope=scope,
+        expected_version=expected_version,
+    )
+
+
+async def confirm(
+    app: Booking, session_id: str, *, expected_version: int | None = None
+) -> db.Session:
+    """The client confirms (the client's page; a texted C goes through ``replies``)."""
+    return await _transition(
+        app,
+        session_id,
+        "confirm",
+        events.SESSION_CONFIRMED,
+        scope=EVERYTHING,
+        expected_version=expected_version,
+    )
 
 
 async def check_in(app: Booking, session_id: str, *, scope: Scope = EVERYTHING) -> db.Session:

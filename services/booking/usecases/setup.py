@@ -8,7 +8,7 @@ from datetime import time
 
 from sqlalchemy import select
 
-from services.booking import db, domain
+from services.booking import db, domain, hours
 from services.booking.schemas import LocationIn, TherapistIn, TimeOffIn, TreatmentIn, WorkingHoursIn
 from services.booking.scope import get_visible
 from services.booking.usecases import Booking, get_or_404
@@ -97,8 +97,9 @@ async def create_therapist(app: Booking, data: TherapistIn) -> db.Therapist:
 
 async def add_time_off(
     app: Booking, therapist_id: str, data: TimeOffIn, *, scope: Scope
-) -> tuple[db.TimeOff, list[str]]:
-    """Record time off; returns it with the sessions already booked inside it, to be moved."""
+) -> tuple[db.TimeOff, list[db.Session]]:
+    """Record time off; returns it with the sessions already booked inside it (left booked:
+    the front desk decides)."""
     async with app.uow.write() as session:
         await get_visible(session, db.Therapist, therapist_id, "therapist", scope)
         entry = db.TimeOff(
@@ -109,12 +110,7 @@ async def add_time_off(
             reason=data.reason,
         )
         session.add(entry)
-        clashes = await session.scalars(
-            select(db.Session.id).where(
-                db.Session.therapist_id == therapist_id,
-                db.Session.status.in_(domain.BLOCKING_STATUSES),
-                db.Session.start_at < data.end,
-                db.Session.blocked_until > data.start,
-            )
+        clashes = await hours.sessions_overlapping(
+            session, data.start, data.end, therapist_id=therapist_id
         )
-        return entry, list(clashes)
+        return entry, clashes
