@@ -4,8 +4,8 @@ versions, location closures
 Plain columns with server defaults (existing rows stay active, their hours hold "since
 always"), so the same script runs on SQLite and PostgreSQL.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-12-01 23:30:00
 """
 
