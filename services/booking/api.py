@@ -41,6 +41,7 @@ from services.booking.schemas import (
 from shared.auth import Principal
 from shared.phones import InvalidPhone
 from shared.timeutil import as_utc
+from shared.validation import Instant
 
 SLOTS_JSON = TypeAdapter(list[domain.Slot])
 
@@ -306,8 +307,8 @@ def build_router(
         caller: Caller,
         service_id: str,
         location_id: str,
-        start: datetime,
-        end: datetime,
+        start: Instant,
+        end: Instant,
         therapist_id: str | None = None,
     ) -> Response:
         caller.require_location(location_id)
@@ -347,8 +348,8 @@ def build_router(
         location_id: str | None = None,
         therapist_id: str | None = None,
         client_id: str | None = None,
-        start: datetime | None = None,
-        end: datetime | None = None,
+        start: Instant | None = None,
+        end: Instant | None = None,
         status: str | None = None,
         limit: int = Query(500, ge=1, le=2000),
     ) -> list[SessionOut]:

@@ -24,6 +24,7 @@ from shared.broker import (
 )
 from shared.db import create_engine, sessionmaker_for
 from shared.events import CloudEvent
+from shared.http import install_input_guard
 from shared.outbox import OutboxRelay
 from shared.process import freeze_startup_heap
 from shared.service import Messaging, add_ops_routes
@@ -128,6 +129,7 @@ def create_app(settings: BookingSettings | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     api.install_error_handlers(app)
+    install_input_guard(app, settings)
     authenticate = Authenticator(sessions, settings.admin_api_key)
     app.include_router(api.build_router(booking, authenticate, settings.base_url, calendar))
 

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
 
 from shared.timeutil import as_utc, zone
+from shared.validation import Instant
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
@@ -105,8 +106,8 @@ class TherapistOut(BaseModel):
 
 
 class TimeOffIn(Strict):
-    start: datetime
-    end: datetime
+    start: Instant
+    end: Instant
     reason: str | None = Field(default=None, max_length=500)
 
     @model_validator(mode="after")
@@ -170,23 +171,13 @@ class SessionIn(Strict):
     client_id: str
     service_id: str
     location_id: str
-    start: datetime
+    start: Instant
     therapist_id: str | None = None
-
-    @field_validator("start")
-    @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        return as_utc(value)
 
 
 class RescheduleIn(Strict):
-    start: datetime
+    start: Instant
     therapist_id: str | None = None
-
-    @field_validator("start")
-    @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        return as_utc(value)
 
 
 class CancelIn(Strict):

@@ -27,6 +27,7 @@ from shared.broker import (
 )
 from shared.db import create_engine, sessionmaker_for
 from shared.events import CloudEvent
+from shared.http import RouteLimit, install_input_guard
 from shared.outbox import OutboxRelay
 from shared.service import Messaging, add_ops_routes
 
@@ -158,6 +159,10 @@ def create_app(settings: ReferralsSettings | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     api.install_error_handlers(app)
+    # A partner's outcome report carries a PDF (up to 5 MB, base64): 10 MiB there.
+    install_input_guard(
+        app, settings, RouteLimit("POST", r"/v1/partner/referrals/[^/]+/complete", 10 * 1024 * 1024)
+    )
     authenticate = Authenticator(sessions, settings.admin_api_key)
     app.include_router(api.build_router(referrals, authenticate))
     app.include_router(api.build_partner_router(referrals, authenticate))

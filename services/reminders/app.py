@@ -34,6 +34,7 @@ from shared.broker import (
     jetstream,
 )
 from shared.db import create_engine, is_sqlite
+from shared.http import install_input_guard
 from shared.lease import Lease
 from shared.outbox import OutboxRelay
 from shared.service import Messaging, add_ops_routes
@@ -208,6 +209,7 @@ def create_app(settings: RemindersSettings | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     api.install_error_handlers(app)
+    install_input_guard(app, settings)
     authenticate = Authenticator(sessions, settings.admin_api_key)
     app.include_router(api.build_router(reminders, authenticate))
 
