@@ -52,3 +52,9 @@ def plain_name(value: str) -> str:
 
 #: A name of a person, place or thing: one line of text, no URL (lengths set per field).
 Name = Annotated[str, AfterValidator(plain_name)]
+
+
+def one_line(value: str) -> str:
+    """``value`` with every control character turned into a space: for text written into
+    formats that break on them (ICS content lines), whatever was stored before validation."""
+    return " ".join(_CONTROL.sub(" ", value).split())

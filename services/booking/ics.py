@@ -14,6 +14,7 @@ import icalendar
 
 from services.booking import db, domain
 from shared.timeutil import zone
+from shared.validation import one_line
 
 PRODID = "-//Clinic Backbone//Booking//EN"
 UID_DOMAIN = "booking.clinic-backbone"
@@ -36,8 +37,8 @@ def session_vevent(row: db.Session, room_name: str, stamp: datetime) -> icalenda
     event.add("sequence", row.version - 1)
     event.add("dtstart", row.start_at.astimezone(tz))
     event.add("dtend", row.end_at.astimezone(tz))
-    event.add("summary", f"{row.treatment.name}: {client_label(row.client)}")
-    event.add("location", f"{room_name}, {row.location.name}")
+    event.add("summary", one_line(f"{row.treatment.name}: {client_label(row.client)}"))
+    event.add("location", one_line(f"{room_name}, {row.location.name}"))
     event.add("status", "CANCELLED" if row.status == domain.CANCELLED else "CONFIRMED")
     event.add("last-modified", row.updated_at)
     return event
@@ -66,7 +67,8 @@ def calendar(
     cal.add("prodid", PRODID)
     cal.add("version", "2.0")
     cal.add("calscale", "GREGORIAN")
-    cal.add("x-wr-calname", name)
+    # An X- property is not escaped by icalendar unless given as vText.
+    cal.add("x-wr-calname", icalendar.vText(one_line(name)))
     for row in sessions:
         cal.add_component(session_vevent(row, room_names.get(row.room_id, "Room"), stamp))
     for entry in time_off:

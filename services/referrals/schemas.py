@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, HttpUrl, field_validator
 
 from services.referrals.domain import PartnerDiscipline, PlanDiscipline, Urgency
-from shared.validation import Instant
+from shared.validation import Instant, Name
 
 #: An outcome report's PDF may be this large (decoded).
 MAX_PDF_BYTES = 5 * 1024 * 1024
@@ -24,7 +24,7 @@ class Strict(BaseModel):
 
 
 class PartnerIn(Strict):
-    name: str = Field(min_length=1, max_length=200)
+    name: Name = Field(min_length=1, max_length=200)
     discipline: PartnerDiscipline
     phone: str = Field(description="E.164, or national in the clinic's default region")
     email: EmailStr
