@@ -137,6 +137,8 @@ async def start_booking(stack: Stack, database_url: str | None) -> tuple[Child, 
     env = stack.booking_env(port, database_url)
     # Production settings refuse the documented dev key for calendar passwords.
     env["BOOKING_SECRET_KEY"] = secrets.token_urlsafe(32)
+    # Radicale runs on 127.0.0.1, which the outbound policy refuses unless listed.
+    env["OUTBOUND_ALLOWED_HOSTS"] = "127.0.0.1:*"
     child = stack.start_child("booking", [sys.executable, "-m", "services.booking"], env)
     base = f"http://127.0.0.1:{port}"
     await child.wait_ready(f"{base}/readyz", timeout=60)

@@ -187,6 +187,8 @@ def referrals_env(
         ADMIN_API_KEY=stack.admin_key,
         # Development mode: production refuses http:// webhooks, and ours is on 127.0.0.1.
         APP_ENV="development",
+        # The webhook receiver runs on 127.0.0.1, which the outbound policy refuses unless listed.
+        OUTBOUND_ALLOWED_HOSTS="127.0.0.1:*",
         PYTHONUNBUFFERED="1",
     )
     if database_url:

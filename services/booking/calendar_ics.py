@@ -94,7 +94,8 @@ def busy_spans(
         try:
             cal = icalendar.Calendar.from_ical(text)
         except Exception as exc:  # icalendar raises ValueError and friends
-            raise ValueError(f"not an iCalendar: {exc}") from exc
+            # Not the parser's message: it quotes the text, and that is the server's answer.
+            raise ValueError(f"not an iCalendar ({type(exc).__name__})") from exc
         query = recurring_ical_events.of(cal, skip_bad_series=True)
         for event in query.between(wide_start, wide_end):
             uid = str(event.get("uid", ""))

@@ -33,7 +33,7 @@ import functools
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -53,12 +53,14 @@ from services.booking.calendar_caldav import (
     Credentials,
     describe,
     fetch_ics,
+    ics_fetch_url,
 )
 from services.booking.calendar_secrets import CredentialBox, SecretKeyUnusable
 from services.booking.schemas import CalendarLinkIn
 from services.booking.settings import BookingSettings
 from shared import events
 from shared.db import transaction
+from shared.outbound import OutboundPolicy, OutboundRefused
 from shared.timeutil import zone
 
 log = structlog.get_logger(__name__)
@@ -95,6 +97,8 @@ class SyncTimings:
     reconcile_interval_seconds: float = 900.0
     pull_horizon_days: int = 120
     http_timeout_seconds: float = 15.0
+    #: Which calendar URLs may be called (OUTBOUND_ALLOWED_HOSTS); checked at every request.
+    outbound: OutboundPolicy = field(default_factory=OutboundPolicy)
 
     @classmethod
     def from_settings(cls, settings: BookingSettings) -> SyncTimings:
@@ -108,6 +112,7 @@ class SyncTimings:
             reconcile_interval_seconds=settings.calendar_reconcile_interval_seconds,
             pull_horizon_days=settings.calendar_pull_horizon_days,
             http_timeout_seconds=settings.calendar_http_timeout_seconds,
+            outbound=OutboundPolicy.from_settings(settings),
         )
 
     def backoff(self, failures: int) -> timedelta:
@@ -409,7 +414,9 @@ class CalendarSync:
         if cached is not None and cached[0] == key:
             return cached[1]
         credentials = await self._credentials(link)
-        calendar = CalDavCalendar(link.url, credentials, self.timings.http_timeout_seconds)
+        calendar = CalDavCalendar(
+            link.url, credentials, self.timings.http_timeout_seconds, self.timings.outbound
+        )
         self._calendars[link.id] = (key, calendar)
         return calendar
 
@@ -653,7 +660,11 @@ class CalendarSync:
     async def _read_calendar(self, link: db.CalendarLink, window: domain.Interval) -> list[bytes]:
         if link.kind == ICS:
             credentials = await self._credentials(link)
-            return [await fetch_ics(link.url, credentials, self.timings.http_timeout_seconds)]
+            return [
+                await fetch_ics(
+                    link.url, credentials, self.timings.http_timeout_seconds, self.timings.outbound
+                )
+            ]
         calendar = await self._calendar(link)
         resources = await self._blocking(calendar.resources, window.start, window.end)
         return [text for _href, text in resources]
@@ -812,6 +823,10 @@ class CalendarSync:
             raise usecases.InvalidRequest("kind: an ICS URL can only be read (direction pull)")
         if data.password is not None and data.username is None:
             raise usecases.InvalidRequest("username: a password needs a username")
+        try:
+            await self.timings.outbound.acheck(ics_fetch_url(data.url))
+        except OutboundRefused as exc:
+            raise usecases.InvalidRequest(f"url: {exc}") from exc
         encrypted = self.box.encrypt(data.password) if data.password is not None else None
         now = self.booking.clock()
         try:

@@ -28,6 +28,7 @@ from shared.broker import (
 from shared.db import create_engine, sessionmaker_for
 from shared.events import CloudEvent
 from shared.http import RouteLimit, install_input_guard
+from shared.outbound import OutboundPolicy
 from shared.outbox import OutboxRelay
 from shared.service import Messaging, add_ops_routes
 
@@ -88,6 +89,7 @@ def create_app(settings: ReferralsSettings | None = None) -> FastAPI:
         secretbox=SecretBox(settings.referrals_secret_key),
         default_phone_region=settings.default_phone_region,
         production=settings.production,
+        outbound=OutboundPolicy.from_settings(settings),
         clinic_name=settings.referrals_clinic_name,
         base_url=settings.base_url,
         accept_hours=settings.referrals_accept_hours,

@@ -27,6 +27,7 @@ from services.referrals.secretbox import SecretBox, SecretUnreadable, new_webhoo
 from shared import events
 from shared.auth import Principal, Role, create_key
 from shared.db import transaction
+from shared.outbound import OutboundPolicy, OutboundRefused
 from shared.outbox import enqueue
 from shared.phones import normalize_phone
 from shared.timeutil import as_utc, utcnow
@@ -78,6 +79,8 @@ class Referrals:
     clock: Callable[[], datetime] = utcnow
     default_phone_region: str = "US"
     production: bool = False
+    #: Which webhook URLs may be called (OUTBOUND_ALLOWED_HOSTS); checked at every request.
+    outbound: OutboundPolicy = field(default_factory=OutboundPolicy)
     clinic_name: str = "Medical massage clinic"
     base_url: str = "http://127.0.0.1:8003"
     accept_hours: float = 72.0
@@ -226,6 +229,11 @@ async def create_partner(app: Referrals, data: PartnerIn) -> tuple[db.Partner, s
     webhook_url = str(data.webhook_url) if data.webhook_url else None
     if webhook_url and app.production and not webhook_url.startswith("https://"):
         raise InvalidRequest("webhook_url", "must be https in production")
+    if webhook_url:
+        try:
+            await app.outbound.acheck(webhook_url)
+        except OutboundRefused as exc:
+            raise InvalidRequest("webhook_url", str(exc)) from exc
     secret = new_webhook_secret()
     async with app.write() as session:
         partner_id = new_id()
