@@ -646,13 +646,20 @@ class CalendarSync:
             )
             try:
                 texts = await self._read_calendar(link, window)
-                spans = await self._blocking(
-                    calendar_ics.busy_spans, texts, window, zone(link.timezone)
+                spans, cut = await self._blocking(
+                    calendar_ics.capped_busy_spans, texts, window, zone(link.timezone)
                 )
             except (CalendarUnavailable, SecretKeyUnusable, ValueError) as exc:
                 await self._record_pull(link_id, None, str(exc))
                 return None
-            await self._record_pull(link_id, spans, None)
+            await self._record_pull(
+                link_id,
+                spans,
+                f"busy time cut at {len(spans)} spans: the calendar's recurring events "
+                "expand to more; later busy time is not blocked"
+                if cut
+                else None,
+            )
             return len(spans)
         finally:
             await self._release(link_id, token)
@@ -692,6 +699,10 @@ class CalendarSync:
                 for span in spans
             )
             self._succeeded(link, now)
+            if error is not None:  # read, but not whole (a capped expansion)
+                link.last_error = error
+                link.last_error_at = now
+                log.warning("calendar_pull.cut", link_id=link_id, spans=len(spans))
 
     # -- reconcile ---------------------------------------------------------------------
 
