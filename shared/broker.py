@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from shared.db import transaction
 from shared.events import DLQ_STREAM, STREAM_SUBJECTS, CloudEvent, dlq_subject, parse_event
 from shared.inbox import claim
+from shared.logging import safe_error, scrub
 
 log = structlog.get_logger(__name__)
 
@@ -158,7 +159,8 @@ async def dead_letter(
         headers={
             "Dlq-Original-Subject": subject,
             "Dlq-Stream-Sequence": str(stream_seq),
-            "Dlq-Error": error[:500],
+            # Only an exception's type and a scrubbed message: never names, phones, bodies.
+            "Dlq-Error": scrub(error, 500),
         },
     )
     consumer.dead_lettered.append(subject)
@@ -198,7 +200,7 @@ def register_consumer(
                 raw.data,
                 subject=raw.subject,
                 stream_seq=meta.sequence.stream,
-                error=f"malformed event: {exc}",
+                error=f"malformed event: {safe_error(exc)}",
             )
             await message.reject()
             return
@@ -215,7 +217,7 @@ def register_consumer(
                     raw.data,
                     subject=raw.subject,
                     stream_seq=meta.sequence.stream,
-                    error=f"{type(exc).__name__}: {exc}",
+                    error=safe_error(exc),
                 )
                 await message.reject()
             else:
@@ -251,7 +253,7 @@ async def watch_max_deliveries(broker: NatsBroker, consumers: Sequence[Consumer]
             consumer = by_name[advisory["consumer"]]
             stored = await js.get_msg(advisory["stream"], advisory["stream_seq"])
         except (KeyError, ValueError, nats.errors.Error) as exc:
-            log.warning("advisory.unusable", error=str(exc))
+            log.warning("advisory.unusable", error=safe_error(exc))
             return
         await dead_letter(
             js,

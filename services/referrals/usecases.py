@@ -27,6 +27,7 @@ from services.referrals.secretbox import SecretBox, SecretUnreadable, new_webhoo
 from shared import events
 from shared.auth import Principal, Role, create_key
 from shared.db import transaction
+from shared.logging import safe_error
 from shared.outbound import OutboundPolicy, OutboundRefused
 from shared.outbox import enqueue
 from shared.phones import normalize_phone
@@ -1259,7 +1260,7 @@ async def claim_due_deliveries(
             except (SecretUnreadable, ValueError) as exc:
                 delivery.status = "failed"
                 delivery.last_error = f"cannot build the webhook: {exc}"[:500]
-                log.error("webhook.unbuildable", delivery_id=delivery.id, error=str(exc)[:200])
+                log.error("webhook.unbuildable", delivery_id=delivery.id, error=safe_error(exc))
                 continue
             outgoing.append(
                 OutgoingWebhook(
