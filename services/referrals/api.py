@@ -259,7 +259,7 @@ def build_router(app: usecases.Referrals, authenticate: Any) -> APIRouter:
         client_id: str | None = None,
         status: str | None = None,
         limit: int = Query(100, ge=1, le=500),
-        offset: int = Query(0, ge=0),
+        offset: int = Query(0, ge=0, le=1_000_000),
     ) -> list[PlanOut]:
         clinic(caller)
         return [
@@ -286,7 +286,7 @@ def build_router(app: usecases.Referrals, authenticate: Any) -> APIRouter:
         client_id: str | None = None,
         status: str | None = None,
         limit: int = Query(100, ge=1, le=500),
-        offset: int = Query(0, ge=0),
+        offset: int = Query(0, ge=0, le=1_000_000),
     ) -> list[ReferralOut]:
         clinic(caller)
         records = await usecases.list_referrals(
@@ -367,7 +367,7 @@ def build_partner_router(app: usecases.Referrals, authenticate: Any) -> APIRoute
         partner_id: Partner,
         status: str | None = None,
         limit: int = Query(100, ge=1, le=500),
-        offset: int = Query(0, ge=0),
+        offset: int = Query(0, ge=0, le=1_000_000),
     ) -> list[PartnerReferralOut]:
         """Your referrals, newest first; reading one tells the clinic you received it."""
         records = await usecases.partner_referrals(app, partner_id, status, limit, offset)
