@@ -2,7 +2,7 @@
 uvicorn: no request it can build gets a 5xx (CONTRACT "HTTP").
 
 Bounded: ``FUZZ_EXAMPLES`` examples per operation and generation mode (positive and
-negative), default 12, so the three services take well under three minutes on two cores.
+negative), default 10, so the three services take well under three minutes on two cores.
 Every run prints its seed; ``FUZZ_SEED=<seed>`` replays the same cases. A failure lists
 each 5xx with a curl command that reproduces it.
 """
@@ -38,7 +38,7 @@ from tests.support import AUTH, serve, sqlite_url, wait_ready
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "12"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "10"))
 SEED = int(os.environ.get("FUZZ_SEED") or random.randrange(2**32))
 
 
