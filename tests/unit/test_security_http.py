@@ -141,3 +141,24 @@ async def test_undecodable_reads_only_text_types() -> None:
     assert undecodable("application/pdf", b"\xff") is None
     assert undecodable("application/fhir+json", b"\xff") is not None
     assert HostileInputGuard(FastAPI(), max_body_bytes=10).limit_for("POST", "/x") == 10
+
+
+async def test_each_service_is_guarded_and_report_uploads_get_10_mib(tmp_path: Any) -> None:
+    from services.booking.app import create_app as booking_app
+    from services.booking.settings import BookingSettings
+    from services.referrals.app import create_app as referrals_app
+    from services.referrals.settings import ReferralsSettings
+    from services.reminders.app import create_app as reminders_app
+    from services.reminders.settings import RemindersSettings
+
+    def guard(app: FastAPI) -> HostileInputGuard:
+        [middleware] = [m for m in app.user_middleware if m.cls is HostileInputGuard]
+        return HostileInputGuard(FastAPI(), **middleware.kwargs)
+
+    var = {"var_dir": tmp_path}
+    for app in (booking_app(BookingSettings(**var)), reminders_app(RemindersSettings(**var))):
+        assert guard(app).limit_for("POST", "/twilio/inbound") == 1024 * 1024
+    referrals = guard(referrals_app(ReferralsSettings(**var)))
+    assert referrals.limit_for("POST", "/v1/partner/referrals/abc/complete") == 10 * 1024 * 1024
+    assert referrals.limit_for("POST", "/v1/partner/referrals/abc/notes") == 1024 * 1024
+    assert referrals.limit_for("POST", "/v1/plans") == 1024 * 1024
