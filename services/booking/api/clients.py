@@ -27,7 +27,7 @@ def router(ctx: ApiContext) -> APIRouter:
         caller: Caller,
         phone: str | None = None,
         limit: int = Query(100, ge=1, le=500),
-        offset: int = Query(0, ge=0),
+        offset: int = Query(0, ge=0, le=1_000_000),
     ) -> list[ClientOut]:
         caller.require_role("admin", "front_desk")
         return [client_out(c) for c in await queries.list_clients(booking, phone, limit, offset)]

@@ -69,7 +69,7 @@ def build_clinic_router(app: Referrals, authenticate: Any) -> APIRouter:
         client_id: str | None = None,
         status: str | None = None,
         limit: int = Query(100, ge=1, le=500),
-        offset: int = Query(0, ge=0),
+        offset: int = Query(0, ge=0, le=1_000_000),
     ) -> list[PlanOut]:
         clinic(caller)
         return [
@@ -96,7 +96,7 @@ def build_clinic_router(app: Referrals, authenticate: Any) -> APIRouter:
         client_id: str | None = None,
         status: str | None = None,
         limit: int = Query(100, ge=1, le=500),
-        offset: int = Query(0, ge=0),
+        offset: int = Query(0, ge=0, le=1_000_000),
     ) -> list[ReferralOut]:
         clinic(caller)
         records = await queries.list_referrals(
