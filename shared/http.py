@@ -7,7 +7,10 @@ One ASGI middleware for every service:
   the server at most the limit, never a parse;
 - a JSON body that is not UTF-8, or a form body whose fields do not decode as UTF-8, gets
   400 (the routes, Twilio's signature check among them, only ever see text);
-- a ``Content-Length`` that is no number gets 400.
+- a ``Content-Length`` that is no number gets 400;
+- a NUL character (U+0000) in the path, the query or a JSON or form body gets 400: no
+  field of ours holds one, and PostgreSQL refuses it in text (a 500 from deep inside a
+  query), while SQLite would store it.
 
 Routes that take more (a partner's report upload) get their own limit by method and path.
 The body is read once here and replayed to the application.
@@ -20,13 +23,17 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_plus
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 #: Methods whose body this middleware reads and checks (others pass untouched).
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+#: A JSON ``\u0000`` escape, not itself escaped (an even number of backslashes before it).
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+_NUL_DETAIL = "the request carries a NUL character (U+0000), which no field accepts"
 
 
 @dataclass(frozen=True)
@@ -62,11 +69,21 @@ def undecodable(content_type: str, body: bytes) -> str | None:
     try:
         if media == "application/json" or media.endswith("+json"):
             body.decode("utf-8")
+            if _JSON_NUL.search(body):
+                return _NUL_DETAIL
         elif media == "application/x-www-form-urlencoded":
-            parse_qsl(body.decode("utf-8"), keep_blank_values=True, errors="strict")
+            fields = parse_qsl(body.decode("utf-8"), keep_blank_values=True, errors="strict")
+            if any("\x00" in name or "\x00" in value for name, value in fields):
+                return _NUL_DETAIL
     except UnicodeDecodeError:
         return f"the request body is not valid UTF-8 ({media})"
     return None
+
+
+def nul_in_target(scope: Scope) -> bool:
+    """Whether the request's path or query string holds a NUL character once decoded."""
+    query = scope.get("query_string", b"").decode("latin-1")
+    return "\x00" in scope["path"] or "\x00" in unquote_plus(query)
 
 
 class HostileInputGuard:
@@ -88,6 +105,9 @@ class HostileInputGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if nul_in_target(scope):
+            await _answer(send, 400, _NUL_DETAIL)
             return
         limit = self.limit_for(scope["method"], scope["path"])
         headers = {k.lower(): v for k, v in scope.get("headers", [])}

@@ -1,5 +1,6 @@
 """Schemathesis over each service's ``/openapi.json``, against the service running under
-uvicorn: no request it can build gets a 5xx (CONTRACT "HTTP").
+uvicorn: no request it can build gets a 5xx (CONTRACT "HTTP"), on SQLite and, when
+TEST_POSTGRES_URL is set, on PostgreSQL (which refuses what SQLite stores: NUL characters).
 
 Bounded: ``FUZZ_EXAMPLES`` examples per operation and generation mode (positive and
 negative), default 10, so the three services take well under three minutes on two cores.
@@ -34,7 +35,7 @@ from tests.integration.test_booking_api import settings_for as booking_settings
 from tests.referrals_support import referrals_settings
 from tests.reminders_support import serve_on
 from tests.reminders_support import settings_for as reminders_settings
-from tests.support import AUTH, serve, sqlite_url, wait_ready
+from tests.support import AUTH, serve, wait_ready
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -107,8 +108,8 @@ async def run_fuzz(name: str, base_url: str) -> None:
     )
 
 
-async def test_booking_answers_no_5xx(tmp_path: Any, nats_url: str) -> None:
-    app = booking_app(booking_settings(sqlite_url(tmp_path), nats_url))
+async def test_booking_answers_no_5xx(database_url: str, nats_url: str) -> None:
+    app = booking_app(booking_settings(database_url, nats_url))
     async with serve(app) as base_url:
         await wait_ready(base_url)
         async with httpx.AsyncClient(base_url=base_url, headers=AUTH, timeout=30) as client:
@@ -116,18 +117,16 @@ async def test_booking_answers_no_5xx(tmp_path: Any, nats_url: str) -> None:
         await run_fuzz("booking", base_url)
 
 
-async def test_reminders_answers_no_5xx(tmp_path: Any, nats_url: str) -> None:
+async def test_reminders_answers_no_5xx(database_url: str, nats_url: str) -> None:
     port = free_port()
-    settings = reminders_settings(
-        sqlite_url(tmp_path, "reminders"), nats_url, "http://127.0.0.1:9", port
-    )
+    settings = reminders_settings(database_url, nats_url, "http://127.0.0.1:9", port)
     async with serve_on(reminders_app(settings), port) as base_url:
         await wait_ready(base_url)
         await run_fuzz("reminders", base_url)
 
 
-async def test_referrals_answers_no_5xx(tmp_path: Any, nats_url: str) -> None:
-    app = referrals_app(referrals_settings(sqlite_url(tmp_path, "referrals"), nats_url))
+async def test_referrals_answers_no_5xx(database_url: str, nats_url: str) -> None:
+    app = referrals_app(referrals_settings(database_url, nats_url))
     async with serve(app) as base_url:
         await wait_ready(base_url)
         await run_fuzz("referrals", base_url)

@@ -136,6 +136,37 @@ async def test_undecodable_bodies_get_400() -> None:
     assert reads == []
 
 
+async def test_a_nul_character_anywhere_gets_400() -> None:
+    # PostgreSQL refuses NUL in text (the route would answer 500); SQLite would store it.
+    app, reads = guarded_app()
+
+    @app.get("/things/{thing}")
+    async def thing(thing: str, q: str = "") -> dict[str, str]:
+        return {"thing": thing, "q": q}
+
+    json_headers = {"Content-Type": "application/json", "Authorization": "Bearer k"}
+    async with serve(app) as base_url, httpx.AsyncClient(base_url=base_url) as client:
+        for answer in (
+            await client.post("/echo", content=b'{"name": "Jo\\u0000e"}', headers=json_headers),
+            await client.post("/echo", content=b'{"a\\\\\\u0000": 1}', headers=json_headers),
+            await client.post(
+                "/form",
+                content=b"Body=a%00b",
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            ),
+            await client.get("/things/a%00b"),
+            await client.get("/things/a", params={"q": "x\x00y"}),
+        ):
+            assert answer.status_code == 400, answer.request.url
+            assert "NUL" in answer.json()["detail"]
+        # An escaped backslash before "u0000" is text, not a NUL; "%2500" is "%00" as text.
+        text = await client.post("/echo", content=b'{"name": "C:\\\\u0000"}', headers=json_headers)
+        assert text.json() == {"size": 21}
+        plain = await client.get("/things/a", params={"q": "100%00"})
+        assert plain.json() == {"thing": "a", "q": "100%00"}
+    assert reads == [21]
+
+
 async def test_undecodable_reads_only_text_types() -> None:
     assert undecodable("application/json; charset=utf-8", b"{}") is None
     assert undecodable("application/pdf", b"\xff") is None
