@@ -22,8 +22,13 @@ setup: $(STAMP)
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# urllib3-future (caldav -> niquests) is built from its sdist with its override off: its
+# wheel's .pth copies the fork over urllib3 at every start, and requests-based tools
+# (schemathesis) then fail (PITFALLS "urllib3-future").
 $(STAMP): requirements.lock pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	URLLIB3_NO_OVERRIDE=1 $(BIN)/pip install --quiet --disable-pip-version-check \
+	  --no-binary urllib3-future -r requirements.lock
+	$(BIN)/python -c "import urllib3, schemathesis; assert not hasattr(urllib3, 'future'), urllib3.__file__"
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 

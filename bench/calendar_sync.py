@@ -341,9 +341,13 @@ async def scenario(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     nats_url = stack.start_nats()
     radicale_service, storage = await start_radicale(stack)
     radicale, radicale_base = radicale_service.child, radicale_service.url
-    # Production settings refuse the documented dev key for calendar passwords.
+    # Production settings refuse the documented dev key for calendar passwords; Radicale
+    # runs on 127.0.0.1, which the outbound policy refuses unless listed.
     service = await start_booking(
-        stack, args.database_url, BOOKING_SECRET_KEY=secrets.token_urlsafe(32)
+        stack,
+        args.database_url,
+        BOOKING_SECRET_KEY=secrets.token_urlsafe(32),
+        OUTBOUND_ALLOWED_HOSTS="127.0.0.1:*",
     )
     booking, base, key = service.child, service.url, stack.admin_key
     ids = await set_up(base, key, args)

@@ -37,6 +37,7 @@ from shared.events import (
     parse_event,
 )
 from shared.inbox import claim
+from shared.logging import safe_error, scrub
 from shared.natsauth import parse_servers
 from shared.uow import UnitOfWork
 
@@ -250,7 +251,8 @@ async def dead_letter(
         headers={
             "Dlq-Original-Subject": subject,
             "Dlq-Stream-Sequence": str(stream_seq),
-            "Dlq-Error": error[:500],
+            # Only an exception's type and a scrubbed message: never names, phones, bodies.
+            "Dlq-Error": scrub(error, 500),
         },
     )
     consumer.dead_lettered.append(subject)
@@ -299,7 +301,7 @@ def register_consumer(broker: NatsBroker, consumer: Consumer[Any], uow: UnitOfWo
                 raw.data,
                 subject=raw.subject,
                 stream_seq=meta.sequence.stream,
-                error=f"malformed event: {exc}",
+                error=f"malformed event: {safe_error(exc)}",
             )
             await message.reject()
             return
@@ -316,7 +318,7 @@ def register_consumer(broker: NatsBroker, consumer: Consumer[Any], uow: UnitOfWo
                     raw.data,
                     subject=raw.subject,
                     stream_seq=meta.sequence.stream,
-                    error=f"{type(exc).__name__}: {exc}",
+                    error=safe_error(exc),
                 )
                 await message.reject()
             else:
@@ -350,7 +352,7 @@ async def watch_max_deliveries(broker: NatsBroker, consumers: Sequence[Consumer[
             consumer = by_name[advisory["consumer"]]
             stored = await js.get_msg(advisory["stream"], advisory["stream_seq"])
         except (KeyError, ValueError, nats.errors.Error) as exc:
-            log.warning("advisory.unusable", error=str(exc))
+            log.warning("advisory.unusable", error=safe_error(exc))
             return
         await dead_letter(
             js,

@@ -49,6 +49,8 @@ def is_sqlite(engine: AsyncEngine) -> bool:
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     """An asyncio engine; SQLite gets WAL, a busy timeout and real transactions."""
     url = async_url(url)
+    # SQL errors and echo never show the values (phones, names, bodies).
+    kwargs.setdefault("hide_parameters", True)
     if not url.startswith("sqlite"):
         kwargs.setdefault("pool_size", 10)
         kwargs.setdefault("max_overflow", 20)

@@ -46,6 +46,8 @@ def referrals_settings(database_url: str, nats_url: str, **extra: Any) -> Referr
         "referrals_deadline_poll_seconds": 0.2,
         "referrals_lease_key": f"referrals-test-{uuid.uuid4().hex[:12]}",
         "referrals_lease_ttl_seconds": 3,
+        # The tests' webhook receivers run on 127.0.0.1 (see tests/integration/test_ssrf.py).
+        "outbound_allowed_hosts": "127.0.0.1:*,localhost:*",
     }
     values.update(extra)
     return ReferralsSettings(**values)

@@ -63,9 +63,16 @@ def booking_db_path(stack: Stack) -> Path:
 
 async def start_referrals(stack: Stack, database_url: str | None = None) -> Service:
     """Referrals in development mode: production refuses http:// webhooks, and a bench's
-    receiver is on 127.0.0.1."""
+    receiver is on 127.0.0.1 (which the outbound policy refuses unless listed)."""
     env = {"REFERRALS_DATABASE_URL": database_url} if database_url else {}
-    return await start_service(stack, "referrals", "REFERRALS_PORT", APP_ENV="development", **env)
+    return await start_service(
+        stack,
+        "referrals",
+        "REFERRALS_PORT",
+        APP_ENV="development",
+        OUTBOUND_ALLOWED_HOSTS="127.0.0.1:*",
+        **env,
+    )
 
 
 async def start_reminders(

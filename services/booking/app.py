@@ -30,6 +30,7 @@ from shared.broker import Consumer, jetstream
 from shared.db import create_engine
 from shared.errors import install_error_handlers
 from shared.events import CloudEvent
+from shared.http import install_input_guard
 from shared.outbox import OutboxRelay
 from shared.phones import InvalidPhone
 from shared.process import freeze_startup_heap
@@ -157,6 +158,7 @@ def create_app(settings: BookingSettings | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     install_error_handlers(app, others={InvalidPhone: 422})
+    install_input_guard(app, settings)
     authenticate = Authenticator(uow.sessions, settings.admin_api_key)
     app.include_router(
         api.build_router(ApiContext(booking, calendar.links, authenticate, settings.base_url))

@@ -401,7 +401,9 @@ async def therapist_feed(app: Booking, therapist_id: str, token: str) -> bytes:
     now = app.clock()
     async with app.uow.read() as session:
         therapist = await session.get(db.Therapist, therapist_id)
-        if therapist is None or not secrets.compare_digest(therapist.ics_token, token):
+        if therapist is None or not secrets.compare_digest(
+            therapist.ics_token.encode(), token.encode()
+        ):
             raise NotFound("calendar", therapist_id)
         rows = await _feed_sessions(session, now, therapist_id=therapist_id)
         offs = (
@@ -418,7 +420,9 @@ async def location_feed(app: Booking, location_id: str, token: str) -> bytes:
     now = app.clock()
     async with app.uow.read() as session:
         location = await session.get(db.Location, location_id)
-        if location is None or not secrets.compare_digest(location.ics_token, token):
+        if location is None or not secrets.compare_digest(
+            location.ics_token.encode(), token.encode()
+        ):
             raise NotFound("calendar", location_id)
         rows = await _feed_sessions(session, now, location_id=location_id)
         return ical.feed(location.name, rows, await room_names(session, rows), now)

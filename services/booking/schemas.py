@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
 
 from shared.timeutil import as_utc, zone
+from shared.validation import Instant, Name
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
@@ -19,7 +20,7 @@ class Strict(BaseModel):
 
 
 class LocationIn(Strict):
-    name: str = Field(min_length=1, max_length=200)
+    name: Name = Field(min_length=1, max_length=200)
     timezone: str = Field(description="IANA zone, e.g. America/New_York")
     address: str = Field(min_length=1, max_length=500)
     phone: str
@@ -36,7 +37,7 @@ class LocationIn(Strict):
 
 
 class RoomIn(Strict):
-    name: str = Field(min_length=1, max_length=200)
+    name: Name = Field(min_length=1, max_length=200)
 
 
 class RoomOut(BaseModel):
@@ -61,7 +62,7 @@ class LocationOut(BaseModel):
 
 
 class TreatmentIn(Strict):
-    name: str = Field(min_length=1, max_length=200)
+    name: Name = Field(min_length=1, max_length=200)
     modality: str = Field(min_length=1, max_length=64, examples=["medical_massage"])
     duration_minutes: int = Field(ge=5, le=480)
     buffer_minutes: int = Field(default=0, ge=0, le=120)
@@ -93,7 +94,7 @@ class WorkingHoursIn(Strict):
 
 
 class TherapistIn(Strict):
-    name: str = Field(min_length=1, max_length=200)
+    name: Name = Field(min_length=1, max_length=200)
     modalities: list[str] = Field(min_length=1)
     working_hours: list[WorkingHoursIn] = Field(default_factory=list)
 
@@ -110,8 +111,8 @@ class TherapistOut(BaseModel):
 
 
 class TimeOffIn(Strict):
-    start: datetime
-    end: datetime
+    start: Instant
+    end: Instant
     reason: str | None = Field(default=None, max_length=500)
 
     @model_validator(mode="after")
@@ -146,8 +147,8 @@ class TimeOffOut(BaseModel):
 
 
 class ClientIn(Strict):
-    first_name: str = Field(min_length=1, max_length=100)
-    last_name: str = Field(min_length=1, max_length=100)
+    first_name: Name = Field(min_length=1, max_length=100)
+    last_name: Name = Field(min_length=1, max_length=100)
     phone: str = Field(description="E.164, or national in the clinic's default region")
     email: EmailStr | None = None
     date_of_birth: date | None = None
@@ -161,8 +162,8 @@ class ClientIn(Strict):
 
 
 class ClientPatch(Strict):
-    first_name: str | None = Field(default=None, min_length=1, max_length=100)
-    last_name: str | None = Field(default=None, min_length=1, max_length=100)
+    first_name: Name | None = Field(default=None, min_length=1, max_length=100)
+    last_name: Name | None = Field(default=None, min_length=1, max_length=100)
     phone: str | None = None
     email: EmailStr | None = None
     date_of_birth: date | None = None
@@ -195,26 +196,16 @@ class SessionIn(Strict):
     client_id: str
     service_id: str
     location_id: str
-    start: datetime
+    start: Instant
     therapist_id: str | None = None
-
-    @field_validator("start")
-    @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        return as_utc(value)
 
 
 class RescheduleIn(Strict):
-    start: datetime
+    start: Instant
     therapist_id: str | None = None
     location_id: str | None = Field(
         default=None, description="move to another location (any therapist there, unless named)"
     )
-
-    @field_validator("start")
-    @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        return as_utc(value)
 
 
 class CancelIn(Strict):

@@ -71,3 +71,13 @@ class BookingSettings(ServiceSettings):
     @property
     def secret_key_is_dev_value(self) -> bool:
         return DEV_BOOKING_SECRET_KEY in self.secret_keys()
+
+    def development_defaults(self) -> list[str]:
+        found = super().development_defaults()
+        try:
+            dev_key = self.secret_key_is_dev_value
+        except OSError as exc:
+            raise ValueError(f"BOOKING_SECRET_KEY_FILE cannot be read: {exc.strerror}") from exc
+        if dev_key:
+            found.append("BOOKING_SECRET_KEY is the documented development value")
+        return found

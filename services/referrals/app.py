@@ -27,6 +27,8 @@ from shared.broker import Consumer, jetstream
 from shared.db import create_engine, sync_url
 from shared.events import ClientEvent, CloudEvent, SessionEvent
 from shared.gate import Gate
+from shared.http import RouteLimit, install_input_guard
+from shared.outbound import OutboundPolicy
 from shared.outbox import OutboxRelay
 from shared.scheduling import JobStoreConfig
 from shared.secretbox import SecretBox
@@ -117,6 +119,7 @@ def create_app(settings: ReferralsSettings | None = None) -> FastAPI:
         secretbox=SecretBox(settings.referrals_secret_key, setting="REFERRALS_SECRET_KEY"),
         default_phone_region=settings.default_phone_region,
         production=settings.production,
+        outbound=OutboundPolicy.from_settings(settings),
         clinic_name=settings.referrals_clinic_name,
         base_url=settings.base_url,
         accept_hours=settings.referrals_accept_hours,
@@ -188,6 +191,10 @@ def create_app(settings: ReferralsSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    # A partner's outcome report carries a PDF (up to 5 MB, base64): 10 MiB there.
+    install_input_guard(
+        app, settings, RouteLimit("POST", r"/v1/partner/referrals/[^/]+/complete", 10 * 1024 * 1024)
+    )
     api.install_routes(app, referrals, Authenticator(uow.sessions, settings.admin_api_key))
 
     def scheduler_role() -> dict[str, Any]:

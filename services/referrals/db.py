@@ -17,9 +17,10 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, column_property, mapped_column, relationship
 
 from services.referrals.domain import LIVE
 from shared.db import UtcDateTime as UtcDateTimeType
@@ -146,7 +147,10 @@ class Referral(Base):
     status_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     first_visit_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     report_summary: Mapped[str | None] = mapped_column(Text, nullable=True)
-    report_pdf: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    #: Deferred: lists never load report PDFs (up to 5 MB each); ``report_pdf_size`` is
+    #: computed by the database, and :func:`pdf_size` reads it.
+    report_pdf: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
+    report_pdf_size: Mapped[int | None] = column_property(func.length(report_pdf))
     sessions_reported: Mapped[int | None] = mapped_column(Integer, nullable=True)
     issued_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     received_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
@@ -213,3 +217,11 @@ class Delivery(Base):
     last_error: Mapped[str | None] = mapped_column(String(500), nullable=True)
 
     __table_args__ = (Index("ix_deliveries_due", "status", "next_attempt_at"),)
+
+
+def pdf_size(row: Referral) -> int | None:
+    """The report PDF's size in bytes, without loading the PDF: the database's count, or
+    the length of a PDF this session has just set on the row."""
+    if "report_pdf" in row.__dict__:
+        return len(row.__dict__["report_pdf"] or b"") or None
+    return row.report_pdf_size or None

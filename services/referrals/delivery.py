@@ -68,8 +68,11 @@ class WebhookDispatcher:
             self._client = httpx.AsyncClient(
                 timeout=self._timeout,
                 follow_redirects=False,
+                # Checked before every request: a name can resolve elsewhere later.
+                transport=self._app.outbound.transport(
+                    limits=httpx.Limits(max_connections=self._concurrency * 2)
+                ),
                 headers={"User-Agent": USER_AGENT},
-                limits=httpx.Limits(max_connections=self._concurrency * 2),
             )
         self._worker.start()
 

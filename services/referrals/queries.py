@@ -206,7 +206,7 @@ class ReferralRecord:
             first_visit_at=r.first_visit_at,
             completed_at=r.completed_at,
             report_summary=r.report_summary,
-            report_pdf_size=len(r.report_pdf) if r.report_pdf else None,
+            report_pdf_size=db.pdf_size(r),
             notes=notes,
         )
 
@@ -313,10 +313,14 @@ async def viewable_referral(app: Referrals, referral_id: str, caller: Principal)
 
 
 async def report_pdf(app: Referrals, referral_id: str, caller: Principal) -> bytes:
-    record = await viewable_referral(app, referral_id, caller)
-    if not record.referral.report_pdf:
+    await viewable_referral(app, referral_id, caller)
+    async with app.uow.read() as session:
+        pdf = await session.scalar(
+            select(db.Referral.report_pdf).where(db.Referral.id == referral_id)
+        )
+    if not pdf:
         raise NotFound("report PDF of referral", referral_id)
-    return record.referral.report_pdf
+    return pdf
 
 
 # -- the partner's view ---------------------------------------------------------------------

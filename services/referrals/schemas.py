@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, HttpUrl, field_validator
 
 from services.referrals.domain import PartnerDiscipline, PlanDiscipline, Urgency
-from shared.timeutil import as_utc
+from shared.validation import Instant, Name
 
 #: An outcome report's PDF may be this large (decoded).
 MAX_PDF_BYTES = 5 * 1024 * 1024
@@ -24,7 +24,7 @@ class Strict(BaseModel):
 
 
 class PartnerIn(Strict):
-    name: str = Field(min_length=1, max_length=200)
+    name: Name = Field(min_length=1, max_length=200)
     discipline: PartnerDiscipline
     phone: str = Field(description="E.164, or national in the clinic's default region")
     email: EmailStr
@@ -282,13 +282,8 @@ class DeclineIn(Strict):
 
 
 class ScheduleIn(Strict):
-    start: datetime = Field(description="the first visit, with its UTC offset")
+    start: Instant = Field(description="the first visit, with its UTC offset")
     note: str | None = Field(default=None, max_length=2000)
-
-    @field_validator("start")
-    @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        return as_utc(value)
 
 
 class CompleteIn(Strict):

@@ -70,12 +70,13 @@ class ReferralsSettings(ServiceSettings):
                     "comma-separated; make one with: python -c 'from cryptography.fernet "
                     "import Fernet; print(Fernet.generate_key().decode())'"
                 ) from exc
-        if self.app_env == "production" and DEV_SECRET_KEY in keys:
-            raise ValueError(
-                "REFERRALS_SECRET_KEY is the documented development value; "
-                "set a secret key before starting with APP_ENV=production"
-            )
         return self
+
+    def development_defaults(self) -> list[str]:
+        found = super().development_defaults()
+        if DEV_SECRET_KEY in [k.strip() for k in self.referrals_secret_key.split(",")]:
+            found.append("REFERRALS_SECRET_KEY is the documented development value")
+        return found
 
     @property
     def production(self) -> bool:

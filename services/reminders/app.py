@@ -38,6 +38,7 @@ from shared.auth import Authenticator
 from shared.broker import jetstream
 from shared.db import create_engine
 from shared.errors import install_error_handlers
+from shared.http import install_input_guard
 from shared.phones import InvalidPhone
 from shared.scheduling import JobStoreConfig, LeasedScheduler
 from shared.service import Messaging, add_ops_routes
@@ -181,6 +182,7 @@ def create_app(settings: RemindersSettings | None = None) -> FastAPI:
     )
     app.state.runtime = runtime
     install_error_handlers(app, others={InvalidPhone: 422})
+    install_input_guard(app, settings)
     authenticate = Authenticator(reminders.uow.sessions, settings.admin_api_key)
     app.include_router(api.build_router(reminders, authenticate))
 

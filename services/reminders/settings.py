@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from shared.settings import ServiceSettings
 
@@ -14,6 +15,13 @@ SANDBOX_AUTH_TOKEN = "sandbox-auth-token"  # noqa: S105 - documented dev value
 SANDBOX_FROM_NUMBER = "+15005550006"
 #: Signs aftercare and referral links; a production process refuses to start with it.
 DEV_LINK_SECRET = "dev-link-secret-change-me"  # noqa: S105 - documented dev value
+
+
+def _is_twilio(url: str) -> bool:
+    """Whether ``url`` is Twilio's own API (https, a twilio.com host), not a stand-in."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    return parts.scheme == "https" and (host == "twilio.com" or host.endswith(".twilio.com"))
 
 
 class RemindersSettings(ServiceSettings):
@@ -69,14 +77,22 @@ class RemindersSettings(ServiceSettings):
     #: How often the planner looks for sessions to plan when nobody woke it.
     planner_poll_seconds: float = Field(default=1.0, gt=0)
 
-    @model_validator(mode="after")
-    def _refuse_dev_secret_in_production(self) -> RemindersSettings:
-        if self.app_env == "production" and self.reminders_link_secret == DEV_LINK_SECRET:
-            raise ValueError(
-                "REMINDERS_LINK_SECRET is the documented development value; "
-                "set a secret before starting with APP_ENV=production"
+    def development_defaults(self) -> list[str]:
+        """Production refuses these: with the sandbox's token anyone can sign a STOP."""
+        found = super().development_defaults()
+        if self.reminders_link_secret == DEV_LINK_SECRET:
+            found.append("REMINDERS_LINK_SECRET is the documented development value")
+        if self.twilio_account_sid == SANDBOX_ACCOUNT_SID:
+            found.append("TWILIO_ACCOUNT_SID is the sandbox's account")
+        if self.twilio_auth_token == SANDBOX_AUTH_TOKEN:
+            found.append("TWILIO_AUTH_TOKEN is the sandbox's token")
+        if self.sender == SANDBOX_FROM_NUMBER:
+            found.append("TWILIO_FROM_NUMBER is the sandbox's number (and no Messaging Service)")
+        if self.twilio_api_base_url and not _is_twilio(self.twilio_api_base_url):
+            found.append(
+                "TWILIO_API_BASE_URL points at the sandbox (or anywhere but https://*.twilio.com)"
             )
-        return self
+        return found
 
     @property
     def database_url(self) -> str:

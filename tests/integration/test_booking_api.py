@@ -36,15 +36,18 @@ def next_monday_at(hour: int, minute: int = 0, weeks: int = 1) -> datetime:
 
 
 def settings_for(database_url: str, nats_url: str, **extra: Any) -> BookingSettings:
-    return BookingSettings(
-        booking_database_url=database_url,
-        nats_url=nats_url,
-        admin_api_key=ADMIN_KEY,
-        outbox_poll_seconds=0.2,
-        retry_base_seconds=0.05,
-        max_deliver=3,
-        **extra,
-    )
+    values: dict[str, Any] = {
+        "booking_database_url": database_url,
+        "nats_url": nats_url,
+        "admin_api_key": ADMIN_KEY,
+        "outbox_poll_seconds": 0.2,
+        "retry_base_seconds": 0.05,
+        "max_deliver": 3,
+        # Radicale and the ICS servers of the tests run on 127.0.0.1
+        # (tests/integration/test_ssrf.py shows what happens without this).
+        "outbound_allowed_hosts": "127.0.0.1:*,localhost:*",
+    }
+    return BookingSettings(**{**values, **extra})
 
 
 @pytest_asyncio.fixture(loop_scope="session")

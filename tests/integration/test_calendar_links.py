@@ -7,6 +7,7 @@ import asyncio
 import httpx
 import pytest
 from alembic import command
+from pydantic import ValidationError
 from sqlalchemy import create_engine, inspect
 
 from services.booking.app import create_app
@@ -14,6 +15,7 @@ from services.booking.migrate import MIGRATIONS
 from shared.db import sync_url
 from shared.migrations import alembic_config
 from shared.natsauth import with_credentials
+from shared.secretbox import SecretBox
 from tests.integration.test_booking_api import make_clinic, settings_for
 from tests.support import AUTH, serve, wait_ready
 
@@ -22,12 +24,25 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 CALENDAR_TABLES = {"calendar_links", "calendar_pushes", "external_busy"}
 
 
-async def test_production_with_the_dev_secret_key_stores_no_password(
+async def test_production_with_the_dev_secret_key_refuses_to_start(
     sqlite_database_url: str, nats_url: str
 ) -> None:
-    # Production connects as a NATS user (the test server takes any).
+    # It used to start and store no password; now production refuses every development
+    # default at start, naming it (CONTRACT "Ports and settings"). Production connects as a
+    # NATS user, so the key is the one default left.
     production_nats = with_credentials(nats_url, "booking", "test")
-    app = create_app(settings_for(sqlite_database_url, production_nats, app_env="production"))
+    with pytest.raises(ValidationError, match="BOOKING_SECRET_KEY"):
+        settings_for(sqlite_database_url, production_nats, app_env="production")
+
+
+async def test_a_link_without_a_password_needs_no_usable_key(
+    sqlite_database_url: str, nats_url: str
+) -> None:
+    app = create_app(settings_for(sqlite_database_url, nats_url))
+    # A box without a usable key (as production with the dev key would have built).
+    app.state.runtime.calendar.context.box = SecretBox(
+        [], setting="BOOKING_SECRET_KEY", refused_because="BOOKING_SECRET_KEY unset"
+    )
     async with serve(app) as base_url:
         await wait_ready(base_url)
         async with httpx.AsyncClient(base_url=base_url, headers=AUTH, timeout=30) as client:

@@ -40,9 +40,13 @@ def test_keys_rotate_the_first_encrypts_and_all_decrypt() -> None:
 
 
 def test_production_refuses_the_documented_dev_key() -> None:
-    settings = BookingSettings(
-        app_env="production", admin_api_key="real", nats_url="nats://booking:real@nats:4222"
-    )
+    # Production refuses to start with it at all (tests/unit/test_security_settings.py);
+    # the box refuses it as well, should it ever be built with it.
+    with pytest.raises(ValidationError, match="BOOKING_SECRET_KEY"):
+        BookingSettings(
+            app_env="production", admin_api_key="real", nats_url="nats://booking:real@nats:4222"
+        )
+    settings = BookingSettings(admin_api_key="real")
     assert settings.secret_key_is_dev_value
     box = box_for(settings.secret_keys(), setting=SETTING, production=True, uses_dev_key=True)
     assert not box.usable

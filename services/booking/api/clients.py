@@ -26,7 +26,7 @@ def router(ctx: ApiContext) -> APIRouter:
         scope: Scoped,
         phone: str | None = None,
         limit: int = Query(100, ge=1, le=500),
-        offset: int = Query(0, ge=0),
+        offset: int = Query(0, ge=0, le=1_000_000),
     ) -> list[ClientOut]:
         rows = await queries.list_clients(booking, phone, limit, offset, scope=scope)
         return [client_out(c) for c in rows]

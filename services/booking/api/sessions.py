@@ -1,6 +1,5 @@
 """Availability, booking, and every change of a session."""
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Response
@@ -12,6 +11,7 @@ from services.booking.api.common import ApiContext, aware, session_out
 from services.booking.schemas import CancelIn, RescheduleIn, SessionIn, SessionOut, SlotOut
 from services.booking.usecases import sessions
 from shared.auth import Scope
+from shared.validation import Instant
 
 SLOTS_JSON = TypeAdapter(list[domain.Slot])
 
@@ -31,8 +31,8 @@ def router(ctx: ApiContext) -> APIRouter:
         scope: Scoped,
         service_id: str,
         location_id: str,
-        start: datetime,
-        end: datetime,
+        start: Instant,
+        end: Instant,
         therapist_id: str | None = None,
     ) -> Response:
         slots = await queries.availability(
@@ -73,8 +73,8 @@ def router(ctx: ApiContext) -> APIRouter:
         location_id: str | None = None,
         therapist_id: str | None = None,
         client_id: str | None = None,
-        start: datetime | None = None,
-        end: datetime | None = None,
+        start: Instant | None = None,
+        end: Instant | None = None,
         status: str | None = None,
         limit: int = Query(500, ge=1, le=2000),
     ) -> list[SessionOut]:

@@ -17,6 +17,8 @@ from caldav.calendarobjectresource import Event
 from caldav.davclient import DAVClient
 from caldav.lib import error as caldav_error
 
+from shared.outbound import OutboundPolicy, OutboundRefused
+
 #: An ICS feed bigger than this is refused (a calendar, not a download service).
 MAX_ICS_BYTES = 20 * 1024 * 1024
 
@@ -54,8 +56,12 @@ def describe(exc: BaseException) -> str:
         return f"the calendar server refused the username or password (HTTP {status or '401/403'})"
     if isinstance(exc, caldav_error.NotFoundError):
         return "nothing at that URL (HTTP 404): give the calendar collection's URL"
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
+    outbound = next((e for e in chain if isinstance(e, OutboundRefused)), None)
+    if outbound is not None:
+        return f"refused: {outbound}"[:300]
+    # Never the exception's text: a server's error carries its response body, and the
+    # stored error must not quote what an (internal) server answered.
+    return f"{type(exc).__name__}" + (f": HTTP {status}" if status else "")
 
 
 @dataclass(frozen=True)
@@ -67,13 +73,21 @@ class Credentials:
 class CalDavCalendar:
     """One CalDAV calendar collection, addressed by its URL (blocking calls)."""
 
-    def __init__(self, url: str, credentials: Credentials, timeout_seconds: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        credentials: Credentials,
+        timeout_seconds: float,
+        outbound: OutboundPolicy | None = None,
+    ) -> None:
         self.url = url if url.endswith("/") else url + "/"
         kwargs: dict[str, object] = {"timeout": int(max(1, timeout_seconds))}
         if credentials.username is not None:
             kwargs["username"] = credentials.username
             kwargs["password"] = credentials.password or ""
         self._client = DAVClient(url=self.url, **kwargs)  # type: ignore[arg-type]
+        # Every request and redirect hop of caldav's session is checked first.
+        (outbound or OutboundPolicy()).guard_session(self._client.session)
         self._calendar = self._client.calendar(url=self.url)
 
     def put(self, resource: bytes) -> str:
@@ -127,8 +141,14 @@ def ics_fetch_url(url: str) -> str:
     return url
 
 
-async def fetch_ics(url: str, credentials: Credentials, timeout_seconds: float) -> bytes:
-    """GET an ICS feed (following redirects), with basic auth when credentials are set."""
+async def fetch_ics(
+    url: str,
+    credentials: Credentials,
+    timeout_seconds: float,
+    outbound: OutboundPolicy | None = None,
+) -> bytes:
+    """GET an ICS feed (following redirects, each hop checked against the outbound policy),
+    with basic auth when credentials are set."""
     auth = (
         httpx.BasicAuth(credentials.username, credentials.password or "")
         if credentials.username is not None
@@ -136,7 +156,12 @@ async def fetch_ics(url: str, credentials: Credentials, timeout_seconds: float) 
     )
     try:
         async with (
-            httpx.AsyncClient(timeout=timeout_seconds, follow_redirects=True, auth=auth) as client,
+            httpx.AsyncClient(
+                timeout=timeout_seconds,
+                follow_redirects=True,
+                auth=auth,
+                transport=(outbound or OutboundPolicy()).transport(),
+            ) as client,
             client.stream("GET", ics_fetch_url(url)) as response,
         ):
             if response.status_code != 200:

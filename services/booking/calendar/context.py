@@ -12,7 +12,7 @@ import functools
 import uuid
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -22,6 +22,7 @@ from sqlalchemy import or_, update
 from services.booking import db
 from services.booking.calendar.caldav import CalDavCalendar, Credentials
 from services.booking.settings import BookingSettings
+from shared.outbound import OutboundPolicy
 from shared.secretbox import SecretBox
 from shared.uow import UnitOfWork
 
@@ -47,6 +48,8 @@ class SyncTimings:
     reconcile_interval_seconds: float = 900.0
     pull_horizon_days: int = 120
     http_timeout_seconds: float = 15.0
+    #: Which calendar URLs may be called (OUTBOUND_ALLOWED_HOSTS); checked at every request.
+    outbound: OutboundPolicy = field(default_factory=OutboundPolicy)
 
     @classmethod
     def from_settings(cls, settings: BookingSettings) -> SyncTimings:
@@ -60,6 +63,7 @@ class SyncTimings:
             reconcile_interval_seconds=settings.calendar_reconcile_interval_seconds,
             pull_horizon_days=settings.calendar_pull_horizon_days,
             http_timeout_seconds=settings.calendar_http_timeout_seconds,
+            outbound=OutboundPolicy.from_settings(settings),
         )
 
     def backoff(self, failures: int) -> timedelta:
@@ -208,7 +212,10 @@ class SyncContext:
         if cached is not None and cached[0] == key:
             return cached[1]
         calendar = CalDavCalendar(
-            link.url, self.credentials(link), self.timings.http_timeout_seconds
+            link.url,
+            self.credentials(link),
+            self.timings.http_timeout_seconds,
+            self.timings.outbound,
         )
         self._calendars[link.id] = (key, calendar)
         return calendar

@@ -26,6 +26,7 @@ import recurring_ical_events
 
 from services.booking import db, domain
 from shared.timeutil import zone
+from shared.validation import one_line
 
 PRODID = "-//Clinic Backbone//Booking//EN"
 UID_DOMAIN = "booking.clinic-backbone"
@@ -48,8 +49,8 @@ def session_vevent(row: db.Session, room_name: str, stamp: datetime) -> icalenda
     event.add("sequence", row.version - 1)
     event.add("dtstart", row.start_at.astimezone(tz))
     event.add("dtend", row.end_at.astimezone(tz))
-    event.add("summary", f"{row.treatment.name}: {client_label(row.client)}")
-    event.add("location", f"{room_name}, {row.location.name}")
+    event.add("summary", one_line(f"{row.treatment.name}: {client_label(row.client)}"))
+    event.add("location", one_line(f"{room_name}, {row.location.name}"))
     event.add("status", "CANCELLED" if row.status == domain.CANCELLED else "CONFIRMED")
     event.add("last-modified", row.updated_at)
     return event
@@ -78,7 +79,8 @@ def feed(
     cal.add("prodid", PRODID)
     cal.add("version", "2.0")
     cal.add("calscale", "GREGORIAN")
-    cal.add("x-wr-calname", name)
+    # An X- property is not escaped by icalendar unless given as vText.
+    cal.add("x-wr-calname", icalendar.vText(one_line(name)))
     for row in sessions:
         cal.add_component(session_vevent(row, room_names.get(row.room_id, "Room"), stamp))
     for entry in time_off:
@@ -148,14 +150,31 @@ def _is_free(event: Any) -> bool:
     return str(event.get("x-microsoft-cdo-busystatus", "")).upper() == "FREE"
 
 
+#: Busy spans read from one pulled calendar at most: one ``FREQ=MINUTELY`` event would
+#: otherwise expand to ~174,000 rows over the horizon, in one write transaction.
+MAX_BUSY_SPANS = 5000
+
+
 def busy_spans(
     calendars: Iterable[bytes | str], window: domain.Interval, tz: ZoneInfo
 ) -> list[BusySpan]:
     """Busy spans overlapping ``window`` in these iCalendar texts, recurrences expanded.
 
     ``tz`` places all-day events and floating times. Raises ``ValueError`` on a text
-    that is not iCalendar at all.
+    that is not iCalendar at all. At most :data:`MAX_BUSY_SPANS` (see :func:`capped_busy_spans`).
     """
+    return capped_busy_spans(calendars, window, tz)[0]
+
+
+def capped_busy_spans(
+    calendars: Iterable[bytes | str],
+    window: domain.Interval,
+    tz: ZoneInfo,
+    limit: int = MAX_BUSY_SPANS,
+) -> tuple[list[BusySpan], bool]:
+    """:func:`busy_spans`, and whether the expansion was cut at ``limit`` spans (the
+    earliest ``limit`` are kept; recurrences are expanded lazily, in order, so a runaway
+    series costs no more than the limit)."""
     spans: set[BusySpan] = set()
     # A floating or all-day event may sit up to a day off UTC: ask wide, then clip exactly.
     wide_start, wide_end = window.start - timedelta(days=1), window.end + timedelta(days=1)
@@ -163,9 +182,15 @@ def busy_spans(
         try:
             cal = icalendar.Calendar.from_ical(text)
         except Exception as exc:  # icalendar raises ValueError and friends
-            raise ValueError(f"not an iCalendar: {exc}") from exc
+            # Not the parser's message: it quotes the text, and that is the server's answer.
+            raise ValueError(f"not an iCalendar ({type(exc).__name__})") from exc
         query = recurring_ical_events.of(cal, skip_bad_series=True)
-        for event in query.between(wide_start, wide_end):
+        for event in query.after(wide_start):
+            begins = event.get("dtstart")
+            if begins is not None and _as_utc(begins.dt, tz) >= wide_end:
+                break  # chronological: nothing later overlaps the window
+            if len(spans) >= limit:
+                return sorted(spans)[:limit], True
             uid = str(event.get("uid", ""))
             if is_ours(uid) or _is_free(event):
                 continue
@@ -176,7 +201,7 @@ def busy_spans(
             if end <= start or end <= window.start or start >= window.end:
                 continue
             spans.add(BusySpan(start, end, uid[:500]))
-    return sorted(spans)
+    return sorted(spans), False
 
 
 # ---------------------------------------------------------------------------------------

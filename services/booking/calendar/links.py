@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.booking import db
+from services.booking.calendar.caldav import ics_fetch_url
 from services.booking.calendar.context import (
     ICS,
     LOCATION,
@@ -29,6 +30,7 @@ from services.booking.calendar.push import mark_for_push, pending, sessions_of, 
 from services.booking.schemas import CalendarLinkIn
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.ids import new_id
+from shared.outbound import OutboundRefused
 
 log = structlog.get_logger(__name__)
 
@@ -72,6 +74,10 @@ class CalendarLinks:
         """Store a link; a push link gets the owner's current sessions queued at once."""
         check_link(data)
         ctx = self.ctx
+        try:
+            await ctx.timings.outbound.acheck(ics_fetch_url(data.url))
+        except OutboundRefused as exc:
+            raise InvalidRequest("url", str(exc)) from exc
         encrypted = ctx.box.encrypt(data.password) if data.password is not None else None
         now = ctx.clock()
         try:

@@ -70,11 +70,20 @@ class Puller:
             )
             try:
                 texts = await self._read_calendar(link, window)
-                spans = await ctx.blocking(ical.busy_spans, texts, window, zone(link.timezone))
+                spans, cut = await ctx.blocking(
+                    ical.capped_busy_spans, texts, window, zone(link.timezone)
+                )
             except (CalendarUnavailable, SecretUnavailable, ValueError) as exc:
                 await self._record(link_id, None, str(exc))
                 return None
-            await self._record(link_id, spans, None)
+            await self._record(
+                link_id,
+                spans,
+                f"busy time cut at {len(spans)} spans: the calendar's recurring events "
+                "expand to more; later busy time is not blocked"
+                if cut
+                else None,
+            )
             return len(spans)
         finally:
             await ctx.release(link_id, token)
@@ -83,7 +92,11 @@ class Puller:
         ctx = self.ctx
         if link.kind == ICS:
             credentials = ctx.credentials(link)
-            return [await fetch_ics(link.url, credentials, ctx.timings.http_timeout_seconds)]
+            return [
+                await fetch_ics(
+                    link.url, credentials, ctx.timings.http_timeout_seconds, ctx.timings.outbound
+                )
+            ]
         calendar = ctx.calendar(link)
         resources = await ctx.blocking(calendar.resources, window.start, window.end)
         return [text for _href, text in resources]
@@ -112,3 +125,7 @@ class Puller:
                 for span in spans
             )
             ctx.succeeded(link, now)
+            if error is not None:  # read, but not whole (a capped expansion)
+                link.last_error = error
+                link.last_error_at = now
+                log.warning("calendar_pull.cut", link_id=link_id, spans=len(spans))

@@ -87,7 +87,7 @@ def build_clinic_router(app: Referrals, authenticate: Any) -> APIRouter:
         client_id: str | None = None,
         status: str | None = None,
         limit: int = Query(100, ge=1, le=500),
-        offset: int = Query(0, ge=0),
+        offset: int = Query(0, ge=0, le=1_000_000),
     ) -> list[PlanOut]:
         rows = await queries.list_plans(app, client_id, status, limit, offset, within=scope)
         return [plan_out(p) for p in rows]
@@ -111,7 +111,7 @@ def build_clinic_router(app: Referrals, authenticate: Any) -> APIRouter:
         client_id: str | None = None,
         status: str | None = None,
         limit: int = Query(100, ge=1, le=500),
-        offset: int = Query(0, ge=0),
+        offset: int = Query(0, ge=0, le=1_000_000),
     ) -> list[ReferralOut]:
         records = await queries.list_referrals(
             app,

@@ -42,7 +42,7 @@ def build_partner_router(app: Referrals, authenticate: Any) -> APIRouter:
         partner_id: Partner,
         status: str | None = None,
         limit: int = Query(100, ge=1, le=500),
-        offset: int = Query(0, ge=0),
+        offset: int = Query(0, ge=0, le=1_000_000),
     ) -> list[PartnerReferralOut]:
         """Your referrals, newest first; reading one tells the clinic you received it."""
         records = await partner_actions.partner_referrals(app, partner_id, status, limit, offset)

@@ -67,7 +67,7 @@ def _report(row: db.Referral, base_url: str) -> ReportOut | None:
     return ReportOut(
         summary=row.report_summary,
         sessions_completed=row.sessions_reported,
-        pdf_url=f"{base_url}/v1/referrals/{row.id}/report.pdf" if row.report_pdf else None,
+        pdf_url=f"{base_url}/v1/referrals/{row.id}/report.pdf" if db.pdf_size(row) else None,
     )
 
 

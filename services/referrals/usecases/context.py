@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from services.referrals.codes import CodeTable, default_table
+from shared.outbound import OutboundPolicy
 from shared.secretbox import SecretBox
 from shared.uow import UnitOfWork
 
@@ -30,6 +31,8 @@ class Referrals:
     codes: CodeTable = field(default_factory=default_table)
     default_phone_region: str = "US"
     production: bool = False
+    #: Which webhook URLs may be called (OUTBOUND_ALLOWED_HOSTS); checked at every request.
+    outbound: OutboundPolicy = field(default_factory=OutboundPolicy)
     clinic_name: str = "Medical massage clinic"
     base_url: str = "http://127.0.0.1:8003"
     accept_hours: float = 72.0

@@ -13,8 +13,9 @@ from services.referrals.schemas import PartnerIn
 from services.referrals.signing import new_webhook_secret
 from services.referrals.usecases.context import Referrals
 from shared.auth import create_key, revoke_key
-from shared.errors import NotFound
+from shared.errors import InvalidRequest, NotFound
 from shared.ids import new_id
+from shared.outbound import OutboundRefused
 from shared.phones import normalize_phone
 
 
@@ -24,6 +25,11 @@ async def create_partner(app: Referrals, data: PartnerIn) -> tuple[db.Partner, s
     webhook_url = str(data.webhook_url) if data.webhook_url else None
     if webhook_url and app.production and not webhook_url.startswith("https://"):
         raise WebhookMustBeHttps()
+    if webhook_url:
+        try:
+            await app.outbound.acheck(webhook_url)
+        except OutboundRefused as exc:
+            raise InvalidRequest("webhook_url", str(exc)) from exc
     secret = new_webhook_secret()
     async with app.uow.write() as session:
         partner_id = new_id()

@@ -16,6 +16,7 @@ from services.referrals.domain import TaskStatus
 from services.referrals.queries import held, history_of, record_of
 from services.referrals.usecases.context import SYSTEM, Referrals
 from services.referrals.usecases.lifecycle import apply, lock_referral
+from shared.logging import safe_error
 from shared.secretbox import SecretUnavailable
 
 log = structlog.get_logger(__name__)
@@ -74,7 +75,7 @@ async def claim_due_deliveries(
             except (SecretUnavailable, ValueError) as exc:
                 delivery.status = "failed"
                 delivery.last_error = f"cannot build the webhook: {exc}"[:500]
-                log.error("webhook.unbuildable", delivery_id=delivery.id, error=str(exc)[:200])
+                log.error("webhook.unbuildable", delivery_id=delivery.id, error=safe_error(exc))
                 continue
             outgoing.append(
                 OutgoingWebhook(
