@@ -10,10 +10,11 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from services.booking.schemas import ConflictOut, Strict, WorkingHoursIn
 from shared.timeutil import as_utc, zone
+from shared.validation import Instant, Name
 
 
 class LocationPatch(Strict):
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    name: Name | None = Field(default=None, min_length=1, max_length=200)
     timezone: str | None = Field(
         default=None, description="IANA zone; refused (409) while the location has future sessions"
     )
@@ -33,19 +34,19 @@ class LocationPatch(Strict):
 
 
 class RoomPatch(Strict):
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    name: Name | None = Field(default=None, min_length=1, max_length=200)
     active: bool | None = None
 
 
 class ServicePatch(Strict):
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    name: Name | None = Field(default=None, min_length=1, max_length=200)
     duration_minutes: int | None = Field(default=None, ge=5, le=480)
     buffer_minutes: int | None = Field(default=None, ge=0, le=120)
     active: bool | None = None
 
 
 class TherapistPatch(Strict):
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    name: Name | None = Field(default=None, min_length=1, max_length=200)
     modalities: list[str] | None = Field(default=None, min_length=1)
     active: bool | None = None
 
@@ -71,8 +72,8 @@ class WorkingWeeksOut(BaseModel):
 
 
 class TimeOffPatch(Strict):
-    start: datetime | None = None
-    end: datetime | None = None
+    start: Instant | None = None
+    end: Instant | None = None
     reason: str | None = Field(default=None, max_length=500)
 
     @field_validator("start", "end")
@@ -91,8 +92,8 @@ class TimeOffChangeOut(BaseModel):
 
 
 class ClosureIn(Strict):
-    start: datetime
-    end: datetime
+    start: Instant
+    end: Instant
     reason: str | None = Field(default=None, max_length=500)
 
     @model_validator(mode="after")

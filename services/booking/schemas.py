@@ -236,7 +236,7 @@ class SessionOut(BaseModel):
 
 
 class ApiKeyIn(Strict):
-    name: str = Field(min_length=1, max_length=200)
+    name: Name = Field(min_length=1, max_length=200)
     role: Literal["admin", "front_desk"]
     location_ids: list[str] = Field(default_factory=list)
 
