@@ -17,10 +17,10 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import structlog
-from sqlalchemy import or_, update
+from sqlalchemy import or_, select, update
 
 from services.booking import db
-from services.booking.calendar.caldav import CalDavCalendar, Credentials
+from services.booking.calendar.caldav import CalDavCalendar, Credentials, describe
 from services.booking.settings import BookingSettings
 from shared.outbound import OutboundPolicy
 from shared.secretbox import SecretBox
@@ -129,6 +129,29 @@ class SyncContext:
         """Run a blocking calendar call in the sync's own threads, off the event loop."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+    async def each_link(
+        self, direction: str, work: Callable[[str], Coroutine[Any, Any, Any]], failed: str
+    ) -> None:
+        """The periodic jobs: run ``work`` for every link of ``direction``, a few at a time;
+        one link failing is logged as ``failed`` and the others go on."""
+        async with self.uow.read() as session:
+            link_ids = list(
+                await session.scalars(
+                    select(db.CalendarLink.id).where(db.CalendarLink.direction == direction)
+                )
+            )
+
+        async def one(link_id: str) -> None:
+            async with self.limit:
+                try:
+                    await work(link_id)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning(failed, link_id=link_id, error=describe(exc))
+
+        await asyncio.gather(*(one(link_id) for link_id in link_ids))
 
     def in_background(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` without waiting for it; :meth:`close` cancels what is left."""

@@ -7,15 +7,14 @@ a calendar that is down does not free the therapist's time.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 
 import structlog
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 
 from services.booking import db, domain
 from services.booking.calendar import ical
-from services.booking.calendar.caldav import CalendarUnavailable, describe, fetch_ics
+from services.booking.calendar.caldav import CalendarUnavailable, fetch_ics
 from services.booking.calendar.context import ICS, PULL, SyncContext
 from shared.secretbox import SecretUnavailable
 from shared.timeutil import zone
@@ -31,23 +30,7 @@ class Puller:
 
     async def pull_all(self) -> None:
         """The periodic job: read every pull link, a few at a time."""
-        async with self.ctx.uow.read() as session:
-            link_ids = list(
-                await session.scalars(
-                    select(db.CalendarLink.id).where(db.CalendarLink.direction == PULL)
-                )
-            )
-
-        async def one(link_id: str) -> None:
-            async with self.ctx.limit:
-                try:
-                    await self.pull_link(link_id)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    log.warning("calendar_pull.link_failed", link_id=link_id, error=describe(exc))
-
-        await asyncio.gather(*(one(link_id) for link_id in link_ids))
+        await self.ctx.each_link(PULL, self.pull_link, "calendar_pull.link_failed")
 
     async def pull_link(self, link_id: str) -> int | None:
         """Replace the busy spans of one pull link with what its calendar says now.

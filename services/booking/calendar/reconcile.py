@@ -7,15 +7,13 @@ queueing a forced push) and removes our events the calendar should not hold.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 import structlog
-from sqlalchemy import select
 
 from services.booking import db
 from services.booking.calendar import ical
-from services.booking.calendar.caldav import CalendarUnavailable, describe
+from services.booking.calendar.caldav import CalendarUnavailable
 from services.booking.calendar.context import PUSH, SyncContext
 from services.booking.calendar.push import mark_for_push, sessions_of, window_at
 from shared.secretbox import SecretUnavailable
@@ -33,25 +31,7 @@ class Reconciler:
 
     async def reconcile_all(self) -> None:
         """The periodic job: compare every push calendar with the sessions."""
-        async with self.ctx.uow.read() as session:
-            link_ids = list(
-                await session.scalars(
-                    select(db.CalendarLink.id).where(db.CalendarLink.direction == PUSH)
-                )
-            )
-
-        async def one(link_id: str) -> None:
-            async with self.ctx.limit:
-                try:
-                    await self.reconcile_link(link_id)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    log.warning(
-                        "calendar_reconcile.link_failed", link_id=link_id, error=describe(exc)
-                    )
-
-        await asyncio.gather(*(one(link_id) for link_id in link_ids))
+        await self.ctx.each_link(PUSH, self.reconcile_link, "calendar_reconcile.link_failed")
 
     async def reconcile_link(self, link_id: str) -> ical.Repairs | None:
         """Repair one push calendar: write again what is missing or was changed there,
