@@ -22,6 +22,7 @@ from services.booking.scope import get_visible, visible
 from services.booking.usecases import Booking, get_or_404
 from shared.auth import Scope
 from shared.errors import InvalidRequest, NotFound
+from shared.pagination import PageRequest, keyset
 from shared.phones import normalize_phone
 from shared.timeutil import zone
 
@@ -124,19 +125,24 @@ async def get_client(app: Booking, client_id: str, *, scope: Scope) -> db.Client
         return await get_visible(session, db.Client, client_id, "client", scope)
 
 
+#: Clients page by name, then id (``CLIENT_KEY`` reads the same key off a row).
+CLIENT_ORDER = (db.Client.last_name, db.Client.first_name, db.Client.id)
+CLIENT_KINDS = (str, str, str)
+
+
+def client_key(row: db.Client) -> tuple[str, str, str]:
+    return (row.last_name, row.first_name, row.id)
+
+
 async def list_clients(
-    app: Booking, phone: str | None = None, limit: int = 100, offset: int = 0, *, scope: Scope
+    app: Booking, phone: str | None = None, *, page: PageRequest, scope: Scope
 ) -> Sequence[db.Client]:
+    """One page of the clients in scope, plus one row to tell whether more follow."""
     async with app.uow.read() as session:
-        query = (
-            select(db.Client)
-            .where(visible(db.Client, scope))
-            .order_by(db.Client.last_name, db.Client.first_name)
-            .limit(limit)
-            .offset(offset)
-        )
+        query = select(db.Client).where(visible(db.Client, scope))
         if phone:
             query = query.where(db.Client.phone == normalize_phone(phone, app.default_phone_region))
+        query = keyset(query, page, CLIENT_ORDER, CLIENT_KINDS)
         return (await session.scalars(query)).all()
 
 
@@ -340,16 +346,12 @@ async def list_sessions(
     start: datetime | None = None,
     end: datetime | None = None,
     status: str | None = None,
-    limit: int = 500,
+    page: PageRequest,
     scope: Scope,
 ) -> Sequence[db.Session]:
+    """One page of the sessions in scope by ``(start_at, id)``, plus one row past it."""
     async with app.uow.read() as session:
-        query = (
-            select(db.Session)
-            .where(visible(db.Session, scope))
-            .order_by(db.Session.start_at)
-            .limit(limit)
-        )
+        query = select(db.Session).where(visible(db.Session, scope))
         if location_id:
             query = query.where(db.Session.location_id == location_id)
         if therapist_id:
@@ -362,7 +364,16 @@ async def list_sessions(
             query = query.where(db.Session.start_at < end)
         if status:
             query = query.where(db.Session.status == status)
+        query = keyset(query, page, SESSION_ORDER, SESSION_KINDS)
         return (await session.scalars(query)).unique().all()
+
+
+SESSION_ORDER = (db.Session.start_at, db.Session.id)
+SESSION_KINDS = (datetime, str)
+
+
+def session_key(row: db.Session) -> tuple[datetime, str]:
+    return (row.start_at, row.id)
 
 
 # ---------------------------------------------------------------------------------------
