@@ -30,15 +30,23 @@ from shared.timeutil import zone
 # Locations, treatments, therapists
 
 
-async def list_locations(app: Booking, *, scope: Scope) -> Sequence[db.Location]:
+def name_key(row: db.Location | db.Room | db.Treatment | db.Therapist) -> tuple[str, str]:
+    """The sort key of the lists by name (the id breaks ties between equal names)."""
+    return (row.name, row.id)
+
+
+NAME_KINDS = (str, str)
+
+
+async def list_locations(app: Booking, *, page: PageRequest, scope: Scope) -> Sequence[db.Location]:
     async with app.uow.read() as session:
-        result = await session.scalars(
+        query = (
             select(db.Location)
             .where(visible(db.Location, scope))
             .options(selectinload(db.Location.rooms))
-            .order_by(db.Location.name)
         )
-        return result.all()
+        query = keyset(query, page, (db.Location.name, db.Location.id), NAME_KINDS)
+        return (await session.scalars(query)).all()
 
 
 async def get_location(app: Booking, location_id: str, *, scope: Scope) -> db.Location:
@@ -53,18 +61,20 @@ async def get_location(app: Booking, location_id: str, *, scope: Scope) -> db.Lo
         )
 
 
-async def list_rooms(app: Booking, location_id: str, *, scope: Scope) -> Sequence[db.Room]:
+async def list_rooms(
+    app: Booking, location_id: str, *, page: PageRequest, scope: Scope
+) -> Sequence[db.Room]:
     async with app.uow.read() as session:
         await get_visible(session, db.Location, location_id, "location", scope)
-        result = await session.scalars(
-            select(db.Room).where(db.Room.location_id == location_id).order_by(db.Room.name)
-        )
-        return result.all()
+        query = select(db.Room).where(db.Room.location_id == location_id)
+        query = keyset(query, page, (db.Room.name, db.Room.id), NAME_KINDS)
+        return (await session.scalars(query)).all()
 
 
-async def list_treatments(app: Booking) -> Sequence[db.Treatment]:
+async def list_treatments(app: Booking, *, page: PageRequest) -> Sequence[db.Treatment]:
     async with app.uow.read() as session:
-        return (await session.scalars(select(db.Treatment).order_by(db.Treatment.name))).all()
+        query = keyset(select(db.Treatment), page, (db.Treatment.name, db.Treatment.id), NAME_KINDS)
+        return (await session.scalars(query)).all()
 
 
 async def get_treatment(app: Booking, treatment_id: str) -> db.Treatment:
@@ -73,14 +83,13 @@ async def get_treatment(app: Booking, treatment_id: str) -> db.Treatment:
 
 
 async def list_therapists(
-    app: Booking, location_id: str | None = None, *, scope: Scope
+    app: Booking, location_id: str | None = None, *, page: PageRequest, scope: Scope
 ) -> Sequence[db.Therapist]:
     async with app.uow.read() as session:
         query = (
             select(db.Therapist)
             .where(visible(db.Therapist, scope))
             .options(selectinload(db.Therapist.working_hours))
-            .order_by(db.Therapist.name)
         )
         if location_id is not None:
             query = query.where(
@@ -90,6 +99,7 @@ async def list_therapists(
                     )
                 )
             )
+        query = keyset(query, page, (db.Therapist.name, db.Therapist.id), NAME_KINDS)
         return (await session.scalars(query)).all()
 
 
@@ -105,15 +115,21 @@ async def get_therapist(app: Booking, therapist_id: str, *, scope: Scope) -> db.
         )
 
 
-async def list_time_off(app: Booking, therapist_id: str, *, scope: Scope) -> Sequence[db.TimeOff]:
+async def list_time_off(
+    app: Booking, therapist_id: str, *, page: PageRequest, scope: Scope
+) -> Sequence[db.TimeOff]:
     async with app.uow.read() as session:
         await get_visible(session, db.Therapist, therapist_id, "therapist", scope)
-        result = await session.scalars(
-            select(db.TimeOff)
-            .where(db.TimeOff.therapist_id == therapist_id)
-            .order_by(db.TimeOff.start_at)
-        )
-        return result.all()
+        query = select(db.TimeOff).where(db.TimeOff.therapist_id == therapist_id)
+        query = keyset(query, page, (db.TimeOff.start_at, db.TimeOff.id), SPAN_KINDS)
+        return (await session.scalars(query)).all()
+
+
+SPAN_KINDS = (datetime, str)
+
+
+def span_key(row: db.TimeOff | db.Closure) -> tuple[datetime, str]:
+    return (row.start_at, row.id)
 
 
 # ---------------------------------------------------------------------------------------
