@@ -112,22 +112,36 @@ def page_params(
     return PageRequest(limit=limit, cursor=cursor)
 
 
-def keyset(query: S, page: PageRequest, columns: Sequence[Any], kinds: Sequence[type]) -> S:
+def keyset(
+    query: S,
+    page: PageRequest,
+    columns: Sequence[Any],
+    kinds: Sequence[type],
+    *,
+    descending: bool = False,
+) -> S:
     """``query`` ordered by ``columns`` (the last one unique, e.g. ``id``), after the
-    cursor's key, limited to one row more than the page (to learn whether more follow)."""
+    cursor's key, limited to one row more than the page (to learn whether more follow).
+
+    ``descending`` pages newest first: every column descends, and "after" means smaller.
+    """
     if page.cursor is not None:
         after = decode_cursor(page.cursor, kinds)
-        query = query.where(_after(columns, after))
-    return query.order_by(*columns).limit(page.limit + 1)
+        query = query.where(_after(columns, after, descending))
+    order = [column.desc() for column in columns] if descending else list(columns)
+    return query.order_by(*order).limit(page.limit + 1)
 
 
-def _after(columns: Sequence[Any], values: Sequence[KeyValue]) -> ColumnElement[bool]:
-    """``(c1, c2, ...) > (v1, v2, ...)`` spelled out, so each value binds with its
-    column's type (instants stored as text on SQLite compare correctly)."""
+def _after(
+    columns: Sequence[Any], values: Sequence[KeyValue], descending: bool
+) -> ColumnElement[bool]:
+    """``(c1, c2, ...) > (v1, v2, ...)`` (``<`` when descending) spelled out, so each value
+    binds with its column's type (instants stored as text on SQLite compare correctly)."""
     clauses = []
     for index, column in enumerate(columns):
         equal = [columns[i] == values[i] for i in range(index)]
-        clauses.append(and_(*equal, column > values[index]))
+        beyond = column < values[index] if descending else column > values[index]
+        clauses.append(and_(*equal, beyond))
     return or_(*clauses)
 
 
