@@ -43,3 +43,40 @@ def test_a_cursor_of_another_list_is_refused() -> None:
     clients = encode_cursor(["Lopez", "Maria", "id-1"])
     with pytest.raises(InvalidRequest):
         decode_cursor(clients, (datetime, str))
+
+
+def test_keyset_pages_walk_every_row_once_both_ways() -> None:
+    """The keyset filter on a real (SQLite) table: ties on the first key are broken by id,
+    newest-first pages (``descending``) mirror oldest-first ones."""
+    from sqlalchemy import Column, DateTime, MetaData, String, Table, create_engine, insert, select
+
+    from shared.pagination import PageRequest, keyset
+
+    rows = Table("rows", MetaData(), Column("at", DateTime), Column("id", String, primary_key=True))
+    engine = create_engine("sqlite://")
+    rows.metadata.create_all(engine)
+    base = datetime(2031, 1, 1)
+    data = [(base + timedelta(hours=h), f"id{n}") for n, h in enumerate([3, 1, 2, 1, 3, 0, 1])]
+    with engine.begin() as conn:
+        conn.execute(insert(rows), [{"at": at, "id": ident} for at, ident in data])
+
+    def walk(descending: bool) -> list[tuple[datetime, str]]:
+        seen: list[tuple[datetime, str]] = []
+        page = PageRequest(limit=2)
+        while True:
+            query = keyset(
+                select(rows.c.at, rows.c.id),
+                page,
+                (rows.c.at, rows.c.id),
+                (datetime, str),
+                descending=descending,
+            )
+            with engine.connect() as conn:
+                got = [(r.at, r.id) for r in conn.execute(query)]
+            seen += got[:2]
+            if len(got) <= 2:
+                return seen
+            page = PageRequest(limit=2, cursor=encode_cursor(list(got[1])))
+
+    assert walk(False) == sorted(data)
+    assert walk(True) == sorted(data, reverse=True)
