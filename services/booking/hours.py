@@ -20,6 +20,7 @@ from sqlalchemy.orm import selectinload
 from services.booking import db, domain
 from services.booking.usecases import Booking, get_or_404
 from shared.errors import NotFound
+from shared.pagination import PageRequest, keyset
 from shared.timeutil import utcnow
 
 
@@ -115,15 +116,14 @@ async def working_weeks(
         ]
 
 
-async def list_closures(app: Booking, location_id: str) -> Sequence[db.Closure]:
+async def list_closures(
+    app: Booking, location_id: str, *, page: PageRequest
+) -> Sequence[db.Closure]:
     async with app.uow.read() as session:
         await get_or_404(session, db.Location, location_id, "location")
-        result = await session.scalars(
-            select(db.Closure)
-            .where(db.Closure.location_id == location_id)
-            .order_by(db.Closure.start_at)
-        )
-        return result.all()
+        query = select(db.Closure).where(db.Closure.location_id == location_id)
+        query = keyset(query, page, (db.Closure.start_at, db.Closure.id), (datetime, str))
+        return (await session.scalars(query)).all()
 
 
 #: Sessions a change of hours, time off or closures can still matter to.

@@ -22,6 +22,7 @@ from services.booking.scope import get_visible, visible
 from services.booking.usecases import Booking, get_or_404
 from shared.auth import Scope
 from shared.errors import InvalidRequest, NotFound
+from shared.pagination import PageRequest, keyset
 from shared.phones import normalize_phone
 from shared.timeutil import zone
 
@@ -29,15 +30,23 @@ from shared.timeutil import zone
 # Locations, treatments, therapists
 
 
-async def list_locations(app: Booking, *, scope: Scope) -> Sequence[db.Location]:
+def name_key(row: db.Location | db.Room | db.Treatment | db.Therapist) -> tuple[str, str]:
+    """The sort key of the lists by name (the id breaks ties between equal names)."""
+    return (row.name, row.id)
+
+
+NAME_KINDS = (str, str)
+
+
+async def list_locations(app: Booking, *, page: PageRequest, scope: Scope) -> Sequence[db.Location]:
     async with app.uow.read() as session:
-        result = await session.scalars(
+        query = (
             select(db.Location)
             .where(visible(db.Location, scope))
             .options(selectinload(db.Location.rooms))
-            .order_by(db.Location.name)
         )
-        return result.all()
+        query = keyset(query, page, (db.Location.name, db.Location.id), NAME_KINDS)
+        return (await session.scalars(query)).all()
 
 
 async def get_location(app: Booking, location_id: str, *, scope: Scope) -> db.Location:
@@ -52,18 +61,20 @@ async def get_location(app: Booking, location_id: str, *, scope: Scope) -> db.Lo
         )
 
 
-async def list_rooms(app: Booking, location_id: str, *, scope: Scope) -> Sequence[db.Room]:
+async def list_rooms(
+    app: Booking, location_id: str, *, page: PageRequest, scope: Scope
+) -> Sequence[db.Room]:
     async with app.uow.read() as session:
         await get_visible(session, db.Location, location_id, "location", scope)
-        result = await session.scalars(
-            select(db.Room).where(db.Room.location_id == location_id).order_by(db.Room.name)
-        )
-        return result.all()
+        query = select(db.Room).where(db.Room.location_id == location_id)
+        query = keyset(query, page, (db.Room.name, db.Room.id), NAME_KINDS)
+        return (await session.scalars(query)).all()
 
 
-async def list_treatments(app: Booking) -> Sequence[db.Treatment]:
+async def list_treatments(app: Booking, *, page: PageRequest) -> Sequence[db.Treatment]:
     async with app.uow.read() as session:
-        return (await session.scalars(select(db.Treatment).order_by(db.Treatment.name))).all()
+        query = keyset(select(db.Treatment), page, (db.Treatment.name, db.Treatment.id), NAME_KINDS)
+        return (await session.scalars(query)).all()
 
 
 async def get_treatment(app: Booking, treatment_id: str) -> db.Treatment:
@@ -72,14 +83,13 @@ async def get_treatment(app: Booking, treatment_id: str) -> db.Treatment:
 
 
 async def list_therapists(
-    app: Booking, location_id: str | None = None, *, scope: Scope
+    app: Booking, location_id: str | None = None, *, page: PageRequest, scope: Scope
 ) -> Sequence[db.Therapist]:
     async with app.uow.read() as session:
         query = (
             select(db.Therapist)
             .where(visible(db.Therapist, scope))
             .options(selectinload(db.Therapist.working_hours))
-            .order_by(db.Therapist.name)
         )
         if location_id is not None:
             query = query.where(
@@ -89,6 +99,7 @@ async def list_therapists(
                     )
                 )
             )
+        query = keyset(query, page, (db.Therapist.name, db.Therapist.id), NAME_KINDS)
         return (await session.scalars(query)).all()
 
 
@@ -104,15 +115,21 @@ async def get_therapist(app: Booking, therapist_id: str, *, scope: Scope) -> db.
         )
 
 
-async def list_time_off(app: Booking, therapist_id: str, *, scope: Scope) -> Sequence[db.TimeOff]:
+async def list_time_off(
+    app: Booking, therapist_id: str, *, page: PageRequest, scope: Scope
+) -> Sequence[db.TimeOff]:
     async with app.uow.read() as session:
         await get_visible(session, db.Therapist, therapist_id, "therapist", scope)
-        result = await session.scalars(
-            select(db.TimeOff)
-            .where(db.TimeOff.therapist_id == therapist_id)
-            .order_by(db.TimeOff.start_at)
-        )
-        return result.all()
+        query = select(db.TimeOff).where(db.TimeOff.therapist_id == therapist_id)
+        query = keyset(query, page, (db.TimeOff.start_at, db.TimeOff.id), SPAN_KINDS)
+        return (await session.scalars(query)).all()
+
+
+SPAN_KINDS = (datetime, str)
+
+
+def span_key(row: db.TimeOff | db.Closure) -> tuple[datetime, str]:
+    return (row.start_at, row.id)
 
 
 # ---------------------------------------------------------------------------------------
@@ -124,19 +141,24 @@ async def get_client(app: Booking, client_id: str, *, scope: Scope) -> db.Client
         return await get_visible(session, db.Client, client_id, "client", scope)
 
 
+#: Clients page by name, then id (``CLIENT_KEY`` reads the same key off a row).
+CLIENT_ORDER = (db.Client.last_name, db.Client.first_name, db.Client.id)
+CLIENT_KINDS = (str, str, str)
+
+
+def client_key(row: db.Client) -> tuple[str, str, str]:
+    return (row.last_name, row.first_name, row.id)
+
+
 async def list_clients(
-    app: Booking, phone: str | None = None, limit: int = 100, offset: int = 0, *, scope: Scope
+    app: Booking, phone: str | None = None, *, page: PageRequest, scope: Scope
 ) -> Sequence[db.Client]:
+    """One page of the clients in scope, plus one row to tell whether more follow."""
     async with app.uow.read() as session:
-        query = (
-            select(db.Client)
-            .where(visible(db.Client, scope))
-            .order_by(db.Client.last_name, db.Client.first_name)
-            .limit(limit)
-            .offset(offset)
-        )
+        query = select(db.Client).where(visible(db.Client, scope))
         if phone:
             query = query.where(db.Client.phone == normalize_phone(phone, app.default_phone_region))
+        query = keyset(query, page, CLIENT_ORDER, CLIENT_KINDS)
         return (await session.scalars(query)).all()
 
 
@@ -340,16 +362,12 @@ async def list_sessions(
     start: datetime | None = None,
     end: datetime | None = None,
     status: str | None = None,
-    limit: int = 500,
+    page: PageRequest,
     scope: Scope,
 ) -> Sequence[db.Session]:
+    """One page of the sessions in scope by ``(start_at, id)``, plus one row past it."""
     async with app.uow.read() as session:
-        query = (
-            select(db.Session)
-            .where(visible(db.Session, scope))
-            .order_by(db.Session.start_at)
-            .limit(limit)
-        )
+        query = select(db.Session).where(visible(db.Session, scope))
         if location_id:
             query = query.where(db.Session.location_id == location_id)
         if therapist_id:
@@ -362,7 +380,16 @@ async def list_sessions(
             query = query.where(db.Session.start_at < end)
         if status:
             query = query.where(db.Session.status == status)
+        query = keyset(query, page, SESSION_ORDER, SESSION_KINDS)
         return (await session.scalars(query)).unique().all()
+
+
+SESSION_ORDER = (db.Session.start_at, db.Session.id)
+SESSION_KINDS = (datetime, str)
+
+
+def session_key(row: db.Session) -> tuple[datetime, str]:
+    return (row.start_at, row.id)
 
 
 # ---------------------------------------------------------------------------------------

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import select
+from sqlalchemy import String, select
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.referrals import db, domain, fhir, scope
@@ -16,6 +18,7 @@ from services.referrals.domain import TaskStatus
 from services.referrals.usecases.context import Referrals
 from shared.auth import Principal, Scope
 from shared.errors import NotFound
+from shared.pagination import PageRequest, keyset
 
 _HELD = "referrals.held"
 M = TypeVar("M")
@@ -56,15 +59,30 @@ def plan_progress(plan: db.Plan) -> dict[str, Any]:
 # -- partners, plans, clients -------------------------------------------------------------
 
 
+def partner_key(row: db.Partner) -> tuple[str, str]:
+    return (row.name, row.id)
+
+
 async def list_partners(
-    app: Referrals, discipline: str | None = None, location_id: str | None = None
+    app: Referrals,
+    discipline: str | None = None,
+    location_id: str | None = None,
+    *,
+    page: PageRequest,
 ) -> list[db.Partner]:
+    """One page of partners by name (plus one past it, see ``shared.pagination``)."""
     async with app.uow.read() as session:
-        query = select(db.Partner).order_by(db.Partner.name)
+        query = select(db.Partner)
         if discipline:
             query = query.where(db.Partner.discipline == discipline)
+        if location_id:
+            # A JSON list of ids: its text holds the id in quotes (SQLite and PostgreSQL),
+            # so the filter runs before the page is cut; the exact check follows below.
+            text = sql_cast(db.Partner.location_ids, String)
+            query = query.where(text.contains(f'"{location_id}"', autoescape=True))
+        query = keyset(query, page, (db.Partner.name, db.Partner.id), (str, str))
         partners = list((await session.scalars(query)).all())
-    if location_id:  # a JSON list: filtered here, the table is small
+    if location_id:
         partners = [p for p in partners if location_id in (p.location_ids or [])]
     return partners
 
@@ -81,22 +99,32 @@ async def list_plans(
     app: Referrals,
     client_id: str | None,
     status: str | None,
-    limit: int,
-    offset: int,
     *,
+    page: PageRequest,
     within: Scope,
 ) -> Sequence[db.Plan]:
+    """One page of plans, newest first (plus one past it)."""
     async with app.uow.read() as session:
-        query = (
-            select(db.Plan)
-            .where(scope.plans(within))
-            .order_by(db.Plan.created_at.desc(), db.Plan.id)
-        )
+        query = select(db.Plan).where(scope.plans(within))
         if client_id:
             query = query.where(db.Plan.client_id == client_id)
         if status:
             query = query.where(db.Plan.status == status)
-        return (await session.scalars(query.limit(limit).offset(offset))).all()
+        order = (db.Plan.created_at, db.Plan.id)
+        query = keyset(query, page, order, NEWEST_KINDS, descending=True)
+        return (await session.scalars(query)).all()
+
+
+#: Plans and referrals page newest first by ``(created_at, id)``.
+NEWEST_KINDS = (datetime, str)
+
+
+def newest_key(row: db.Plan | db.Referral) -> tuple[datetime, str]:
+    return (row.created_at, row.id)
+
+
+def record_key(record: ReferralRecord) -> tuple[datetime, str]:
+    return newest_key(record.referral)
 
 
 async def get_plan(app: Referrals, plan_id: str, *, within: Scope) -> db.Plan:
@@ -265,16 +293,12 @@ async def list_referrals(
     partner_id: str | None = None,
     client_id: str | None = None,
     status: str | None = None,
-    limit: int = 100,
-    offset: int = 0,
+    page: PageRequest,
     within: Scope,
 ) -> list[ReferralRecord]:
+    """One page of referrals, newest first (plus one past it); never their report PDFs."""
     async with app.uow.read() as session:
-        query = (
-            select(db.Referral)
-            .where(scope.referrals(within))
-            .order_by(db.Referral.created_at.desc(), db.Referral.id)
-        )
+        query = select(db.Referral).where(scope.referrals(within))
         if plan_id:
             query = query.where(db.Referral.plan_id == plan_id)
         if partner_id:
@@ -283,7 +307,9 @@ async def list_referrals(
             query = query.where(db.Referral.client_id == client_id)
         if status:
             query = query.where(db.Referral.status == status)
-        rows = (await session.scalars(query.limit(limit).offset(offset))).all()
+        order = (db.Referral.created_at, db.Referral.id)
+        query = keyset(query, page, order, NEWEST_KINDS, descending=True)
+        rows = (await session.scalars(query)).all()
         return [await record_of(session, r, details=False) for r in rows]
 
 
@@ -327,21 +353,19 @@ async def report_pdf(app: Referrals, referral_id: str, caller: Principal) -> byt
 
 
 async def partner_records(
-    app: Referrals, partner_id: str, status: str | None, limit: int, offset: int
+    app: Referrals, partner_id: str, status: str | None, *, page: PageRequest
 ) -> list[ReferralRecord]:
-    """The partner's sent referrals, newest first."""
+    """A page of the partner's sent referrals, newest first (plus one past it)."""
     async with app.uow.read() as session:
-        query = (
-            select(db.Referral)
-            .where(
-                db.Referral.partner_id == partner_id,
-                db.Referral.task_status != TaskStatus.DRAFT.value,
-            )
-            .order_by(db.Referral.created_at.desc(), db.Referral.id)
+        query = select(db.Referral).where(
+            db.Referral.partner_id == partner_id,
+            db.Referral.task_status != TaskStatus.DRAFT.value,
         )
         if status:
             query = query.where(db.Referral.status == status)
-        rows = (await session.scalars(query.limit(limit).offset(offset))).all()
+        order = (db.Referral.created_at, db.Referral.id)
+        query = keyset(query, page, order, NEWEST_KINDS, descending=True)
+        rows = (await session.scalars(query)).all()
         return [await record_of(session, r) for r in rows]
 
 

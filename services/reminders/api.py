@@ -4,7 +4,7 @@ from typing import Annotated, Any
 from urllib.parse import parse_qsl
 from xml.sax.saxutils import escape
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse
 from twilio.request_validator import RequestValidator
 
@@ -15,6 +15,7 @@ from services.reminders.links import AFTERCARE, REFERRAL, LinkExpired, LinkInval
 from services.reminders.schemas import MessageOut, RulesIn, RulesOut
 from shared.auth import Principal, Scope, clinic_scope
 from shared.errors import NotFound
+from shared.pagination import Paged, finish
 from shared.phones import normalize_phone
 
 
@@ -62,17 +63,20 @@ def build_router(app: Reminders, authenticate: Any) -> APIRouter:
     @router.get("/v1/messages", response_model=list[MessageOut], tags=["messages"])
     async def messages(
         scope: Scoped,
+        page: Paged,
+        request: Request,
+        response: Response,
         session_id: str | None = None,
         phone: str | None = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     ) -> list[MessageOut]:
         """The message log, newest first, with each message's delivery status; a front
-        desk sees the messages of its locations' sessions only."""
+        desk sees the messages of its locations' sessions only. At most ``limit`` a page;
+        the next page's cursor is in ``X-Next-Cursor``."""
         normalized = normalize_phone(phone, settings.default_phone_region) if phone else None
         rows = await queries.list_messages(
-            app, session_id=session_id, phone=normalized, scope=scope, limit=limit
+            app, session_id=session_id, phone=normalized, scope=scope, page=page
         )
-        return [message_out(r) for r in rows]
+        return [message_out(r) for r in finish(rows, page, queries.message_key, request, response)]
 
     @router.post("/twilio/inbound", tags=["twilio"], response_class=Response)
     async def inbound(form: Annotated[dict[str, str], Depends(signed_form)]) -> Response:

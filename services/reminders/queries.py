@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy import select
 
@@ -12,6 +13,7 @@ from services.reminders.facts import client_location
 from services.reminders.rules import RulesDocument, load_rules
 from shared.auth import Scope
 from shared.errors import NotFound
+from shared.pagination import PageRequest, keyset
 
 
 async def get_rules(app: Reminders) -> RulesDocument:
@@ -25,21 +27,24 @@ async def list_messages(
     session_id: str | None,
     phone: str | None,
     scope: Scope,
-    limit: int,
+    page: PageRequest,
 ) -> Sequence[db.Message]:
-    """Messages within ``scope``: each carries the location of its session, as booking's
-    events told it (a message of no known location is the admins' only)."""
+    """A page of the messages within ``scope``, newest first by ``(created_at, id)``, plus
+    one past it (``shared.pagination``). Each carries the location of its session, as
+    booking's events told it (a message of no known location is the admins' only)."""
     async with app.uow.read() as session:
-        query = (
-            select(db.Message)
-            .where(scope.where(db.Message.location_id))
-            .order_by(db.Message.created_at.desc(), db.Message.id)
-        )
+        query = select(db.Message).where(scope.where(db.Message.location_id))
         if session_id:
             query = query.where(db.Message.session_id == session_id)
         if phone:
             query = query.where(db.Message.phone == phone)
-        return (await session.scalars(query.limit(limit))).all()
+        order = (db.Message.created_at, db.Message.id)
+        query = keyset(query, page, order, (datetime, str), descending=True)
+        return (await session.scalars(query)).all()
+
+
+def message_key(row: db.Message) -> tuple[datetime, str]:
+    return (row.created_at, row.id)
 
 
 async def session_for_page(app: Reminders, session_id: str) -> db.Session:

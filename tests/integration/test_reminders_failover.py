@@ -78,7 +78,14 @@ async def test_kill_9_during_a_burst_then_restart_sends_each_message_once(
         async with httpx.AsyncClient(base_url=second.url, headers=AUTH) as http:
 
             async def settled() -> list[dict[str, object]] | None:
-                rows = (await http.get("/v1/messages", params={"limit": 1000})).json()
+                rows: list[dict[str, object]] = []
+                params: dict[str, object] = {"limit": 200}
+                while True:  # every page of the log (at most 200 a page)
+                    page = await http.get("/v1/messages", params=params)
+                    rows += page.json()
+                    if "X-Next-Cursor" not in page.headers:
+                        break
+                    params = {"limit": 200, "cursor": page.headers["X-Next-Cursor"]}
                 mine = [r for r in rows if str(r["phone"]).startswith(prefix)]
                 done = [r for r in mine if r["status"] != "submitting" and r["provider_sid"]]
                 return mine if len(done) == len(burst) == len(mine) else None

@@ -3,12 +3,14 @@ headers) and the links to outside calendars (admin only)."""
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from services.booking import queries
 from services.booking.api.common import ApiContext, admin, calendar_link_out
+from services.booking.calendar.links import link_key
 from services.booking.schemas import CalendarLinkIn, CalendarLinkOut
 from shared.auth import Principal
+from shared.pagination import Paged, finish
 
 
 def router(ctx: ApiContext) -> APIRouter:
@@ -37,9 +39,12 @@ def router(ctx: ApiContext) -> APIRouter:
         return calendar_link_out(await links.create_link(body))
 
     @router.get("/calendar-links", response_model=list[CalendarLinkOut], tags=["calendars"])
-    async def list_calendar_links(caller: Caller) -> list[CalendarLinkOut]:
+    async def list_calendar_links(
+        caller: Caller, page: Paged, request: Request, response: Response
+    ) -> list[CalendarLinkOut]:
         admin(caller)
-        return [calendar_link_out(v) for v in await links.list_links()]
+        views = finish(await links.list_links(page), page, link_key, request, response)
+        return [calendar_link_out(v) for v in views]
 
     @router.get("/calendar-links/{link_id}", response_model=CalendarLinkOut, tags=["calendars"])
     async def get_calendar_link(link_id: str, caller: Caller) -> CalendarLinkOut:

@@ -4,7 +4,7 @@ closures answer with ``conflicts``: booked sessions they now overlap, left booke
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from services.booking import hours, queries
 from services.booking.api.common import (
@@ -32,6 +32,7 @@ from services.booking.change_schemas import (
 from services.booking.schemas import LocationOut, RoomOut, TherapistOut, TreatmentOut
 from services.booking.usecases import changes, schedule
 from shared.auth import Principal, Scope
+from shared.pagination import Paged, finish
 
 
 def router(ctx: ApiContext) -> APIRouter:
@@ -161,13 +162,16 @@ def router(ctx: ApiContext) -> APIRouter:
     @router.get(
         "/locations/{location_id}/closures", response_model=list[ClosureOut], tags=["locations"]
     )
-    async def list_closures(location_id: str, scope: Scoped) -> list[ClosureOut]:
+    async def list_closures(
+        location_id: str, scope: Scoped, page: Paged, request: Request, response: Response
+    ) -> list[ClosureOut]:
         await reach_location(location_id, scope)
+        rows = await hours.list_closures(booking, location_id, page=page)
         return [
             ClosureOut(
                 id=c.id, location_id=location_id, start=c.start_at, end=c.end_at, reason=c.reason
             )
-            for c in await hours.list_closures(booking, location_id)
+            for c in finish(rows, page, queries.span_key, request, response)
         ]
 
     @router.delete(

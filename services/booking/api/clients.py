@@ -2,13 +2,14 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Request, Response
 
 from services.booking import queries
 from services.booking.api.common import ApiContext, client_out
 from services.booking.schemas import ClientIn, ClientOut, ClientPatch
 from services.booking.usecases import clients
 from shared.auth import Scope
+from shared.pagination import Paged, finish
 
 
 def router(ctx: ApiContext) -> APIRouter:
@@ -24,11 +25,13 @@ def router(ctx: ApiContext) -> APIRouter:
     @router.get("/clients", response_model=list[ClientOut], tags=["clients"])
     async def list_clients(
         scope: Scoped,
+        request: Request,
+        response: Response,
+        page: Paged,
         phone: str | None = None,
-        limit: int = Query(100, ge=1, le=500),
-        offset: int = Query(0, ge=0, le=1_000_000),
     ) -> list[ClientOut]:
-        rows = await queries.list_clients(booking, phone, limit, offset, scope=scope)
+        rows = await queries.list_clients(booking, phone, page=page, scope=scope)
+        rows = finish(rows, page, queries.client_key, request, response)
         return [client_out(c) for c in rows]
 
     @router.get("/clients/{client_id}", response_model=ClientOut, tags=["clients"])

@@ -2,12 +2,13 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from services.booking.api.common import ApiContext, admin
 from services.booking.schemas import ApiKeyIn, ApiKeyOut, ApiKeyView
 from services.booking.usecases import keys
 from shared.auth import Principal
+from shared.pagination import Paged, finish
 
 
 def key_view(row: Any) -> ApiKeyView:
@@ -35,10 +36,13 @@ def router(ctx: ApiContext) -> APIRouter:
         return ApiKeyOut(**key_view(row).model_dump(), api_key=key)
 
     @router.get("/api-keys", response_model=list[ApiKeyView], tags=["auth"])
-    async def list_keys(caller: Caller) -> list[ApiKeyView]:
+    async def list_keys(
+        caller: Caller, page: Paged, request: Request, response: Response
+    ) -> list[ApiKeyView]:
         """Every key issued here, revoked ones too; never the key itself."""
         admin(caller)
-        return [key_view(r) for r in await keys.list_api_keys(booking)]
+        rows = await keys.list_api_keys(booking, page=page)
+        return [key_view(r) for r in finish(rows, page, keys.key_key, request, response)]
 
     @router.delete("/api-keys/{key_id}", status_code=204, tags=["auth"])
     async def revoke(key_id: str, caller: Caller) -> Response:

@@ -2,7 +2,7 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter
 
@@ -11,6 +11,7 @@ from services.booking.api.common import ApiContext, aware, session_out
 from services.booking.schemas import CancelIn, RescheduleIn, SessionIn, SessionOut, SlotOut
 from services.booking.usecases import sessions
 from shared.auth import Scope
+from shared.pagination import Paged, finish
 from shared.validation import Instant
 
 SLOTS_JSON = TypeAdapter(list[domain.Slot])
@@ -70,13 +71,15 @@ def router(ctx: ApiContext) -> APIRouter:
     @router.get("/sessions", response_model=list[SessionOut], tags=["sessions"])
     async def list_sessions(
         scope: Scoped,
+        request: Request,
+        response: Response,
+        page: Paged,
         location_id: str | None = None,
         therapist_id: str | None = None,
         client_id: str | None = None,
         start: Instant | None = None,
         end: Instant | None = None,
         status: str | None = None,
-        limit: int = Query(500, ge=1, le=2000),
     ) -> list[SessionOut]:
         rows = await queries.list_sessions(
             booking,
@@ -86,10 +89,10 @@ def router(ctx: ApiContext) -> APIRouter:
             start=aware(start, "start") if start else None,
             end=aware(end, "end") if end else None,
             status=status,
-            limit=limit,
+            page=page,
             scope=scope,
         )
-        return [out(r) for r in rows]
+        return [out(r) for r in finish(rows, page, queries.session_key, request, response)]
 
     @router.get("/sessions/{session_id}", response_model=SessionOut, tags=["sessions"])
     async def get_session(session_id: str, scope: Scoped) -> SessionOut:

@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request, Response
 
 from services.booking import db, queries
 from services.booking.api.common import (
@@ -27,6 +27,7 @@ from services.booking.schemas import (
 )
 from services.booking.usecases import setup
 from shared.auth import Principal, Scope
+from shared.pagination import Paged, finish
 
 
 def router(ctx: ApiContext) -> APIRouter:
@@ -43,8 +44,11 @@ def router(ctx: ApiContext) -> APIRouter:
         return location_out(await setup.create_location(booking, body), base_url)
 
     @router.get("/locations", response_model=list[LocationOut], tags=["locations"])
-    async def list_locations(scope: Scoped) -> list[LocationOut]:
-        rows = await queries.list_locations(booking, scope=scope)
+    async def list_locations(
+        scope: Scoped, page: Paged, request: Request, response: Response
+    ) -> list[LocationOut]:
+        rows = await queries.list_locations(booking, page=page, scope=scope)
+        rows = finish(rows, page, queries.name_key, request, response)
         return [location_out(r, base_url) for r in rows]
 
     @router.get("/locations/{location_id}", response_model=LocationOut, tags=["locations"])
@@ -63,11 +67,12 @@ def router(ctx: ApiContext) -> APIRouter:
         return RoomOut.model_validate(room, from_attributes=True)
 
     @router.get("/locations/{location_id}/rooms", response_model=list[RoomOut], tags=["locations"])
-    async def list_rooms(location_id: str, scope: Scoped) -> list[RoomOut]:
-        return [
-            RoomOut.model_validate(r, from_attributes=True)
-            for r in await queries.list_rooms(booking, location_id, scope=scope)
-        ]
+    async def list_rooms(
+        location_id: str, scope: Scoped, page: Paged, request: Request, response: Response
+    ) -> list[RoomOut]:
+        rows = await queries.list_rooms(booking, location_id, page=page, scope=scope)
+        rows = finish(rows, page, queries.name_key, request, response)
+        return [RoomOut.model_validate(r, from_attributes=True) for r in rows]
 
     @router.post("/locations/{location_id}/ics-token", tags=["calendars"])
     async def new_location_token(location_id: str, caller: Caller) -> dict[str, str]:
@@ -82,8 +87,11 @@ def router(ctx: ApiContext) -> APIRouter:
         return treatment_out(await setup.create_treatment(booking, body))
 
     @router.get("/services", response_model=list[TreatmentOut], tags=["services"])
-    async def list_services(_caller: Caller) -> list[TreatmentOut]:
-        return [treatment_out(r) for r in await queries.list_treatments(booking)]
+    async def list_services(
+        _caller: Caller, page: Paged, request: Request, response: Response
+    ) -> list[TreatmentOut]:
+        rows = await queries.list_treatments(booking, page=page)
+        return [treatment_out(r) for r in finish(rows, page, queries.name_key, request, response)]
 
     @router.get("/services/{service_id}", response_model=TreatmentOut, tags=["services"])
     async def get_service(service_id: str, _caller: Caller) -> TreatmentOut:
@@ -110,8 +118,15 @@ def router(ctx: ApiContext) -> APIRouter:
         response_model_exclude_none=True,
         tags=["therapists"],
     )
-    async def list_therapists(scope: Scoped, location_id: str | None = None) -> list[TherapistOut]:
-        rows = await queries.list_therapists(booking, location_id, scope=scope)
+    async def list_therapists(
+        scope: Scoped,
+        page: Paged,
+        request: Request,
+        response: Response,
+        location_id: str | None = None,
+    ) -> list[TherapistOut]:
+        rows = await queries.list_therapists(booking, location_id, page=page, scope=scope)
+        rows = finish(rows, page, queries.name_key, request, response)
         return [therapist_out(r, base_url, scope) for r in rows]
 
     @router.get(
@@ -151,12 +166,15 @@ def router(ctx: ApiContext) -> APIRouter:
     @router.get(
         "/therapists/{therapist_id}/time-off", response_model=list[TimeOffOut], tags=["therapists"]
     )
-    async def list_time_off(therapist_id: str, scope: Scoped) -> list[TimeOffOut]:
+    async def list_time_off(
+        therapist_id: str, scope: Scoped, page: Paged, request: Request, response: Response
+    ) -> list[TimeOffOut]:
+        rows = await queries.list_time_off(booking, therapist_id, page=page, scope=scope)
         return [
             TimeOffOut(
                 id=t.id, therapist_id=therapist_id, start=t.start_at, end=t.end_at, reason=t.reason
             )
-            for t in await queries.list_time_off(booking, therapist_id, scope=scope)
+            for t in finish(rows, page, queries.span_key, request, response)
         ]
 
     return router

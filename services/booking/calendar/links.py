@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import structlog
 from sqlalchemy import delete, func, select
@@ -31,6 +32,7 @@ from services.booking.schemas import CalendarLinkIn
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.ids import new_id
 from shared.outbound import OutboundRefused
+from shared.pagination import PageRequest, keyset
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +49,11 @@ class LinkView:
     status: str
     pending_pushes: int | None
     busy_spans: int | None
+
+
+def link_key(view: LinkView) -> tuple[datetime, str]:
+    """The sort key of the list of links."""
+    return (view.link.created_at, view.link.id)
 
 
 def check_link(data: CalendarLinkIn) -> None:
@@ -130,13 +137,12 @@ class CalendarLinks:
             self._on_created(link.id, link.direction)
         return await self.get_link(link.id)
 
-    async def list_links(self) -> list[LinkView]:
+    async def list_links(self, page: PageRequest) -> list[LinkView]:
+        """One page by ``(created_at, id)``, plus one link past it (see shared.pagination)."""
         async with self.ctx.uow.read() as session:
-            links = (
-                await session.scalars(
-                    select(db.CalendarLink).order_by(db.CalendarLink.created_at, db.CalendarLink.id)
-                )
-            ).all()
+            order = (db.CalendarLink.created_at, db.CalendarLink.id)
+            query = keyset(select(db.CalendarLink), page, order, (datetime, str))
+            links = (await session.scalars(query)).all()
             return await self._views(session, links)
 
     async def get_link(self, link_id: str) -> LinkView:

@@ -7,6 +7,7 @@ never the key) so reminders and referrals honour the same keys within seconds.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -20,6 +21,7 @@ from shared.auth import Role, api_keys, create_key, hash_key, key_locations, rev
 from shared.errors import InvalidRequest, NotFound
 from shared.ids import new_id
 from shared.outbox import enqueue
+from shared.pagination import PageRequest, keyset
 
 
 async def _announce(session: AsyncSession, event_type: str, data: events.ApiKeyEvent) -> None:
@@ -49,9 +51,18 @@ async def issue_api_key(
         return row, key
 
 
-async def list_api_keys(app: Booking) -> Sequence[Row[Any]]:
+#: Keys page by when they were issued, then id.
+KEY_ORDER = (api_keys.c.created_at, api_keys.c.id)
+
+
+def key_key(row: Row[Any]) -> tuple[datetime, str]:
+    return (row.created_at, row.id)
+
+
+async def list_api_keys(app: Booking, *, page: PageRequest) -> Sequence[Row[Any]]:
     async with app.uow.read() as session:
-        query = select(api_keys).where(api_keys.c.role != "partner").order_by(api_keys.c.created_at)
+        query = select(api_keys).where(api_keys.c.role != "partner")
+        query = keyset(query, page, KEY_ORDER, (datetime, str))
         return (await session.execute(query)).all()
 
 

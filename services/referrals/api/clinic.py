@@ -6,7 +6,7 @@ locations: ``services.referrals.scope``), and what booking told us about a clien
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from services.referrals import queries
@@ -26,6 +26,7 @@ from services.referrals.schemas import (
 )
 from services.referrals.usecases import Referrals, partners, plans, referrals
 from shared.auth import Principal, Scope, clinic_scope
+from shared.pagination import Paged, finish
 
 
 def build_clinic_router(app: Referrals, authenticate: Any) -> APIRouter:
@@ -44,10 +45,16 @@ def build_clinic_router(app: Referrals, authenticate: Any) -> APIRouter:
 
     @router.get("/partners", response_model=list[PartnerOut], tags=["partners"])
     async def list_partners(
-        caller: Caller, discipline: str | None = None, location_id: str | None = None
+        caller: Caller,
+        page: Paged,
+        request: Request,
+        response: Response,
+        discipline: str | None = None,
+        location_id: str | None = None,
     ) -> list[PartnerOut]:
         caller.require_role("admin")
-        return [partner_out(p) for p in await queries.list_partners(app, discipline, location_id)]
+        rows = await queries.list_partners(app, discipline, location_id, page=page)
+        return [partner_out(p) for p in finish(rows, page, queries.partner_key, request, response)]
 
     @router.get("/partners/{partner_id}", response_model=PartnerOut, tags=["partners"])
     async def get_partner(partner_id: str, caller: Caller) -> PartnerOut:
@@ -84,13 +91,14 @@ def build_clinic_router(app: Referrals, authenticate: Any) -> APIRouter:
     @router.get("/plans", response_model=list[PlanOut], tags=["plans"])
     async def list_plans(
         scope: Scoped,
+        page: Paged,
+        request: Request,
+        response: Response,
         client_id: str | None = None,
         status: str | None = None,
-        limit: int = Query(100, ge=1, le=500),
-        offset: int = Query(0, ge=0, le=1_000_000),
     ) -> list[PlanOut]:
-        rows = await queries.list_plans(app, client_id, status, limit, offset, within=scope)
-        return [plan_out(p) for p in rows]
+        rows = await queries.list_plans(app, client_id, status, page=page, within=scope)
+        return [plan_out(p) for p in finish(rows, page, queries.newest_key, request, response)]
 
     @router.get("/plans/{plan_id}", response_model=PlanOut, tags=["plans"])
     async def get_plan(plan_id: str, scope: Scoped) -> PlanOut:
@@ -106,12 +114,13 @@ def build_clinic_router(app: Referrals, authenticate: Any) -> APIRouter:
     @router.get("/referrals", response_model=list[ReferralOut], tags=["referrals"])
     async def list_referrals(
         scope: Scoped,
+        page: Paged,
+        request: Request,
+        response: Response,
         plan_id: str | None = None,
         partner_id: str | None = None,
         client_id: str | None = None,
         status: str | None = None,
-        limit: int = Query(100, ge=1, le=500),
-        offset: int = Query(0, ge=0, le=1_000_000),
     ) -> list[ReferralOut]:
         records = await queries.list_referrals(
             app,
@@ -119,10 +128,10 @@ def build_clinic_router(app: Referrals, authenticate: Any) -> APIRouter:
             partner_id=partner_id,
             client_id=client_id,
             status=status,
-            limit=limit,
-            offset=offset,
+            page=page,
             within=scope,
         )
+        records = finish(records, page, queries.record_key, request, response)
         return [referral_out(r, base_url) for r in records]
 
     @router.get("/referrals/{referral_id}", response_model=ReferralOut, tags=["referrals"])

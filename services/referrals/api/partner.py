@@ -5,11 +5,11 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Request, Response
 
 from services.referrals.api.shapes import partner_referral_out
 from services.referrals.domain import BusinessStatus
-from services.referrals.queries import ReferralRecord
+from services.referrals.queries import ReferralRecord, record_key
 from services.referrals.schemas import (
     AcceptIn,
     CompleteIn,
@@ -21,6 +21,7 @@ from services.referrals.schemas import (
 )
 from services.referrals.usecases import Referrals, partner_actions
 from shared.auth import Principal
+from shared.pagination import Paged, finish
 
 
 def build_partner_router(app: Referrals, authenticate: Any) -> APIRouter:
@@ -40,13 +41,15 @@ def build_partner_router(app: Referrals, authenticate: Any) -> APIRouter:
     @router.get("/referrals", response_model=list[PartnerReferralOut])
     async def my_referrals(
         partner_id: Partner,
+        page: Paged,
+        request: Request,
+        response: Response,
         status: str | None = None,
-        limit: int = Query(100, ge=1, le=500),
-        offset: int = Query(0, ge=0, le=1_000_000),
     ) -> list[PartnerReferralOut]:
-        """Your referrals, newest first; reading one tells the clinic you received it."""
-        records = await partner_actions.partner_referrals(app, partner_id, status, limit, offset)
-        return [shaped(r) for r in records]
+        """Your referrals, newest first; reading one tells the clinic you received it.
+        At most ``limit`` a page; the next page's cursor is in ``X-Next-Cursor``."""
+        records = await partner_actions.partner_referrals(app, partner_id, status, page=page)
+        return [shaped(r) for r in finish(records, page, record_key, request, response)]
 
     @router.get("/referrals/{referral_id}", response_model=PartnerReferralOut)
     async def my_referral(referral_id: str, partner_id: Partner) -> PartnerReferralOut:

@@ -22,6 +22,7 @@ from services.referrals.usecases.lifecycle import (
     record_history,
 )
 from shared.errors import NotFound
+from shared.pagination import PageRequest
 from shared.timeutil import as_utc
 
 
@@ -59,14 +60,16 @@ def _unread(records: list[ReferralRecord]) -> list[str]:
 
 
 async def partner_referrals(
-    app: Referrals, partner_id: str, status: str | None, limit: int, offset: int
+    app: Referrals, partner_id: str, status: str | None, *, page: PageRequest
 ) -> list[ReferralRecord]:
-    """The partner's referrals, newest first. Reading one acknowledges its receipt."""
-    records = await queries.partner_records(app, partner_id, status, limit, offset)
-    unread = _unread(records)
+    """A page of the partner's referrals, newest first, plus the first of the next page (to
+    tell whether one follows). Reading one acknowledges its receipt; the look-ahead row is
+    not read, so it is not acknowledged."""
+    records = await queries.partner_records(app, partner_id, status, page=page)
+    unread = _unread(records[: page.limit])
     if unread:
         await _acknowledge(app, partner_id, unread)
-        records = await queries.partner_records(app, partner_id, status, limit, offset)
+        records = await queries.partner_records(app, partner_id, status, page=page)
     return records
 
 
