@@ -24,7 +24,7 @@ from shared.natsauth import Credentials, parse_servers, redact
 from shared.natsd import EmbeddedNats, port_open
 from shared.settings import DEV_ADMIN_API_KEY, PROJECT_ROOT
 from tools.commands import SANDBOX_COMMAND, SERVICE_COMMANDS
-from tools.seed import seed_demo, seed_referrals
+from tools.seed import demo_visit, seed_demo, seed_referrals
 
 PORTS = {"booking": "BOOKING_PORT", "reminders": "REMINDERS_PORT", "referrals": "REFERRALS_PORT"}
 DEFAULT_PORTS = {"booking": 8001, "reminders": 8002, "referrals": 8003}
@@ -151,6 +151,7 @@ def main() -> int:
             wait_ready(service_url(name), children[name])
 
         demo = seed_demo(service_url("booking"), admin_key)
+        demo["visit"] = demo_visit(service_url("booking"), admin_key)
         partners: dict[str, Any] = {}
         if "referrals" in children:
             clients = httpx.get(
@@ -204,6 +205,13 @@ def print_welcome(
         print(
             "\nSeeded the demo clinic: two locations, four therapists, four treatments, three clients."
         )
+    visit = demo.get("visit")
+    if isinstance(visit, dict) and visit.get("manage_url"):
+        print(
+            "\nJames's next visit: his own page (confirm, cancel, reschedule; no key needed),"
+            " the link his confirmation text carries on the sandbox:"
+        )
+        print(f"  {visit['manage_url']}")
     if partners.get("seeded"):
         print("\nSeeded two partner providers and a care plan. Their keys are shown only now:")
         for partner in partners.get("partners", []):

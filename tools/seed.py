@@ -1,7 +1,9 @@
 """The demo `make run` seeds once, as a client of the services' public APIs (tools.kit).
 
 Booking: Riverside (America/New_York, two rooms) and Lakeside (America/Chicago, one room),
-four treatments, four therapists of whom two split their week between both, three clients.
+four treatments, four therapists of whom two split their week between both, three clients,
+and one upcoming visit for James (not Maria: the e2e tests text Maria and reply C) whose
+``manage_url`` the launcher prints, so the client's page can be opened at once.
 Referrals: a physical-therapy clinic, an acupuncturist, and a care plan for one of
 booking's demo clients combining massage with both. Each seed does nothing when its
 service already has data (a location; a partner).
@@ -9,6 +11,7 @@ service already has data (a location; a partner).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -95,6 +98,60 @@ def seed_demo(booking_url: str, admin_key: str) -> dict[str, Any]:
     """Create the demo clinic unless a location exists already; returns what it made."""
     with httpx.Client(base_url=booking_url, headers=bearer(admin_key), timeout=10) as client:
         return run_sync(client, _demo_clinic_steps())
+
+
+#: Whose visit the demo books: a client the e2e tests never text.
+DEMO_VISIT_CLIENT = "James"
+DEMO_VISIT_LOCATION = "Riverside Clinic"
+DEMO_VISIT_TREATMENT = "Medical massage 60"
+UPCOMING = ("booked", "confirmed")
+
+
+def _demo_visit_steps(now: datetime) -> Steps[dict[str, Any] | None]:
+    clients = yield Call("GET", "/v1/clients")
+    client = next((c for c in clients if c["first_name"] == DEMO_VISIT_CLIENT), None)
+    if client is None:
+        return None
+    sessions = yield Call(
+        "GET", "/v1/sessions", params={"client_id": client["id"], "start": now.isoformat()}
+    )
+    upcoming = [s for s in sessions if s["status"] in UPCOMING]
+    if upcoming:
+        return dict(min(upcoming, key=lambda s: str(s["start"])))
+    locations = yield Call("GET", "/v1/locations")
+    services = yield Call("GET", "/v1/services")
+    location = next((x for x in locations if x["name"] == DEMO_VISIT_LOCATION), None)
+    service = next((x for x in services if x["name"] == DEMO_VISIT_TREATMENT), None)
+    if location is None or service is None:
+        return None
+    start = now + timedelta(days=1)
+    slots = yield Call(
+        "GET",
+        "/v1/availability",
+        params={
+            "service_id": service["id"],
+            "location_id": location["id"],
+            "start": start.isoformat(),
+            "end": (start + timedelta(days=7)).isoformat(),
+        },
+    )
+    if not slots:
+        return None
+    body = {
+        "client_id": client["id"],
+        "service_id": service["id"],
+        "location_id": location["id"],
+        "start": slots[0]["start"],
+    }
+    booked: dict[str, Any] = yield Call("POST", "/v1/sessions", body, expect=(201,))
+    return booked
+
+
+def demo_visit(booking_url: str, admin_key: str) -> dict[str, Any] | None:
+    """James's next visit (booked now if he has none): the session JSON, with its
+    ``manage_url``. None when the demo clinic is not there (another clinic's data)."""
+    with httpx.Client(base_url=booking_url, headers=bearer(admin_key), timeout=10) as client:
+        return run_sync(client, _demo_visit_steps(datetime.now(UTC)))
 
 
 PT_CLINIC = partner_body(

@@ -70,6 +70,7 @@ async def apply_session_event(
     row.location_timezone = data.location.timezone
     row.location_phone = data.location.phone
     row.modality = data.service.modality
+    row.manage_url = data.manage_url
     row.updated_at = at
     if event.type == events.SESSION_BOOKED:
         row.booked_at = at

@@ -73,6 +73,9 @@ class Session(Base):
     location_phone: Mapped[str] = mapped_column(String(20))
     #: Only for the aftercare page behind the signed link; never in a text.
     modality: Mapped[str] = mapped_column(String(64))
+    #: The client's own page for this session (booking signs it); in confirmations,
+    #: reminders and the answer to ``R``. None when booking issues no link.
+    manage_url: Mapped[str | None] = mapped_column(String(500), nullable=True)
     booked_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     changed_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     rescheduled_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)

@@ -23,12 +23,15 @@ log = structlog.get_logger(__name__)
 
 
 def text_for_session(app: Reminders, kind: str, row: db.Session, client: db.Client) -> str:
+    """A follow-up links its aftercare page; the other session texts the client's own page
+    (the templates that have no place for it leave it out)."""
+    link = app.links.aftercare_url(row.id) if kind == "followup" else row.manage_url or ""
     ctx = texts.TextContext(
         first_name=client.first_name,
         when=texts.local_when(row.start_at, ZoneInfo(row.location_timezone)),
         location=row.location_name,
         phone=texts.display_phone(row.location_phone, app.settings.default_phone_region),
-        link=app.links.aftercare_url(row.id) if kind == "followup" else "",
+        link=link,
     )
     return texts.render(kind, ctx)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -120,7 +120,10 @@ async def handle_inbound(app: Reminders, message: Inbound) -> str | None:
                     answer = texts.render("ack_nothing_to_confirm", ctx)
                 await _announce_reply(session, message.phone, clients, target, "confirm")
             elif intent == "reschedule":
-                answer = texts.render("ack_reschedule", ctx)
+                # The client's own page for the next visit, where a new time can be picked;
+                # the location's phone when no page is known.
+                link = upcoming.manage_url if upcoming is not None else None
+                answer = texts.render("ack_reschedule", replace(ctx, link=link or ""))
                 await _announce_reply(session, message.phone, clients, upcoming, "reschedule")
             else:
                 answer = texts.render("other", ctx)

@@ -3,7 +3,9 @@
 A text carries the first name, the local date and time, the location's name and phone,
 and how to reply. Never the treatment, the modality, a condition or a specialty: those
 sit behind a signed link. Each template has shorter variants; the longest that fits in
-one SMS is used.
+one SMS is used. The session texts that carry the client's own page (``manage_url``:
+confirmation, reminder, reschedule, and the answer to ``R``) may take two GSM-7 segments
+for it: a link the client can tap is worth the second segment, a third is not.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ from zoneinfo import ZoneInfo
 import phonenumbers
 
 SMS_LIMIT = 160
+#: Septets per part once a text is split (the rest is the concatenation header).
+SEGMENT = 153
+#: The budget of a text carrying the client's page: two segments.
+TWO_SMS_LIMIT = 2 * SEGMENT
 
 # GSM 03.38: characters of a 7-bit SMS; the extension ones take two septets.
 GSM_BASIC = frozenset(
@@ -51,6 +57,19 @@ def gsm7_septets(text: str) -> int | None:
 def fits_one_sms(text: str) -> bool:
     septets = gsm7_septets(text)
     return septets is not None and septets <= SMS_LIMIT
+
+
+def gsm7_segments(text: str) -> int | None:
+    """How many SMS ``text`` is sent as in GSM-7, or None when it needs UCS-2."""
+    septets = gsm7_septets(text)
+    if septets is None:
+        return None
+    return 1 if septets <= SMS_LIMIT else -(-septets // SEGMENT)
+
+
+def fits_two_sms(text: str) -> bool:
+    septets = gsm7_septets(text)
+    return septets is not None and septets <= TWO_SMS_LIMIT
 
 
 def to_gsm(text: str) -> str:
@@ -175,6 +194,52 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
 }
 
 
+MANAGE = "See or change it: {link}"
+
+#: The texts that carry the client's page (``link`` is the session's ``manage_url``), two
+#: segments at most. Without a link (not known, or a name only UCS-2 can spell) the
+#: one-segment templates above are used.
+LINKED_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "confirmation": (
+        "Hi {first}, you're booked for {when} at {location}. "
+        + MANAGE
+        + " "
+        + REPLY_OPTIONS
+        + " Questions? {phone}",
+        "Hi {first}, you're booked for {when} at {location}. {link} " + REPLY_OPTIONS + " {phone}",
+        "{first}: booked {when}, {location}. {link} " + SHORT_OPTIONS + " {phone}",
+    ),
+    "reminder": (
+        "Reminder: {first}, your visit at {location} is {when}. "
+        + MANAGE
+        + " "
+        + REPLY_OPTIONS
+        + " Questions? {phone}",
+        "Reminder: {first}, your visit at {location} is {when}. {link} "
+        + REPLY_OPTIONS
+        + " {phone}",
+        "{first}: visit {when}, {location}. {link} " + SHORT_OPTIONS + " {phone}",
+    ),
+    "reschedule": (
+        "Hi {first}, your visit is moved to {when} at {location}. "
+        + MANAGE
+        + " "
+        + REPLY_OPTIONS
+        + " Questions? {phone}",
+        "Hi {first}, your visit is moved to {when} at {location}. {link} "
+        + REPLY_OPTIONS
+        + " {phone}",
+        "{first}: moved to {when}, {location}. {link} " + SHORT_OPTIONS + " {phone}",
+    ),
+    # The answer to R: the client's page, where a new time can be picked.
+    "ack_reschedule": (
+        "To reschedule or cancel, open {link} or call {location} at {phone}. Thank you!",
+        "To reschedule or cancel, open {link} or call {phone}.",
+        "To reschedule or cancel: {link}",
+    ),
+}
+
+
 def _fill(template: str, ctx: TextContext) -> str:
     return template.format(
         first=ctx.first_name,
@@ -191,12 +256,13 @@ def _shorten(value: str, by: int) -> str:
 
 
 def render(kind: str, ctx: TextContext) -> str:
-    """The longest variant of ``kind`` that fits one GSM-7 SMS.
+    """The longest variant of ``kind`` that fits its budget: one GSM-7 SMS, or two for a
+    text carrying the client's page.
 
     When none does (very long names), the location name and then the first name are cut
-    in the shortest variant; a name only UCS-2 can spell is kept as it is.
+    in the shortest variant; a name only UCS-2 can spell is kept as it is (and a text
+    that cannot be GSM-7 goes without the client's page rather than in five parts).
     """
-    variants = TEMPLATES[kind]
     ctx = TextContext(
         first_name=to_gsm(ctx.first_name.strip()),
         when=ctx.when,
@@ -204,16 +270,26 @@ def render(kind: str, ctx: TextContext) -> str:
         phone=ctx.phone,
         link=ctx.link,
     )
+    if ctx.link and kind in LINKED_TEMPLATES:
+        text = _render(LINKED_TEMPLATES[kind], ctx, TWO_SMS_LIMIT)
+        if fits_two_sms(text):
+            return text
+        ctx = TextContext(**{**ctx.__dict__, "link": ""})
+    return _render(TEMPLATES[kind], ctx, SMS_LIMIT)
+
+
+def _render(variants: tuple[str, ...], ctx: TextContext, limit: int) -> str:
     for template in variants:
         text = _fill(template, ctx)
-        if fits_one_sms(text):
+        septets = gsm7_septets(text)
+        if septets is not None and septets <= limit:
             return text
     shortest = variants[-1]
     text = _fill(shortest, ctx)
     septets = gsm7_septets(text)
     if septets is None:
         return text
-    over = septets - SMS_LIMIT
+    over = septets - limit
     for name in ("location", "first_name"):
         if over <= 0:
             break

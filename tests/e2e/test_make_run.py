@@ -79,6 +79,31 @@ def test_the_launcher_prints_a_curl_that_works(system: dict[str, Any]) -> None:
     )
 
 
+def test_the_launcher_prints_a_clients_page_that_opens(system: dict[str, Any]) -> None:
+    """The demo books James a visit and prints his page: it opens without a key."""
+    deadline = time.monotonic() + 30
+    while not (
+        lines := [
+            line.strip()
+            for line in system["log"].read_text().splitlines()
+            if line.strip().startswith("http") and "/m/" in line
+        ]
+    ):
+        assert time.monotonic() < deadline, "make run printed no client's page"
+        time.sleep(0.2)
+    url = lines[-1]
+    page = httpx.get(url, timeout=10)
+    assert page.status_code == 200
+    assert "James" in page.text and "Riverside Clinic" in page.text
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    clients = httpx.get(f"{system['booking']}/v1/clients", headers=auth).json()
+    james = next(c for c in clients if c["first_name"] == "James")
+    sessions = httpx.get(
+        f"{system['booking']}/v1/sessions", params={"client_id": james["id"]}, headers=auth
+    ).json()
+    assert url in [s["manage_url"] for s in sessions]
+
+
 @pytest.mark.asyncio(loop_scope="session")
 async def test_book_over_http_and_hear_it_on_nats_and_see_it_in_the_calendar(
     system: dict[str, Any],

@@ -174,6 +174,31 @@ async def test_reschedule_moves_the_reminders_and_texts_the_new_time(reminders: 
     assert set(jobs) == {"reminder_24h", "reminder_2h", "followup"}
 
 
+async def test_reminder_carries_the_clients_page_and_r_answers_with_the_newest(
+    on_sqlite: Reminders,
+) -> None:
+    reminders = on_sqlite
+    assert (await reminders.put_rules(reminder_rules(-60))).status_code == 200
+    b = Booking(start=now() + timedelta(minutes=60, seconds=4))
+    link = "https://book.riverside-clinic.example/m/first-token"
+    await publish(reminders.nats_url, b.event(events.SESSION_BOOKED, manage_url=link))
+    messages = await reminders.sandbox.wait_for(b.phone, 2, timeout=20)
+    reminder = next(m for m in messages if m["body"].startswith("Reminder: Maria"))
+    assert f"See or change it: {link} " in reminder["body"]
+    assert any(link in m["body"] for m in messages if "you're booked" in m["body"])
+
+    newer = "https://book.riverside-clinic.example/m/second-token"
+    b.status = "confirmed"
+    await publish(reminders.nats_url, b.event(events.SESSION_CONFIRMED, manage_url=newer))
+
+    async def answer_to_r() -> str | None:
+        [reply] = (await reminders.sandbox.reply(b.phone, "R"))["replies"]
+        return str(reply["body"]) if newer in reply["body"] else None
+
+    body = await eventually(answer_to_r, what="R to answer with the newest page")
+    assert "(706) 555-0100" in body and link not in body
+
+
 async def test_cancel_sends_nothing_more(on_sqlite: Reminders) -> None:
     reminders = on_sqlite
     assert (await reminders.put_rules(reminder_rules(-60))).status_code == 200

@@ -12,6 +12,7 @@ import pytest
 
 from services.booking.app import create_app as create_booking
 from services.reminders.app import create_app as create_reminders
+from services.reminders.texts import gsm7_segments
 from shared.natsd import free_port
 from tests.integration.test_booking_api import make_clinic, next_monday_at, session_body
 from tests.integration.test_booking_api import settings_for as booking_settings
@@ -151,3 +152,49 @@ async def test_reminders_due_while_down_are_sent_on_restart_when_still_useful(
             assert row["status"] == "skipped" and row["reason"] in {"missed", "too_late"}
             assert len(await log_of(http, session_id=useful.session_id)) == 2
     assert await sandbox.to(pointless.phone) == []
+
+
+async def test_the_confirmation_carries_the_clients_page_and_r_answers_with_it(
+    tmp_path: Any, nats_url: str, sandbox: Sandbox
+) -> None:
+    await sandbox.reset()
+    booking_app = create_booking(booking_settings(sqlite_url(tmp_path, "booking"), nats_url))
+    port = free_port()
+    reminders_app = create_reminders(
+        settings_for(sqlite_url(tmp_path, "reminders"), nats_url, sandbox.url, port)
+    )
+    async with (
+        serve(booking_app) as booking_url,
+        serve_on(reminders_app, port) as reminders_url,
+    ):
+        sandbox.point_inbound_at(reminders_url)
+        await wait_ready(booking_url)
+        await wait_active(reminders_app)
+        async with httpx.AsyncClient(base_url=booking_url, headers=AUTH, timeout=30) as front:
+            clinic = await make_clinic(front)
+            phone = clinic["client"]["phone"]
+            booked = await front.post("/v1/sessions", json=session_body(clinic, next_monday_at(11)))
+            assert booked.status_code == 201, booked.text
+            session = (await front.get(f"/v1/sessions/{booked.json()['id']}")).json()
+            link = session["manage_url"]
+            assert link
+
+            [text] = await sandbox.wait_for(phone, 1, status="delivered")
+            body = text["body"]
+            assert f"See or change it: {link} " in body, body
+            assert "Hi Maria" in body and "(212) 555-0100" in body
+            assert gsm7_segments(body) == 2, "GSM-7, two segments at most"
+            assert "massage" not in body.lower()
+
+            answer = await sandbox.reply(phone, "R")
+            [reply] = answer["replies"]
+            assert link in reply["body"], reply["body"]
+            assert "(212) 555-0100" in reply["body"]
+
+            # The link the text carried opens the client's page of that session.
+            # (booking's public address is not where this test serves it: same path here.)
+            path = "/" + link.split("://", 1)[1].split("/", 1)[1]
+            async with httpx.AsyncClient(base_url=booking_url, timeout=30) as browser:
+                page = await browser.get(path)
+            assert page.status_code == 200
+            assert "Maria" in page.text and "Downtown" in page.text

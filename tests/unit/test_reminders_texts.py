@@ -1,5 +1,6 @@
-"""What the texts say: one GSM-7 SMS, the facts a client needs, never health information;
-and the signed links and aftercare content behind them."""
+"""What the texts say: one GSM-7 SMS (two for those carrying the client's own page), the
+facts a client needs, never health information; and the signed links and aftercare content
+behind them."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from services.booking.manage.links import ManageLinks
 from services.reminders import texts
 from services.reminders.aftercare import (
     TOPICS,
@@ -20,7 +22,14 @@ from services.reminders.aftercare import (
 )
 from services.reminders.links import AFTERCARE, REFERRAL, LinkExpired, LinkInvalid, Links
 from services.reminders.sender import RateLimiter, failure_of, is_transient
-from services.reminders.texts import TextContext, fits_one_sms, gsm7_septets, render
+from services.reminders.texts import (
+    TextContext,
+    fits_one_sms,
+    fits_two_sms,
+    gsm7_segments,
+    gsm7_septets,
+    render,
+)
 
 NY = ZoneInfo("America/New_York")
 SESSION_ID = "0b8f7a52-3c1e-4b7e-9a0d-6f1c2e3d4a5b"
@@ -31,6 +40,11 @@ HEALTH_WORDS = re.compile(
     re.IGNORECASE,
 )
 LINKS = Links("test-secret", "https://reminders.riverside-clinic.example", 14 * 86400)
+#: The client's own page as booking signs it, on a realistic public address.
+MANAGE_URL = ManageLinks(["test-secret"], "https://book.riverside-clinic.example").url(SESSION_ID)
+assert MANAGE_URL is not None
+#: The texts that carry the client's page, and may take two segments for it.
+WITH_MANAGE_URL = {"confirmation", "reminder", "reschedule", "ack_reschedule"}
 
 # Realistic long values: the longest first names and location names a clinic has.
 CASES = [
@@ -47,15 +61,61 @@ def with_details(ctx: TextContext, kind: str) -> TextContext:
         link = LINKS.aftercare_url(SESSION_ID)
     elif kind == "referral":
         link = LINKS.referral_url(SESSION_ID)
+    elif kind in WITH_MANAGE_URL:
+        link = MANAGE_URL or ""
     return TextContext(ctx.first_name, WHEN, ctx.location, ctx.phone, link)
 
 
 @pytest.mark.parametrize("kind", sorted(texts.TEMPLATES))
 @pytest.mark.parametrize("ctx", CASES, ids=lambda c: c.first_name)
-def test_every_text_fits_one_gsm7_sms(kind: str, ctx: TextContext) -> None:
-    body = render(kind, with_details(ctx, kind))
-    assert fits_one_sms(body), f"{len(body)} chars: {body}"
+def test_every_text_fits_one_gsm7_sms_or_two_with_the_clients_page(
+    kind: str, ctx: TextContext
+) -> None:
+    details = with_details(ctx, kind)
+    body = render(kind, details)
+    if kind in WITH_MANAGE_URL:
+        assert MANAGE_URL in body, body
+        assert fits_two_sms(body) and gsm7_segments(body) == 2, f"{len(body)} chars: {body}"
+    else:
+        assert fits_one_sms(body), f"{len(body)} chars: {body}"
     assert not HEALTH_WORDS.search(body), body
+    # Without the client's page (booking issues none) every text is one SMS.
+    plain = render(kind, without_link(details))
+    if kind not in {"followup", "referral"}:
+        assert fits_one_sms(plain), f"{len(plain)} chars: {plain}"
+        assert MANAGE_URL not in plain
+
+
+@pytest.mark.parametrize("kind", ["confirmation", "reminder"])
+def test_confirmation_and_reminder_carry_the_clients_page_in_two_gsm7_segments(
+    kind: str,
+) -> None:
+    body = render(kind, with_details(CASES[0], kind))
+    assert f"See or change it: {MANAGE_URL} " in body, "the link stands alone, tappable"
+    assert gsm7_septets(body) is not None, "GSM-7 only: no character forces UCS-2"
+    assert gsm7_segments(body) == 2
+    assert body.endswith("Questions? (706) 555-0100")
+
+
+def test_a_name_only_ucs2_can_spell_keeps_the_text_short_without_the_page() -> None:
+    ctx = TextContext("Łukasz", WHEN, "Riverside Clinic", "(706) 555-0100", MANAGE_URL or "")
+    body = render("confirmation", ctx)
+    assert "Łukasz" in body and MANAGE_URL not in body, "five UCS-2 parts are too many"
+    assert render("ack_reschedule", ctx).count(MANAGE_URL or "-") == 1, "R still gives it"
+
+
+def test_a_link_too_long_for_two_segments_is_left_out() -> None:
+    ctx = TextContext("Maria", WHEN, "Riverside Clinic", "(706) 555-0100", "https://x/" + "a" * 300)
+    body = render("reminder", ctx)
+    assert fits_one_sms(body) and "https://x/" not in body
+
+
+def test_the_answer_to_r_carries_the_page_or_else_the_phone() -> None:
+    ctx = TextContext("", "", "Riverside Clinic", "(706) 555-0100", MANAGE_URL or "")
+    body = render("ack_reschedule", ctx)
+    assert MANAGE_URL in body and "(706) 555-0100" in body and fits_two_sms(body)
+    without = render("ack_reschedule", TextContext("", "", "Riverside Clinic", "(706) 555-0100"))
+    assert without == "To reschedule, please call Riverside Clinic at (706) 555-0100. Thank you!"
 
 
 @pytest.mark.parametrize("kind", ["confirmation", "reminder", "reschedule"])
@@ -67,11 +127,21 @@ def test_session_texts_carry_name_time_place_phone_and_reply_options(kind: str) 
     assert "Reply C to confirm, R to reschedule, STOP to opt out." in body
 
 
+def without_link(ctx: TextContext) -> TextContext:
+    return TextContext(**{**ctx.__dict__, "link": ""})
+
+
 def test_the_longest_variant_that_fits_is_chosen() -> None:
-    short = render("confirmation", with_details(CASES[0], "confirmation"))
+    short = render("confirmation", without_link(with_details(CASES[0], "confirmation")))
     assert short.endswith("Questions? (706) 555-0100")
-    long = render("confirmation", with_details(CASES[1], "confirmation"))
+    long = render("confirmation", without_link(with_details(CASES[1], "confirmation")))
     assert "Questions?" not in long and long.endswith("(706) 555-0100")
+    # The same with the client's page, within two segments.
+    short = render("reschedule", with_details(CASES[0], "reschedule"))
+    assert short.endswith("Questions? (706) 555-0100") and "See or change it:" in short
+    long = render("reschedule", with_details(CASES[1], "reschedule"))
+    assert "Questions?" not in long and long.endswith("(706) 555-0100")
+    assert MANAGE_URL in long and fits_two_sms(long)
 
 
 def test_overlong_names_are_cut_rather_than_split_into_two_messages() -> None:
@@ -84,6 +154,9 @@ def test_overlong_names_are_cut_rather_than_split_into_two_messages() -> None:
     body = render("reminder", ctx)
     assert fits_one_sms(body)
     assert "(706) 555-0100" in body and WHEN in body
+    linked = render("reminder", TextContext(**{**ctx.__dict__, "link": MANAGE_URL or ""}))
+    assert fits_two_sms(linked)
+    assert MANAGE_URL in linked and "(706) 555-0100" in linked and WHEN in linked
 
 
 def test_local_time_follows_the_location_zone_and_dst() -> None:
