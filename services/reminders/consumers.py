@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import structlog
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.reminders import db
@@ -128,6 +129,19 @@ async def apply_key_event(
     await remember_key(session, event.data)
 
 
+async def apply_location_event(
+    session: AsyncSession, event: events.CloudEvent[events.LocationEvent]
+) -> None:
+    """A location renamed or given a new phone: every text not yet sent names it as it is
+    now (texts are written when they are sent, from the session rows updated here)."""
+    data = event.data
+    await session.execute(
+        update(db.Session)
+        .where(db.Session.location_id == data.id)
+        .values(location_name=data.name, location_phone=data.phone, location_timezone=data.timezone)
+    )
+
+
 def build_consumers(settings: RemindersSettings) -> list[Consumer]:
     common: dict[str, Any] = {
         "service": "reminders",
@@ -155,6 +169,12 @@ def build_consumers(settings: RemindersSettings) -> list[Consumer]:
             subject="referrals.referral.>",
             handler=apply_referral_event,
             **common,
+        ),
+        Consumer.of(
+            events.REMINDERS_LOCATIONS,
+            apply_location_event,
+            max_deliver=settings.max_deliver,
+            retry_base_seconds=settings.retry_base_seconds,
         ),
         Consumer.of(
             events.REMINDERS_APIKEYS,

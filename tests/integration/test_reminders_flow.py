@@ -37,6 +37,7 @@ from tests.reminders_support import (
     wait_log,
 )
 from tests.support import AUTH, EventTap, eventually
+from tools.kit.events import RIVERSIDE
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -197,6 +198,33 @@ async def test_reminder_carries_the_clients_page_and_r_answers_with_the_newest(
 
     body = await eventually(answer_to_r, what="R to answer with the newest page")
     assert "(706) 555-0100" in body and link not in body
+
+
+async def test_a_renamed_location_is_named_in_the_texts_not_yet_sent(
+    on_sqlite: Reminders,
+) -> None:
+    reminders = on_sqlite
+    assert (await reminders.put_rules(reminder_rules(-60))).status_code == 200
+    location = RIVERSIDE.model_copy(update={"id": f"loc-{uuid.uuid4().hex[:8]}"})
+    b = Booking(start=now() + timedelta(minutes=60, seconds=6), location=location)
+    await publish(reminders.nats_url, b.booked())
+    [confirmation] = await reminders.sandbox.wait_for(b.phone, 1)
+    assert "Riverside Clinic" in confirmation["body"]
+
+    renamed = events.LocationEvent(
+        id=location.id,
+        name="Riverside North",
+        timezone=location.timezone,
+        address=location.address,
+        phone="+17065550199",
+    )
+    await publish(
+        reminders.nats_url, events.make_event(events.LOCATION_UPDATED, "booking", renamed)
+    )
+    messages = await reminders.sandbox.wait_for(b.phone, 2, timeout=20)
+    reminder = next(m for m in messages if m["body"].startswith("Reminder: Maria"))
+    assert "Riverside North" in reminder["body"] and "Riverside Clinic" not in reminder["body"]
+    assert "(706) 555-0199" in reminder["body"]
 
 
 async def test_cancel_sends_nothing_more(on_sqlite: Reminders) -> None:
