@@ -125,7 +125,9 @@ class Lease:
         kv = await self._bucket()
         try:
             self.revision = await kv.create(self.key, self.holder.encode(), msg_ttl=self._ttl())
-        except nats.js.errors.KeyWrongLastSequenceError:
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.NotFoundError):
+            # NotFound: nats-py's create found the key held, then looked it up just as its
+            # TTL ran out. Either way someone held it a moment ago: try again next round.
             self.revision = None
             return False
         self._renewed_at = time.monotonic()
