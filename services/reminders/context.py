@@ -35,6 +35,9 @@ class Reminders:
     rules: RulesCache
     #: Ledger keys this process is sending right now (a reconcile must leave them alone).
     in_flight: set[str] = field(default_factory=set)
+    #: Session jobs running now, and whether a re-plan put the same job back meanwhile
+    #: (the planner cannot see a ledger row the job has not committed yet).
+    firing: dict[str, bool] = field(default_factory=dict)
     #: Jobs working at once: a thousand due together queue here, not on the database.
     job_slots: asyncio.Semaphore = field(init=False)
 

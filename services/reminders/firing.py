@@ -51,22 +51,39 @@ def text_for_referral(
 
 
 async def send_session_message(app: Reminders, session_id: str, rule_name: str) -> None:
-    """A session job fired: re-read everything, then send, wait or drop."""
+    """A session job fired: re-read everything, then send, wait or drop.
+
+    A re-plan while it runs may put the same job back (its ledger row was not committed
+    yet); once the message is settled (sent, claimed elsewhere or dropped for good) that
+    copy is removed, so no job waits in the store for a message that is done.
+    """
+    job_id = session_job_id(session_id, rule_name)
+    app.firing[job_id] = False
+    try:
+        settled = await _fire_session_job(app, session_id, rule_name)
+    finally:
+        replanned = app.firing.pop(job_id, False)
+    if settled and replanned:
+        await app.scheduler.remove_jobs([job_id])
+
+
+async def _fire_session_job(app: Reminders, session_id: str, rule_name: str) -> bool:
+    """Send, wait or drop; True when the message is settled (nothing left to do)."""
     if not app.is_active() and not await lease_back(app):
         # The lease is gone: whoever holds it next re-adds this job (planning.repair_jobs).
         log.warning("job.not_active", job=session_job_id(session_id, rule_name))
-        return
+        return False
     now = app.now()
     async with app.uow.read() as session:
         row = await session.get(db.Session, session_id)
         if row is None:
             log.warning("job.unknown_session", session=session_id)
-            return
+            return True
         rules = (await app.rules.current(session)).for_location(row.location_id)
         rule = rules.rule(rule_name)
         if rule is None or not rule.enabled:
             log.info("job.rule_gone", session=session_id, rule=rule_name)
-            return
+            return False
         state = state_of(row)
         planned = domain.plan_one(state, rule, rules.quiet_hours)
         client = await session.get(db.Client, row.client_id)
@@ -84,18 +101,28 @@ async def send_session_message(app: Reminders, session_id: str, rule_name: str) 
             session_id=session_id,
             location_id=row.location_id,
         )
+    if existing is not None and existing.status != "skipped":
+        if isinstance(decision, domain.Send) and body:
+            outgoing = await claim(app, decision.planned, body, existing, to)  # reconciles
+            if outgoing is not None:
+                await transmit(app, outgoing)
+        return True  # sent, or being sent: a later rule or quiet hours change nothing
     if isinstance(decision, domain.Defer) and planned is not None:
         log.info("message.deferred", session=session_id, rule=rule_name, until=decision.until)
         await reschedule(app, job_for(session_id, domain.replanned(planned, decision.until)))
-    elif isinstance(decision, domain.Skip):
+        return False
+    if isinstance(decision, domain.Skip):
         if decision.record and planned is not None and existing is None:
             await skip(app, planned, decision.reason, to)
         else:
             log.info("job.nothing_to_send", session=session_id, rule=rule_name)
-    elif isinstance(decision, domain.Send) and body:
+        return decision.record
+    if isinstance(decision, domain.Send) and body:
         outgoing = await claim(app, decision.planned, body, existing, to)
         if outgoing is not None:
             await transmit(app, outgoing)
+        return True
+    return False
 
 
 async def send_referral_update(app: Reminders, notice_id: str) -> None:

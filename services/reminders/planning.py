@@ -118,6 +118,9 @@ async def plan_pending(app: Reminders, limit: int = PLAN_BATCH) -> int:
         return 0  # stood down: the next holder plans them
     if not await app.scheduler.add_jobs(adds):
         return 0
+    for job in adds:
+        if job.id in app.firing:
+            app.firing[job.id] = True
     async with app.uow.write() as session:
         for session_id, seq, wanted in done:
             result = await session.execute(
