@@ -1,24 +1,28 @@
-"""The client's page in headless Chromium at phone size (390×844): open the link, confirm,
-reschedule, cancel; the session and its events agree; axe-core finds nothing serious."""
+"""The client's page in headless Chromium at phone size (390×844), opened from the link in
+the text the Twilio sandbox received: confirm, reschedule, cancel; the session, its events
+and the texts that follow agree; axe-core finds nothing serious."""
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 import pytest_asyncio
 
-from services.booking.app import create_app
-from tests.integration.test_booking_api import (
-    make_clinic,
-    next_monday_at,
-    session_body,
-    settings_for,
-)
-from tests.support import AUTH, EventTap, eventually, serve, wait_ready
+from services.booking.app import create_app as create_booking
+from services.reminders.app import create_app as create_reminders
+from services.reminders.texts import local_when
+from shared.natsd import free_port
+from tests.integration.test_booking_api import make_clinic, next_monday_at, session_body
+from tests.integration.test_booking_api import settings_for as booking_settings
+from tests.reminders_support import running_sandbox, serve_on, settings_for, wait_active
+from tests.support import AUTH, EventTap, eventually, sqlite_url, wait_ready
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = [
@@ -39,16 +43,45 @@ CHROMIUM_ARGS = [
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def booked(sqlite_database_url: str, nats_url: str) -> AsyncIterator[dict[str, Any]]:
-    app = create_app(settings_for(sqlite_database_url, nats_url))
-    async with serve(app) as base_url:
-        await wait_ready(base_url)
-        async with httpx.AsyncClient(base_url=base_url, headers=AUTH, timeout=30) as api:
-            clinic = await make_clinic(api)
-            created = await api.post("/v1/sessions", json=session_body(clinic, next_monday_at(10)))
-            session = (await api.get(f"/v1/sessions/{created.json()['id']}")).json()
-            path = "/" + session["manage_url"].split("://", 1)[1].split("/", 1)[1]
-            yield {"api": api, "session": session, "url": base_url + path}
+async def booked(tmp_path: Path, nats_url: str) -> AsyncIterator[dict[str, Any]]:
+    """Booking, reminders and the Twilio sandbox; one session booked through the API, and
+    the link to its page as the client's phone received it."""
+    booking_port, reminders_port = free_port(), free_port()
+    booking_app = create_booking(
+        booking_settings(
+            sqlite_url(tmp_path, "booking"),
+            nats_url,
+            booking_port=booking_port,
+            public_base_url=f"http://127.0.0.1:{booking_port}",
+        )
+    )
+    with running_sandbox() as sandbox:
+        reminders_app = create_reminders(
+            settings_for(sqlite_url(tmp_path, "reminders"), nats_url, sandbox.url, reminders_port)
+        )
+        async with (
+            serve_on(booking_app, booking_port) as booking_url,
+            serve_on(reminders_app, reminders_port),
+        ):
+            await wait_ready(booking_url)
+            await wait_active(reminders_app)
+            async with httpx.AsyncClient(base_url=booking_url, headers=AUTH, timeout=30) as api:
+                clinic = await make_clinic(api)
+                created = await api.post(
+                    "/v1/sessions", json=session_body(clinic, next_monday_at(10))
+                )
+                assert created.status_code == 201, created.text
+                phone = clinic["client"]["phone"]
+                [text] = await sandbox.wait_for(phone, 1)
+                link = next(word for word in text["body"].split() if "/m/" in word)
+                yield {
+                    "api": api,
+                    "session": created.json(),
+                    "url": link,
+                    "phone": phone,
+                    "zone": ZoneInfo(clinic["location"]["timezone"]),
+                    "sandbox": sandbox,
+                }
 
 
 async def serious_violations(page: Any) -> list[str]:
@@ -62,7 +95,9 @@ async def serious_violations(page: Any) -> list[str]:
     ]
 
 
-async def test_confirm_reschedule_and_cancel_from_a_phone(booked: Any, nats_url: str) -> None:
+async def test_confirm_reschedule_and_cancel_from_the_texted_link(
+    booked: Any, nats_url: str
+) -> None:
     from playwright.async_api import async_playwright, expect
 
     # A loaded machine (two cores, several test runs) can be slow to render 14 days of times.
@@ -113,3 +148,10 @@ async def test_confirm_reschedule_and_cancel_from_a_phone(booked: Any, nats_url:
             return kinds if kinds == wanted else None
 
         await eventually(all_three, what="confirmed, rescheduled and cancelled events")
+
+    # The texts that followed name the new time: "moved to ...", then "... is cancelled".
+    when = local_when(datetime.fromisoformat(new_start), booked["zone"])
+    texts = await booked["sandbox"].wait_for(booked["phone"], 3)
+    moved, cancelled = texts[1]["body"], texts[2]["body"]
+    assert "moved to" in moved and when in moved, moved
+    assert "cancelled" in cancelled and when in cancelled, cancelled
