@@ -9,9 +9,11 @@ delivery, or at once when the message cannot even be parsed, the raw message goe
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -30,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.events import (
     DLQ_STREAM,
     STREAM_SUBJECTS,
+    WORK_QUEUE_STREAMS,
     CloudEvent,
     Payload,
     Subscription,
@@ -51,6 +54,13 @@ class Handler(Protocol[P]):
     """Applies one event of payload ``P`` inside the consumer's transaction."""
 
     def __call__(self, session: AsyncSession, event: CloudEvent[P], /) -> Awaitable[None]: ...
+
+
+class Task(Protocol[P]):
+    """Works on one message of payload ``P`` outside any transaction (it may take a while:
+    the message is kept in progress meanwhile); ``delivered`` counts the deliveries."""
+
+    def __call__(self, event: CloudEvent[P], delivered: int, /) -> Awaitable[None]: ...
 
 
 EventHandler = Handler[Any]
@@ -120,7 +130,12 @@ async def ensure_streams(
     for name in names:
         config = api.StreamConfig(
             name=name,
-            subjects=[STREAM_SUBJECTS[name]],
+            subjects=list(STREAM_SUBJECTS[name]),
+            retention=(
+                api.RetentionPolicy.WORK_QUEUE
+                if name in WORK_QUEUE_STREAMS
+                else api.RetentionPolicy.LIMITS
+            ),
             storage=api.StorageType.FILE,
             duplicate_window=DUPLICATE_WINDOW_SECONDS,
             num_replicas=replicas,
@@ -162,6 +177,11 @@ class Consumer(Generic[P]):
     retry_base_seconds: float = 1.0
     dead_lettered: list[str] = field(default_factory=list)
     payload: type[P] | None = None
+    #: Instead of a handler inside a transaction with an inbox row: a task run outside
+    #: one, for work that talks to the outside world (it must be safe to repeat).
+    task: Task[P] | None = None
+    #: Messages fetched, and worked on concurrently, at once.
+    batch_size: int = 16
 
     @staticmethod
     def of(
@@ -189,6 +209,33 @@ class Consumer(Generic[P]):
             retry_base_seconds=retry_base_seconds,
             payload=subscription.payload,
         )
+
+    @staticmethod
+    def task_of(
+        subscription: Subscription[M],
+        task: Task[M],
+        *,
+        max_deliver: int = DEFAULT_MAX_DELIVER,
+        ack_wait_seconds: float = 30.0,
+        retry_base_seconds: float = 1.0,
+        batch_size: int = 16,
+    ) -> Consumer[M]:
+        """A work-queue consumer: ``task`` runs outside any transaction, concurrently for a
+        fetched batch, and the message stays in progress while it runs."""
+
+        async def no_handler(session: AsyncSession, event: CloudEvent[M], /) -> None:
+            raise AssertionError("a task consumer has no transactional handler")
+
+        consumer = Consumer.of(
+            subscription,
+            no_handler,
+            max_deliver=max_deliver,
+            ack_wait_seconds=ack_wait_seconds,
+            retry_base_seconds=retry_base_seconds,
+        )
+        consumer.task = task
+        consumer.batch_size = batch_size
+        return consumer
 
     @property
     def durable(self) -> str:
@@ -275,7 +322,7 @@ def register_consumer(broker: NatsBroker, consumer: Consumer[Any], uow: UnitOfWo
         stream=JStream(consumer.stream, declare=False),
         durable=consumer.durable,
         config=consumer.consumer_config(),
-        pull_sub=PullSub(batch_size=16, timeout=1.0),
+        pull_sub=PullSub(batch_size=consumer.batch_size, timeout=1.0),
         ack_policy=AckPolicy.MANUAL,
         title=consumer.durable,
     )
@@ -306,9 +353,13 @@ def register_consumer(broker: NatsBroker, consumer: Consumer[Any], uow: UnitOfWo
             await message.reject()
             return
         try:
-            async with uow.write() as session:
-                if await claim(session, consumer.durable, event.id):
-                    await consumer.handler(session, event)
+            if consumer.task is not None:
+                async with _in_progress(raw, consumer.ack_wait_seconds):
+                    await consumer.task(event, meta.num_delivered)
+            else:
+                async with uow.write() as session:
+                    if await claim(session, consumer.durable, event.id):
+                        await consumer.handler(session, event)
         except Exception as exc:
             delivered = meta.num_delivered
             if delivered >= consumer.max_deliver:
@@ -334,6 +385,27 @@ def register_consumer(broker: NatsBroker, consumer: Consumer[Any], uow: UnitOfWo
         await message.ack()
 
     subscriber(consume)
+
+
+@contextlib.asynccontextmanager
+async def _in_progress(raw: Any, ack_wait_seconds: float) -> AsyncIterator[None]:
+    """Tell the server, every third of the ack wait, that the message is being worked on:
+    a live consumer keeps it however long the work takes; a dead one's is redelivered to
+    another after one ack wait."""
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(ack_wait_seconds / 3)
+            with contextlib.suppress(nats.errors.Error):
+                await raw.in_progress()
+
+    heartbeat = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
 
 
 async def watch_max_deliveries(broker: NatsBroker, consumers: Sequence[Consumer[Any]]) -> None:
@@ -377,6 +449,7 @@ __all__ = [
     "EventHandler",
     "Handler",
     "QuietPullSubscriber",
+    "Task",
     "dead_letter",
     "ensure_consumer",
     "ensure_streams",

@@ -42,6 +42,7 @@ from shared.payloads import (
     ServiceRef,  # noqa: F401
     SessionEvent,
     SlotLocationRef,  # noqa: F401
+    SmsDue,
     SmsEvent,
     TherapistEvent,
     TherapistRef,  # noqa: F401
@@ -56,19 +57,30 @@ BOOKING_STREAM = "BOOKING"
 REMINDERS_STREAM = "REMINDERS"
 REFERRALS_STREAM = "REFERRALS"
 DLQ_STREAM = "DLQ"
-STREAM_SUBJECTS: dict[str, str] = {
-    BOOKING_STREAM: "booking.>",
-    REMINDERS_STREAM: "reminders.>",
-    REFERRALS_STREAM: "referrals.>",
-    DLQ_STREAM: "dlq.>",
+#: A work queue, not a log: each message is removed once a consumer acknowledges it.
+REMINDERS_DUE_STREAM = "REMINDERS_DUE"
+#: The subjects each stream stores. REMINDERS names its families one by one, so that
+#: ``reminders.due`` can live in its own work-queue stream (subjects may not overlap).
+STREAM_SUBJECTS: dict[str, tuple[str, ...]] = {
+    BOOKING_STREAM: ("booking.>",),
+    REMINDERS_STREAM: (
+        "reminders.sms.>",
+        "reminders.reply.>",
+        "reminders.consent.>",
+        "reminders.outcome.>",
+    ),
+    REMINDERS_DUE_STREAM: ("reminders.due",),
+    REFERRALS_STREAM: ("referrals.>",),
+    DLQ_STREAM: ("dlq.>",),
 }
+#: Streams whose messages go once acknowledged (JetStream's work-queue retention).
+WORK_QUEUE_STREAMS = frozenset({REMINDERS_DUE_STREAM})
 
 
 def stream_for(subject: str) -> str:
     """The stream that stores ``subject``."""
-    prefix = subject.split(".", 1)[0]
-    for stream, pattern in STREAM_SUBJECTS.items():
-        if pattern.split(".", 1)[0] == prefix:
+    for stream, patterns in STREAM_SUBJECTS.items():
+        if any(subject_matches(pattern, subject) for pattern in patterns):
             return stream
     raise ValueError(f"no stream takes subject {subject!r}")
 
@@ -125,6 +137,8 @@ SMS_FAILED = "reminders.sms.failed"
 REPLY_RECEIVED = "reminders.reply.received"
 CONSENT_CHANGED = "reminders.consent.changed"
 OUTCOME_RECORDED = "reminders.outcome.recorded"
+#: Reminders to itself: a claimed text to send now (the senders' work queue).
+SMS_DUE = "reminders.due"
 
 REFERRAL_STATUSES = (
     "created",
@@ -169,6 +183,7 @@ PAYLOAD_TYPES: dict[str, type[Payload]] = {
     REPLY_RECEIVED: ReplyReceived,
     CONSENT_CHANGED: ConsentChanged,
     OUTCOME_RECORDED: OutcomeRecorded,
+    SMS_DUE: SmsDue,
     **{subject: ReferralEvent for subject in REFERRAL_EVENTS},
     PLAN_CREATED: PlanEvent,
     PLAN_UPDATED: PlanEvent,
@@ -322,6 +337,14 @@ REFERRALS_OUTCOMES = Subscription(
     OutcomeRecorded,
     "Pain scores from check-in replies, kept as the plan's outcomes.",
 )
+REMINDERS_SENDERS = Subscription(
+    "reminders",
+    "senders",
+    REMINDERS_DUE_STREAM,
+    SMS_DUE,
+    SmsDue,
+    "Texts due now: every reminders replica takes from this work queue and sends, once.",
+)
 
 #: Every durable subscription of every service.
 SUBSCRIPTIONS: tuple[Subscription[Any], ...] = (
@@ -334,6 +357,7 @@ SUBSCRIPTIONS: tuple[Subscription[Any], ...] = (
     REMINDERS_WAITLIST,
     REMINDERS_APIKEYS,
     REMINDERS_REFERRALS,
+    REMINDERS_SENDERS,
     REFERRALS_CLIENTS,
     REFERRALS_SESSIONS,
     REFERRALS_APIKEYS,

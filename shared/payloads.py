@@ -195,6 +195,15 @@ class ReplyReceived(Payload):
     offer_id: str | None = when_known()
 
 
+class SmsDue(Payload):
+    """Data of ``reminders.due``: a claimed ledger row to send now, by whichever reminders
+    replica takes it from the work queue (the row holds the phone and the body)."""
+
+    message_id: str
+    #: An earlier attempt may have reached the provider: look before sending.
+    reconcile: bool = False
+
+
 class ConsentChanged(Payload):
     """A phone's SMS consent changed (STOP, START, the front desk)."""
 

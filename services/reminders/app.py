@@ -2,13 +2,15 @@
 relay, the leased scheduler with the planner, and the HTTP app, built in one place.
 
 Every instance consumes events (durable pull consumers share the work; the inbox makes
-each event count once), relays its outbox and answers webhooks. Only the instance that
-holds the lease runs the scheduler and the planner; the others wait to take over.
+each event count once), relays its outbox, answers webhooks and sends: the texts due
+wait in the ``reminders.due`` work queue, and every instance takes from it, at one pace
+per sender shared through NATS KV (``pacing``). Only the instance that holds the lease runs
+the scheduler and the planner, which decide what is due; the others wait to take over.
 
 The path of a message: a consumer marks a session for planning and wakes the planner
 (``consumers``); the planner puts jobs in the store (``planning``); a job fires
-(``firing``): decide, claim the ledger row (``ledger``), send (``transmit``); Twilio's
-callbacks move its status (``status``).
+(``firing``): decide, claim the ledger row and queue it (``ledger``); any instance sends it
+(``transmit``); Twilio's callbacks move its status (``status``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from datetime import datetime
 
 import structlog
 from fastapi import FastAPI
+from nats.js.kv import KeyValue
 
 from services.reminders import api, db, firing, planning, transmit
 from services.reminders.aftercare import AftercareLibrary
@@ -31,14 +34,17 @@ from services.reminders.context import PLANNER, Reminders
 from services.reminders.jobs import REFERRAL_JOB, SESSION_JOB
 from services.reminders.links import Links
 from services.reminders.migrate import upgrade
+from services.reminders.pacing import SharedRateLimiter
 from services.reminders.rules import RulesCache
 from services.reminders.sender import Sender
 from services.reminders.settings import RemindersSettings
+from shared import events
 from shared.auth import Authenticator
-from shared.broker import jetstream
+from shared.broker import Consumer, jetstream
 from shared.db import create_engine
 from shared.errors import install_error_handlers
 from shared.http import install_input_guard
+from shared.lease import DEFAULT_BUCKET
 from shared.phones import InvalidPhone
 from shared.scheduling import JobStoreConfig, LeasedScheduler
 from shared.service import Messaging, add_ops_routes
@@ -105,7 +111,7 @@ def bootstrap(settings: RemindersSettings) -> Runtime:
         await firing.on_job_missed(reminders, job_id, scheduled)
 
     async def on_active() -> None:
-        await transmit.reconcile_in_flight(reminders)
+        await transmit.reconcile_orphans(reminders)
         await planning.repair_jobs(reminders)
         planner.start()
 
@@ -147,6 +153,25 @@ def bootstrap(settings: RemindersSettings) -> Runtime:
     )
     uow.on_commit(PLANNER, planner.wake)
     messaging.add_consumers(build_consumers(settings))
+    messaging.add_consumers(
+        [
+            Consumer.task_of(
+                events.REMINDERS_SENDERS,
+                lambda event, delivered: transmit.send_due(reminders, event, delivered),
+                max_deliver=settings.sms_queue_max_deliver,
+                ack_wait_seconds=settings.sms_queue_ack_wait_seconds,
+                retry_base_seconds=settings.retry_base_seconds,
+                batch_size=settings.sms_concurrency,
+            )
+        ]
+    )
+
+    async def pace_bucket() -> KeyValue:
+        return await jetstream(messaging.broker).key_value(DEFAULT_BUCKET)
+
+    reminders.sender.share_pace(
+        lambda sender, per_second: SharedRateLimiter(pace_bucket, sender, per_second)
+    )
     return Runtime(settings, reminders, messaging, planner)
 
 

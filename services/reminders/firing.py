@@ -1,9 +1,10 @@
 """What a job does when it fires: re-read the state as it is now, decide (``domain.decide``,
-pure), then wait (reschedule), drop (a ledger row saying why) or claim the ledger row and
-transmit. A job that ran too late to run at all is dropped here too."""
+pure), then wait (reschedule), drop (a ledger row saying why) or claim the ledger row,
+which queues the text for a sender (``transmit``). A job that ran too late to run at all is dropped here too."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -17,7 +18,6 @@ from services.reminders.jobs import session_job_id
 from services.reminders.ledger import Recipient, claim, record_skip, skip
 from services.reminders.planning import deferred, job_for, referral_job, referral_plan, reschedule
 from services.reminders.rules import load_rules
-from services.reminders.transmit import lease_back, transmit
 
 log = structlog.get_logger(__name__)
 
@@ -102,10 +102,6 @@ async def _fire_session_job(app: Reminders, session_id: str, rule_name: str) -> 
             location_id=row.location_id,
         )
     if existing is not None and existing.status != "skipped":
-        if isinstance(decision, domain.Send) and body:
-            outgoing = await claim(app, decision.planned, body, existing, to)  # reconciles
-            if outgoing is not None:
-                await transmit(app, outgoing)
         return True  # sent, or being sent: a later rule or quiet hours change nothing
     if isinstance(decision, domain.Defer) and planned is not None:
         log.info("message.deferred", session=session_id, rule=rule_name, until=decision.until)
@@ -118,9 +114,7 @@ async def _fire_session_job(app: Reminders, session_id: str, rule_name: str) -> 
             log.info("job.nothing_to_send", session=session_id, rule=rule_name)
         return decision.record
     if isinstance(decision, domain.Send) and body:
-        outgoing = await claim(app, decision.planned, body, existing, to)
-        if outgoing is not None:
-            await transmit(app, outgoing)
+        await claim(app, decision.planned, body, existing, to)  # a sender takes it from here
         return True
     return False
 
@@ -158,9 +152,20 @@ async def send_referral_update(app: Reminders, notice_id: str) -> None:
     elif isinstance(decision, domain.Skip) and decision.record and existing is None:
         await skip(app, planned, decision.reason, to)
     elif body:
-        outgoing = await claim(app, planned, body, existing, to)
-        if outgoing is not None:
-            await transmit(app, outgoing)
+        await claim(app, planned, body, existing, to)
+
+
+async def lease_back(app: Reminders) -> bool:
+    """Whether this instance is (again) the active one within one lease (a renewal may be
+    late on a busy moment)."""
+    step = app.settings.scheduler_lease_seconds / 20
+    for _ in range(20):
+        if app.is_active():
+            return True
+        if app.scheduler.scheduler is None:
+            return False  # stood down
+        await asyncio.sleep(step)
+    return app.is_active()
 
 
 async def on_job_missed(app: Reminders, job_id: str, scheduled: datetime) -> None:

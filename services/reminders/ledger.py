@@ -15,7 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.reminders import db, domain
 from services.reminders.context import Reminders
 from services.reminders.facts import message_by_key
+from shared import events
 from shared.ids import new_id
+from shared.outbox import enqueue
 
 log = structlog.get_logger(__name__)
 
@@ -106,19 +108,19 @@ async def claim(
     body: str,
     existing: db.Message | None,
     to: Recipient,
-) -> Outgoing | None:
-    """Write the ledger row before the provider is called; None if it is not ours to send.
+) -> bool:
+    """Write the ledger row and its ``reminders.due`` message in one transaction: the row
+    is the right to send the message once, the queue message has one replica send it.
+    False if it is not ours to send (sent, being sent, or claimed elsewhere).
 
     ``existing`` is the row for the key as read just before, outside the write lock; the
-    write itself is one short statement guarded by the key's uniqueness (or the row's
-    status), so two claims of one key cannot both win.
+    write itself is guarded by the key's uniqueness (or the row's status), so two claims
+    of one key cannot both win.
     """
     now = app.now()
     if existing is not None:
-        if existing.status == "submitting" and planned.key not in app.in_flight:
-            return outgoing_of(existing, reconcile=True)
         if existing.status != "skipped":
-            return None  # sent (or being sent, or failed for good): at most once
+            return False  # sent, or being sent (the queue has it), or failed for good
         async with app.uow.write() as session:
             result = await session.execute(
                 update(db.Message)
@@ -126,18 +128,26 @@ async def claim(
                 .values(status="submitting", reason=None, body=body, phone=to.phone, updated_at=now)
             )
             if not getattr(result, "rowcount", 0):
-                return None
-        existing.status, existing.body, existing.phone = "submitting", body, to.phone
-        return outgoing_of(existing)
+                return False
+            await enqueue(session, due_event(existing.id))
+        return True
     row = _row(planned, to, now, status="submitting", body=body)
     row.attempts = 0
 
     async def write(session: AsyncSession) -> None:
         session.add(row)
+        await enqueue(session, due_event(row.id))
 
     try:
         await app.batch.run(write)
     except IntegrityError:
         log.info("job.claimed_elsewhere", key=planned.key)
-        return None
-    return outgoing_of(row)
+        return False
+    return True
+
+
+def due_event(message_id: str) -> events.CloudEvent[events.SmsDue]:
+    """``reminders.due`` for a claimed row (the row holds the phone and the body)."""
+    return events.make_event(
+        events.SMS_DUE, domain.SOURCE, events.SmsDue(message_id=message_id), subject=message_id
+    )

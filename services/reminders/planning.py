@@ -88,6 +88,7 @@ async def plan_pending(app: Reminders, limit: int = PLAN_BATCH) -> int:
     adds: list[JobSpec] = []
     removes: list[str] = []
     done: list[tuple[str, int, list[str]]] = []
+    job_keys: dict[str, str] = {}
     async with app.uow.read() as session:
         rules = await load_rules(session, app.settings)
         rows = (
@@ -98,7 +99,9 @@ async def plan_pending(app: Reminders, limit: int = PLAN_BATCH) -> int:
         keys = await _keys_with_rows(session, [r.id for r in rows])
         for row in rows:
             planned = domain.plan_session(state_of(row), rules.for_location(row.location_id))
-            jobs = [job_for(row.id, p) for p in planned if p.key not in keys]
+            unsent = [p for p in planned if p.key not in keys]
+            jobs = [job_for(row.id, p) for p in unsent]
+            job_keys.update({job.id: p.key for job, p in zip(jobs, unsent, strict=True)})
             wanted = sorted({j.id for j in jobs})
             adds.extend(jobs)
             removes.extend(j for j in row.planned_jobs or [] if j not in wanted)
@@ -118,9 +121,7 @@ async def plan_pending(app: Reminders, limit: int = PLAN_BATCH) -> int:
         return 0  # stood down: the next holder plans them
     if not await app.scheduler.add_jobs(adds):
         return 0
-    for job in adds:
-        if job.id in app.firing:
-            app.firing[job.id] = True
+    await _drop_sent_meanwhile(app, job_keys)
     async with app.uow.write() as session:
         for session_id, seq, wanted in done:
             result = await session.execute(
@@ -141,6 +142,24 @@ async def plan_pending(app: Reminders, limit: int = PLAN_BATCH) -> int:
                 .values(plan_pending=False)
             )
     return len(rows) + len(notices)
+
+
+async def _drop_sent_meanwhile(app: Reminders, job_keys: dict[str, str]) -> None:
+    """A job may have claimed its message between this pass's read of the ledger and its
+    adding the job back: remove those copies now (or, for a job still running, when it
+    has settled its message: ``firing``), so no job waits for a message that went."""
+    if not job_keys:
+        return
+    for job_id in job_keys:
+        if job_id in app.firing:
+            app.firing[job_id] = True
+    async with app.uow.read() as session:
+        claimed = await session.scalars(
+            select(db.Message.key).where(db.Message.key.in_(list(job_keys.values())))
+        )
+        sent = set(claimed)
+    if sent:
+        await app.scheduler.remove_jobs([j for j, key in job_keys.items() if key in sent])
 
 
 async def plan_step(app: Reminders) -> StepResult:

@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 import aiohttp
 import structlog
@@ -50,10 +51,6 @@ def twilio_client(settings: RemindersSettings) -> Client:
         client.region = None
         client.api.base_url = settings.twilio_api_base_url.rstrip("/")
     return client
-
-
-class NotActive(Exception):
-    """This instance no longer holds the scheduler lease: it must not send."""
 
 
 class SendFailed(Exception):
@@ -124,16 +121,29 @@ class RateLimiter:
             await asyncio.sleep(slot - now)
 
 
+class Pace(Protocol):
+    async def wait(self) -> None: ...
+
+
 class Sender:
-    """Twilio for the jobs. Its HTTP session is made inside the event loop (:meth:`open`
-    at start, else on first use), so the composition root builds it with everything else."""
+    """Twilio for the senders. Its HTTP session is made inside the event loop (:meth:`open`
+    at start, else on first use), so the composition root builds it with everything else.
+
+    Each sender's pace is this process's own until :meth:`share_pace` hands it a shared
+    one (``pacing.SharedRateLimiter``: every replica together keeps the limit)."""
 
     def __init__(self, settings: RemindersSettings, client: Client | None = None) -> None:
         self.settings = settings
         self._client = client
         self.callback_url = f"{settings.base_url}/twilio/status"
-        self._limiters: dict[str, RateLimiter] = {}
+        self._limiters: dict[str, Pace] = {}
+        self._pace: Callable[[str, float], Pace] = lambda _sender, rate: RateLimiter(rate)
         self._slots = asyncio.Semaphore(settings.sms_concurrency)
+
+    def share_pace(self, pace: Callable[[str, float], Pace]) -> None:
+        """Pace each sender with ``pace(sender, per_second)`` from now on."""
+        self._pace = pace
+        self._limiters.clear()
 
     @property
     def client(self) -> Client:
@@ -146,9 +156,9 @@ class Sender:
         (a second of imports) before the first job needs it."""
         _ = self.client.messages
 
-    def limiter(self, sender: str) -> RateLimiter:
+    def limiter(self, sender: str) -> Pace:
         if sender not in self._limiters:
-            self._limiters[sender] = RateLimiter(self.settings.sms_rate_per_second)
+            self._limiters[sender] = self._pace(sender, self.settings.sms_rate_per_second)
         return self._limiters[sender]
 
     async def close(self) -> None:
@@ -185,9 +195,7 @@ class Sender:
                 return Accepted(sid=str(message.sid), status=str(message.status), found=True)
         return None
 
-    async def send(
-        self, to: str, body: str, since: datetime, still_active: Callable[[], bool]
-    ) -> Accepted:
+    async def send(self, to: str, body: str, since: datetime) -> Accepted:
         """Create the message, retrying what may pass; before a retry that follows an
         ambiguous failure, look whether the provider has it already."""
         settings = self.settings
@@ -210,8 +218,6 @@ class Sender:
                         found = await self.find(to, body, since)
                         if found is not None:
                             return found
-                    if not still_active():
-                        raise NotActive("the scheduler lease is gone")
                     async with self._slots:
                         await self.limiter(settings.sender).wait()
                         attempts += 1
@@ -225,8 +231,6 @@ class Sender:
                                 )
                             raise
                     return Accepted(accepted.sid, accepted.status, attempts)
-        except NotActive:
-            raise
         except (TwilioRestException, TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
             raise failure_of(exc, attempts) from exc
         raise AssertionError("unreachable: tenacity either returns or raises")

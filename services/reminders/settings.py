@@ -52,6 +52,12 @@ class RemindersSettings(ServiceSettings):
     sms_max_attempts: int = Field(default=5, ge=1)
     #: First pause between attempts; doubles each time (with jitter).
     sms_retry_base_seconds: float = Field(default=1.0, ge=0)
+    #: A sender that dies mid-send stops marking its texts in progress: another replica
+    #: takes them after this long (and looks at the provider before sending).
+    sms_queue_ack_wait_seconds: float = Field(default=6.0, ge=1)
+    #: Deliveries of one due text before it is dead-lettered (a text that could not be
+    #: told sent or not that many times; the active instance settles it later).
+    sms_queue_max_deliver: int = Field(default=20, ge=1)
 
     # What the texts and pages say when no location is known (HELP, referrals).
     clinic_name: str = "the clinic"

@@ -1,10 +1,17 @@
-"""Sending a claimed message once: the provider is asked (or, when an earlier attempt may
-have gone, looked at first), and the answer is written to the ledger. On becoming active,
-the sends a dead process left half done are settled the same way."""
+"""Sending a claimed message once, in whichever reminders replica takes it from the
+``reminders.due`` work queue: the provider is asked (or, when an earlier attempt may have
+gone, looked at first), and the answer is written to the ledger.
+
+A claimed row and its ``reminders.due`` message are written in one transaction
+(``ledger.claim``), so a claim is never lost: a replica that dies mid-send stops marking
+its message in progress, and the queue hands it to another after one ack wait, flagged as
+a redelivery, which looks at the provider before sending. Rows a dead process of an older
+version left "submitting" (no queue message) are settled on becoming active."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import structlog
 from sqlalchemy import select, update
@@ -14,21 +21,42 @@ from services.reminders import db, domain
 from services.reminders.consent import set_consent
 from services.reminders.context import Reminders
 from services.reminders.ledger import Outgoing, outgoing_of
-from services.reminders.sender import UNSUBSCRIBED, Accepted, NotActive, SendFailed
+from services.reminders.sender import UNSUBSCRIBED, Accepted, SendFailed
 from services.reminders.status import STATUS_RANK, apply_early_statuses, sms_event
 from shared import events
 from shared.outbox import enqueue
 
 log = structlog.get_logger(__name__)
 
+#: A "submitting" row this old has no sender left: its queue message is gone too.
+ORPHANED_AFTER = timedelta(minutes=10)
+
+
+class Unresolved(Exception):
+    """Whether the provider has the message could not be told: try again later."""
+
+
+async def send_due(app: Reminders, event: events.CloudEvent[events.SmsDue], delivered: int) -> None:
+    """The ``reminders.due`` task: send the claimed row once, unless it is settled."""
+    async with app.uow.read() as session:
+        row = await session.get(db.Message, event.data.message_id)
+    if row is None or row.status != "submitting" or row.key in app.in_flight:
+        return  # settled, or this process is still sending it (a slow first delivery)
+    await transmit(app, outgoing_of(row, reconcile=event.data.reconcile or delivered > 1))
+
 
 async def transmit(app: Reminders, out: Outgoing) -> None:
-    """Send a claimed message once: look first when an earlier attempt may have gone."""
+    """Send a claimed message once: look first when an earlier attempt may have gone.
+    Raises :class:`Unresolved` when that could not be told (the queue retries)."""
     app.in_flight.add(out.key)
     try:
         accepted: Accepted | None = None
         if out.reconcile:
-            accepted = await app.sender.find(out.phone, out.body, out.created_at)
+            try:
+                accepted = await app.sender.find(out.phone, out.body, out.created_at)
+            except Exception as exc:
+                log.warning("sms.unresolved", key=out.key, error=type(exc).__name__)
+                raise Unresolved(out.key) from exc
             if accepted is None and out.deadline is not None and app.now() > out.deadline:
                 await _finish_failed(
                     app, out, SendFailed(None, "too_late", permanent=True), status="skipped"
@@ -36,36 +64,13 @@ async def transmit(app: Reminders, out: Outgoing) -> None:
                 return
             if accepted is not None:
                 log.info("sms.reconciled", key=out.key, sid=accepted.sid)
-        while accepted is None:
-            try:
-                accepted = await app.sender.send(out.phone, out.body, out.created_at, app.is_active)
-            except NotActive:
-                # A renewal is late (a busy moment) or the lease is gone: wait for the
-                # keeper to tell. If it is gone, the row stays "submitting" and whoever
-                # holds the lease next reconciles it.
-                if not await lease_back(app):
-                    raise
+        if accepted is None:
+            accepted = await app.sender.send(out.phone, out.body, out.created_at)
         await _finish_accepted(app, out, accepted)
-    except NotActive:
-        log.warning("sms.not_active", key=out.key)
     except SendFailed as failure:
         await _finish_failed(app, out, failure)
-    except Exception as exc:  # the look-up failed: leave it submitting for the next try
-        log.warning("sms.unresolved", key=out.key, error=type(exc).__name__)
     finally:
         app.in_flight.discard(out.key)
-
-
-async def lease_back(app: Reminders) -> bool:
-    """Whether this instance is (again) the active one within one lease."""
-    step = app.settings.scheduler_lease_seconds / 20
-    for _ in range(20):
-        if app.is_active():
-            return True
-        if app.scheduler.scheduler is None:
-            return False  # stood down
-        await asyncio.sleep(step)
-    return app.is_active()
 
 
 async def _finish_accepted(app: Reminders, out: Outgoing, accepted: Accepted) -> None:
@@ -123,28 +128,22 @@ async def _finish_failed(
     log.warning("sms.failed", key=out.key, code=failure.code, permanent=failure.permanent)
 
 
-async def reconcile_in_flight(app: Reminders) -> int:
-    """On becoming active: settle every send a dead process left half done.
-
-    The scheduler already runs, so a job may claim one of these keys meanwhile: the keys
-    are marked in flight before the first await, and such a job leaves them alone.
-    """
+async def reconcile_orphans(app: Reminders) -> int:
+    """On becoming active: settle the sends a dead process left "submitting" long ago
+    (written before the work queue existed, or dead-lettered by it)."""
     async with app.uow.read() as session:
         rows = (
             await session.scalars(
                 select(db.Message).where(
-                    db.Message.status == "submitting", db.Message.direction == "outbound"
+                    db.Message.status == "submitting",
+                    db.Message.direction == "outbound",
+                    db.Message.updated_at < app.now() - ORPHANED_AFTER,
                 )
             )
         ).all()
     pending = [outgoing_of(row, reconcile=True) for row in rows if row.key not in app.in_flight]
     if not pending:
         return 0
-    keys = {out.key for out in pending}
-    app.in_flight.update(keys)
     log.warning("sms.reconciling", count=len(pending))
-    try:
-        await asyncio.gather(*(transmit(app, out) for out in pending))
-    finally:
-        app.in_flight.difference_update(keys)
-    return len(pending)
+    results = await asyncio.gather(*(transmit(app, out) for out in pending), return_exceptions=True)
+    return sum(1 for r in results if not isinstance(r, BaseException))

@@ -82,6 +82,14 @@ def test_an_event_must_carry_the_payload_its_type_promises() -> None:
 def test_streams_cover_every_subject_of_the_contract() -> None:
     for subject in events.PAYLOAD_TYPES:
         assert events.stream_for(subject) in events.STREAM_SUBJECTS
+        # JetStream refuses two streams that store one subject.
+        stores = [
+            stream
+            for stream, patterns in events.STREAM_SUBJECTS.items()
+            if any(events.subject_matches(p, subject) for p in patterns)
+        ]
+        assert len(stores) == 1, f"{subject} in {stores}"
+    assert events.stream_for(events.SMS_DUE) == events.REMINDERS_DUE_STREAM
     assert events.dlq_subject("REMINDERS", "booking-replies") == "dlq.REMINDERS.booking-replies"
 
 

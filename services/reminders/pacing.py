@@ -1,0 +1,94 @@
+"""The send rate of a sender, shared by every reminders replica.
+
+Twilio limits each sender (a number, or a Messaging Service), not each process: two
+replicas each sending at the limit would send at twice it. So the pace lives in NATS KV,
+one key per sender in the ``leases`` bucket holding the next free send slot (wall-clock
+seconds). A send reserves the slot with a compare-and-set and waits for it; replicas that
+race for the same slot retry with the newer value. Within a process the reservations queue
+on a lock, so only replicas contend.
+
+The slots are wall-clock times: replicas on different machines rely on their clocks
+agreeing (NTP) to a small part of a slot. While NATS cannot be reached a replica paces
+itself alone (``fallback``), so texts keep leaving; the shared pace resumes with NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Awaitable, Callable
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.js.kv import KeyValue
+
+from services.reminders.sender import RateLimiter
+
+log = structlog.get_logger(__name__)
+
+#: Compare-and-set attempts before a reservation gives up and paces locally.
+MAX_RACES = 50
+
+
+def pace_key(sender: str) -> str:
+    """A KV key for ``sender`` (a phone number's ``+`` is not allowed in keys)."""
+    return "pace." + hashlib.sha256(sender.encode()).hexdigest()[:24]
+
+
+class SharedRateLimiter:
+    """At most ``per_second`` sends a second from one sender, across every replica."""
+
+    def __init__(
+        self,
+        bucket: Callable[[], Awaitable[KeyValue]],
+        sender: str,
+        per_second: float,
+    ) -> None:
+        self.interval = 1.0 / per_second if per_second > 0 else 0.0
+        self.key = pace_key(sender)
+        self._bucket = bucket
+        self._lock = asyncio.Lock()
+        self._fallback = RateLimiter(per_second)
+        self._alone = False
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        try:
+            async with self._lock:
+                slot = await self._reserve()
+        except (TimeoutError, OSError, nats.errors.Error, nats.js.errors.Error) as exc:
+            if not self._alone:
+                log.warning("pace.local", error=type(exc).__name__)
+                self._alone = True
+            await self._fallback.wait()
+            return
+        if self._alone:
+            log.info("pace.shared")
+            self._alone = False
+        delay = slot - time.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def _reserve(self) -> float:
+        """The next free slot, taken: ``max(now, stored)``, and the stored one moved on."""
+        kv = await self._bucket()
+        for _ in range(MAX_RACES):
+            now = time.time()
+            try:
+                entry = await kv.get(self.key)
+            except nats.js.errors.KeyNotFoundError:
+                try:
+                    await kv.create(self.key, repr(now + self.interval).encode())
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    continue  # another replica created it first
+                return now
+            slot = max(now, float(entry.value or b"0"))
+            try:
+                await kv.update(self.key, repr(slot + self.interval).encode(), last=entry.revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue  # another replica took this slot
+            return slot
+        raise TimeoutError(f"{MAX_RACES} replicas' races for one send slot")
