@@ -24,11 +24,14 @@ async def plan_for_outcome(session: AsyncSession, data: OutcomeRecorded) -> db.P
 
     The plan the checked-in session was counted toward, whatever its status now (the last
     session of a plan completes it, and its check-in comes a day later: that score matters
-    most); else the client's newest plan that was active when they answered; else none.
+    most); else the client's newest active plan made before they answered; else none (a
+    plan made later has a baseline taken after this score).
     """
     counted = await session.get(db.CountedSession, data.session_id)
     if counted is not None:
-        return await session.get(db.Plan, counted.plan_id)
+        plan = await session.get(db.Plan, counted.plan_id)
+        if plan is not None and plan.client_id == data.client_id:
+            return plan
     return (
         await session.scalars(
             select(db.Plan)
