@@ -185,6 +185,9 @@ def _demo_partners_steps(client: dict[str, Any] | None) -> Steps[dict[str, Any]]
                 component("acupuncture", 4, 1, partner_id=acu["id"]),
             ],
         )
+        if client.get("home_location_id"):
+            # Run from the client's home location: its front desk sees the plan and its trend.
+            plan["location_id"] = client["home_location_id"]
         result["plan"] = yield Call("POST", "/v1/plans", plan, expect=(201,))
     return result
 
@@ -193,7 +196,8 @@ def seed_referrals(
     referrals_url: str, admin_key: str, client: dict[str, Any] | None
 ) -> dict[str, Any]:
     """Create a PT clinic, an acupuncturist and (for ``client``, a booking client's JSON with
-    its ``id``) a care plan combining massage with both. Idempotent: if any partner exists,
+    its ``id``) a care plan combining massage with both, with a baseline pain score of 7 (the
+    check-in scores' trend is shown against it). Idempotent: if any partner exists,
     nothing is created and ``{"seeded": False}`` is returned.
 
     The partners have no webhook: they use the partner API with the ``api_key`` returned

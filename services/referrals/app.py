@@ -19,7 +19,7 @@ from services.referrals.deadlines import Deadlines
 from services.referrals.delivery import WebhookDispatcher
 from services.referrals.migrate import upgrade
 from services.referrals.settings import ReferralsSettings
-from services.referrals.usecases import Referrals, from_booking
+from services.referrals.usecases import Referrals, from_booking, from_reminders
 from services.referrals.usecases.context import DEADLINES, DISPATCHER
 from shared import events
 from shared.auth import Authenticator, remember_key
@@ -58,8 +58,9 @@ class Runtime:
 
 
 def build_consumers(referrals: Referrals, settings: ReferralsSettings) -> list[Consumer]:
-    """Booking's events, each applied in the consumer's unit of work (the use cases ask
-    for the dispatcher and the planner to be woken after its commit)."""
+    """Booking's events and reminders' check-in answers, each applied in the consumer's unit
+    of work (the use cases ask for the dispatcher and the planner to be woken after its
+    commit)."""
 
     async def on_client(session: AsyncSession, event: CloudEvent[ClientEvent]) -> None:
         await from_booking.apply_client_event(referrals, session, event)
@@ -69,6 +70,9 @@ def build_consumers(referrals: Referrals, settings: ReferralsSettings) -> list[C
 
     async def on_key(session: AsyncSession, event: CloudEvent[events.ApiKeyEvent]) -> None:
         await remember_key(session, event.data)
+
+    async def on_outcome(session: AsyncSession, event: CloudEvent[events.OutcomeRecorded]) -> None:
+        await from_reminders.apply_outcome(referrals, session, event)
 
     common: dict[str, Any] = {
         "service": "referrals",
@@ -83,6 +87,13 @@ def build_consumers(referrals: Referrals, settings: ReferralsSettings) -> list[C
         Consumer.of(
             events.REFERRALS_APIKEYS,
             on_key,
+            max_deliver=settings.max_deliver,
+            retry_base_seconds=settings.retry_base_seconds,
+        ),
+        # Check-in answers from reminders: pain scores on the client's plan.
+        Consumer.of(
+            events.REFERRALS_OUTCOMES,
+            on_outcome,
             max_deliver=settings.max_deliver,
             retry_base_seconds=settings.retry_base_seconds,
         ),

@@ -92,6 +92,10 @@ class Plan(Base):
     components: Mapped[list[PlanComponent]] = relationship(
         order_by="PlanComponent.position", cascade="all, delete-orphan", lazy="selectin"
     )
+    #: The check-in scores recorded toward this plan, oldest first (``Outcome``).
+    outcomes: Mapped[list[Outcome]] = relationship(
+        order_by="(Outcome.answered_at, Outcome.id)", lazy="selectin", viewonly=True
+    )
 
 
 class PlanComponent(Base):
@@ -122,6 +126,26 @@ class CountedSession(Base):
     plan_id: Mapped[str] = mapped_column(ForeignKey("plans.id"), index=True)
     outcome: Mapped[str] = mapped_column(String(20))  # completed | no_show
     counted_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class Outcome(Base):
+    """A client's check-in answer (``reminders.outcome.recorded``): pain 0-10 after a session.
+
+    One per booking session: the unique ``session_id`` makes a replayed event (even under a
+    new event id) record nothing. ``plan_id`` is the plan it counts toward, or NULL when the
+    client had no plan then: the score is kept for the client (FHIR Observation) but joins
+    no later plan, since it was given before that plan's baseline.
+    """
+
+    __tablename__ = "outcomes"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    session_id: Mapped[str] = mapped_column(String(64), unique=True)
+    client_id: Mapped[str] = mapped_column(String(64), index=True)
+    plan_id: Mapped[str | None] = mapped_column(ForeignKey("plans.id"), nullable=True, index=True)
+    score: Mapped[int] = mapped_column(Integer)
+    answered_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    recorded_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class Referral(Base):

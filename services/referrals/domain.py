@@ -302,3 +302,33 @@ def plan_progress(components: Sequence[ComponentProgress]) -> dict[str, Any]:
         "components_total": len(components),
         "completed": bool(components) and done == len(components),
     }
+
+
+# -- outcomes (check-in pain scores) ----------------------------------------------------------
+
+#: Partners treating the client: a new pain score is pushed to their webhook.
+TREATING = frozenset({S.ACCEPTED, S.IN_PROGRESS})
+
+
+@dataclass(frozen=True)
+class OutcomeSummary:
+    """The plan's trend beside its baseline: the latest check-in score (0-10, lower is less
+    pain) and how far it is from the baseline typed when the plan was made (negative:
+    better). ``None`` where there is nothing to compare."""
+
+    baseline_pain_score: int | None
+    latest: int | None
+    change_from_baseline: int | None
+    count: int
+
+
+def outcome_summary(baseline: int | None, scores_oldest_first: Sequence[int]) -> OutcomeSummary:
+    """Summarize a plan's scores (oldest first) against its baseline."""
+    latest = scores_oldest_first[-1] if scores_oldest_first else None
+    change = latest - baseline if latest is not None and baseline is not None else None
+    return OutcomeSummary(
+        baseline_pain_score=baseline,
+        latest=latest,
+        change_from_baseline=change,
+        count=len(scores_oldest_first),
+    )

@@ -1,4 +1,5 @@
-"""FHIR R4 views of a referral: ServiceRequest, Task, a minimal Patient, and the webhook Bundle.
+"""FHIR R4 views of a referral: ServiceRequest, Task, a minimal Patient, and the webhook Bundle
+(with the plan's pain scores as Observations, ``services.referrals.observations``).
 
 Built as plain JSON, then validated through ``fhir.resources.R4B`` (R4 lives there; the
 package's default classes are R5 and refuse R4-shaped JSON). What leaves for a partner is
@@ -20,6 +21,7 @@ from fhir.resources.R4B.task import Task
 
 from services.referrals.codes import ICD10_CM_SYSTEM, DiagnosisCode
 from services.referrals.domain import TaskStatus
+from services.referrals.observations import PainScore, observation_json
 
 #: Our own code systems and identifier namespaces.
 NAMESPACE = "https://clinic-backbone.example/fhir"
@@ -78,6 +80,8 @@ class PlanSummary:
     goals: str
     baseline_pain_score: int | None
     components: tuple[PlanComponentSummary, ...]
+    #: The check-in scores recorded toward the plan, oldest first.
+    outcomes: tuple[PainScore, ...] = ()
 
     def text(self) -> str:
         parts = [f"Care plan goals: {self.goals}"]
@@ -286,7 +290,8 @@ def bundle(
     clinic_name: str,
     base_url: str,
 ) -> dict[str, Any]:
-    """What a partner's webhook receives: ServiceRequest, Task and Patient in a collection.
+    """What a partner's webhook receives: ServiceRequest, Task, Patient and the plan's pain
+    scores (Observations, oldest first) in a collection.
 
     Full URLs are where the same resources can be read back (``/fhir/R4/…``), so the
     relative references inside (``Patient/<id>``) resolve within the Bundle. The Bundle
@@ -295,6 +300,10 @@ def bundle(
     if snap.patient is None:
         raise ValueError("a referral is sent only once the client's details are known")
     fhir_base = f"{base_url}/fhir/R4"
+    observations = [
+        {"fullUrl": f"{fhir_base}/Observation/{o.id}", "resource": observation_json(o)}
+        for o in snap.plan.outcomes
+    ]
     resource = {
         "resourceType": "Bundle",
         "id": bundle_id,
@@ -313,6 +322,7 @@ def bundle(
                 "fullUrl": f"{fhir_base}/Patient/{snap.client_id}",
                 "resource": _patient(snap.patient),
             },
+            *observations,
         ],
     }
     Bundle.model_validate(resource)  # refuses what is not valid R4; the JSON is ours as built

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.referrals import db, domain, fhir, scope
 from services.referrals.codes import DiagnosisCode
 from services.referrals.domain import TaskStatus
+from services.referrals.observations import PainScore
 from services.referrals.usecases.context import Referrals
 from shared.auth import Principal, Scope
 from shared.errors import NotFound
@@ -175,6 +176,17 @@ async def viewable_client(app: Referrals, client_id: str, caller: Principal) -> 
         return client
 
 
+def pain_score(row: db.Outcome) -> PainScore:
+    return PainScore(
+        id=row.id,
+        client_id=row.client_id,
+        session_id=row.session_id,
+        score=row.score,
+        answered_at=row.answered_at,
+        recorded_at=row.recorded_at,
+    )
+
+
 # -- referrals ----------------------------------------------------------------------------
 
 
@@ -228,6 +240,7 @@ class ReferralRecord:
                     fhir.PlanComponentSummary(c.discipline, c.sessions, c.per_week)
                     for c in self.plan.components
                 ),
+                outcomes=tuple(pain_score(o) for o in self.plan.outcomes),
             ),
             created_at=r.created_at,
             updated_at=r.updated_at,

@@ -115,6 +115,25 @@ class ComponentOut(BaseModel):
     done: bool
 
 
+class OutcomeOut(BaseModel):
+    """A check-in answer: how the client felt after a session, 0-10 (lower is less pain)."""
+
+    session_id: str
+    score: int
+    answered_at: datetime
+
+
+class OutcomeSummaryOut(BaseModel):
+    """The trend beside the baseline: the latest score and its change from the baseline
+    (negative: less pain than when the plan was made); null where there is nothing to
+    compare."""
+
+    baseline_pain_score: int | None
+    latest: int | None
+    change_from_baseline: int | None
+    count: int
+
+
 class PlanOut(BaseModel):
     id: str
     client_id: str
@@ -125,6 +144,10 @@ class PlanOut(BaseModel):
     version: int
     components: list[ComponentOut]
     progress: dict[str, Any]
+    outcomes: list[OutcomeOut] = Field(
+        description="check-in scores recorded toward this plan, oldest first"
+    )
+    outcome_summary: OutcomeSummaryOut
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None
@@ -248,6 +271,8 @@ class PlanSummaryOut(BaseModel):
     goals: str
     baseline_pain_score: int | None
     components: list[dict[str, Any]]
+    outcomes: list[OutcomeOut]
+    outcome_summary: OutcomeSummaryOut
 
 
 class PartnerReferralOut(BaseModel):

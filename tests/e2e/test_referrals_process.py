@@ -131,6 +131,7 @@ def test_health_and_the_openapi_document(service: dict[str, Any]) -> None:
         "/v1/referrals",
         "/v1/partner/referrals/{referral_id}/accept",
         "/fhir/R4/Task/{referral_id}",
+        "/fhir/R4/Observation",
     ):
         assert path in paths
 
@@ -146,6 +147,13 @@ async def test_seeded_partner_accepts_and_schedules_over_http_and_nats_hears_it(
     assert (pt["discipline"], acu["discipline"]) == ("physical_therapy", "acupuncture")
     assert pt["api_key"] and pt["webhook_secret"]
     assert seed_demo(service["url"], ADMIN, None) == {"seeded": False}
+    # The demo plan has a baseline: check-in scores show their trend against it.
+    assert seeded["plan"]["outcome_summary"] == {
+        "baseline_pain_score": 7,
+        "latest": None,
+        "change_from_baseline": None,
+        "count": 0,
+    }
 
     await publish(nats_for_process, client_event(client_id))
     admin = {"Authorization": f"Bearer {ADMIN}"}

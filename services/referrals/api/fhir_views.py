@@ -1,15 +1,16 @@
-"""FHIR R4 views of a referral (ServiceRequest, Task) and of its patient, for the clinic
-and for the partner it was sent to."""
+"""FHIR R4 views of a referral (ServiceRequest, Task), of its patient and of the patient's
+check-in pain scores (Observation), for the clinic and for the partner it was sent to."""
 
 # No ``from __future__ import annotations``: FastAPI reads the routes' local ``Annotated``
 # dependencies at run time.
 
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
-from services.referrals import fhir, queries
+from services.referrals import fhir, observations, outcomes, queries
 from services.referrals.usecases import Referrals
 from shared.auth import Principal
 
@@ -46,5 +47,31 @@ def build_fhir_router(app: Referrals, authenticate: Any) -> APIRouter:
                 )
             )
         )
+
+    @router.get("/Observation")
+    async def observation_search(
+        caller: Caller,
+        patient: Annotated[
+            str,
+            Query(
+                min_length=1,
+                max_length=80,
+                description="the client's id, or a reference `Patient/<id>`",
+            ),
+        ],
+    ) -> Response:
+        """The patient's check-in pain scores (LOINC 72514-3, valueInteger 0-10), oldest
+        first, as a searchset Bundle; only those the caller may see (else none)."""
+        client_id = patient.removeprefix("Patient/")
+        scores = await outcomes.pain_scores_of(app, client_id, caller)
+        fhir_base = f"{app.base_url}/fhir/R4"
+        self_url = f"{fhir_base}/Observation?{urlencode({'patient': patient})}"
+        return fhir_json(observations.searchset(scores, fhir_base=fhir_base, self_url=self_url))
+
+    @router.get("/Observation/{observation_id}")
+    async def observation(observation_id: str, caller: Caller) -> Response:
+        """One pain score (the ``fullUrl`` of the Bundles' entries)."""
+        score = await outcomes.pain_score_by_id(app, observation_id, caller)
+        return fhir_json(observations.observation(score))
 
     return router

@@ -9,6 +9,8 @@ from services.referrals.schemas import (
     ComponentOut,
     DeliveryOut,
     HistoryOut,
+    OutcomeOut,
+    OutcomeSummaryOut,
     PartnerOut,
     PartnerReferralOut,
     PatientOut,
@@ -29,6 +31,23 @@ def partner_out(row: db.Partner) -> PartnerOut:
         location_ids=list(row.location_ids or []),
         webhook_url=row.webhook_url,
         created_at=row.created_at,
+    )
+
+
+def outcomes_out(row: db.Plan) -> list[OutcomeOut]:
+    return [
+        OutcomeOut(session_id=o.session_id, score=o.score, answered_at=o.answered_at)
+        for o in row.outcomes
+    ]
+
+
+def outcome_summary_out(row: db.Plan) -> OutcomeSummaryOut:
+    summary = domain.outcome_summary(row.baseline_pain_score, [o.score for o in row.outcomes])
+    return OutcomeSummaryOut(
+        baseline_pain_score=summary.baseline_pain_score,
+        latest=summary.latest,
+        change_from_baseline=summary.change_from_baseline,
+        count=summary.count,
     )
 
 
@@ -55,6 +74,8 @@ def plan_out(row: db.Plan) -> PlanOut:
             for c in progress["components"]
         ],
         progress=progress,
+        outcomes=outcomes_out(row),
+        outcome_summary=outcome_summary_out(row),
         created_at=row.created_at,
         updated_at=row.updated_at,
         completed_at=row.completed_at,
@@ -156,6 +177,8 @@ def partner_referral_out(record: ReferralRecord, base_url: str) -> PartnerReferr
                 {"discipline": c.discipline, "sessions": c.sessions, "per_week": c.per_week}
                 for c in plan.components
             ],
+            outcomes=outcomes_out(plan),
+            outcome_summary=outcome_summary_out(plan),
         ),
         sessions=component.sessions if component else None,
         per_week=component.per_week if component else None,

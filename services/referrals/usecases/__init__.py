@@ -6,6 +6,7 @@ changes state and queues its events (outbox) and its webhook deliveries.
 - ``partner_actions``: a partner with its key (read, accept, decline, schedule, complete,
   report)
 - ``from_booking``: booking's client and session events
+- ``from_reminders``: reminders' check-in answers (pain scores on plans)
 - ``deadlines``, ``webhooks``: the system (reminders and expiries; webhook deliveries)
 
 ``lifecycle`` holds the steps they share (a transition with its event, a delivery queued);

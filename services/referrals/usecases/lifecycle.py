@@ -199,7 +199,7 @@ async def supersede_deliveries(session: AsyncSession, referral_id: str) -> None:
         .where(
             db.Delivery.referral_id == referral_id,
             db.Delivery.status == "pending",
-            db.Delivery.kind.in_(("requested", "reminder")),
+            db.Delivery.kind.in_(("requested", "reminder", "outcome")),
         )
         .values(status="superseded")
     )

@@ -4,6 +4,7 @@ sessions and the partners' reports)."""
 from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from services.referrals import db, domain
 from services.referrals.domain import MassageTakesNoPartner, UnknownPartner, WrongDiscipline
@@ -61,5 +62,6 @@ async def create_plan(app: Referrals, data: PlanIn, *, within: Scope) -> db.Plan
         )
         session.add(plan)
         await session.flush()
+        set_committed_value(plan, "outcomes", [])  # a new plan has none yet: no query
         await announce_new_plan(session, plan)
         return plan
