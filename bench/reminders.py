@@ -17,6 +17,11 @@ its own process as in production (``nats-server``, ``python -m tools.twilio_sand
    message come back to reminders while it sends.
 3. Rate limit: ``--limited`` messages (1,000) due at once with ``SMS_RATE_PER_SECOND``
    = ``--rate`` (50): the observed rate.
+4. Senders: ``--pair`` messages (2,000) due at once, no limit, sent by one reminders
+   process and then by two sharing one database (the second a standby: it only sends,
+   taking from the ``reminders.due`` work queue): texts/s with two senders vs one.
+   Two processes on one SQLite file contend for its lock: pass ``--database-url`` with
+   PostgreSQL for the figure a deployment would see.
 
 Run from the project root::
 
@@ -57,6 +62,7 @@ from bench.harness import (  # noqa: E402
     service_log_findings,
     start_reminders,
     start_sandbox,
+    start_service,
     table,
     wait_until,
 )
@@ -86,6 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limited", type=int, default=1_000, help="messages of the rate-limit run")
     p.add_argument("--rate", type=float, default=50.0, help="SMS_RATE_PER_SECOND of that run")
     p.add_argument("--events", type=int, default=5_000, help="booked events of the events run")
+    p.add_argument("--pair", type=int, default=2_000, help="messages of the 1 vs 2 senders runs")
     p.add_argument(
         "--lead",
         type=float,
@@ -93,7 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds from start to the due time (default: enough to plan the burst)",
     )
     args = p.parse_args(argv)
-    if min(args.messages, args.limited, args.events) < 1 or args.rate <= 0:
+    if min(args.messages, args.limited, args.events, args.pair) < 1 or args.rate <= 0:
         p.error("counts must be >= 1 and --rate > 0")
     return args
 
@@ -149,10 +156,24 @@ async def burst(
     n: int,
     rate: float,
     plan_rate: float,
+    senders: int = 1,
 ) -> dict[str, Any]:
     """``n`` reminders due at one instant, far enough ahead (from the measured planning
-    rate) that every job is stored before it."""
+    rate) that every job is stored before it; ``senders`` reminders processes send them."""
     child, url, db = await reminders_instance(stack, name, sandbox_url, rate, args.database_url)
+    standbys = [
+        await start_service(
+            stack,
+            f"{name}-{k}",
+            "REMINDERS_PORT",
+            module="services.reminders",
+            REMINDERS_DATABASE_URL=db if isinstance(db, str) else f"sqlite+aiosqlite:///{db}",
+            TWILIO_API_BASE_URL=sandbox_url,
+            SMS_RATE_PER_SECOND=str(rate),
+            LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+        )
+        for k in range(2, senders + 1)
+    ]
     async with httpx.AsyncClient(timeout=60) as client:
         (await client.post(f"{sandbox_url}/_sandbox/reset")).raise_for_status()
     await put_rules(
@@ -190,9 +211,12 @@ async def burst(
     delays_ms = [(t - due_ts) * 1000 for t in received]
     window = received[-1] - received[0] if len(received) > 1 else float("nan")
     findings = service_log_findings(child.log_text())
+    for standby in standbys:
+        standby.child.stop()
     child.stop()
     return {
         "messages": n,
+        "senders": senders,
         "rate_limit_per_s": rate or None,
         "received": len(received),
         "duplicates": sum(c - 1 for c in per_phone.values()),
@@ -307,9 +331,12 @@ async def scenario(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     limited = await burst(
         stack, args, sandbox.url, "reminders-limited", args.limited, args.rate, plan_rate
     )
+    one = await burst(stack, args, sandbox.url, "reminders-1-sender", args.pair, 0, plan_rate, 1)
+    two = await burst(stack, args, sandbox.url, "reminders-2-senders", args.pair, 0, plan_rate, 2)
     sandbox.child.stop()
     return {
         "benchmark": "reminders",
+        "senders": {"one": one, "two": two},
         "database": "postgresql" if args.database_url else "sqlite",
         "machine": machine(),
         "burst": unlimited,
@@ -336,6 +363,17 @@ def report(figures: dict[str, Any]) -> str:
             r["duplicates"],
         ],
     ]
+    one, two = figures["senders"]["one"], figures["senders"]["two"]
+    for run in (one, two):
+        rows.append(
+            [
+                f"{run['messages']} due at once, {run['senders']} sender(s)",
+                run["delay_from_due"]["p50_ms"],
+                run["delay_from_due"]["p99_ms"],
+                run["sends_per_s"],
+                run["duplicates"],
+            ]
+        )
     events_rows = [
         ["booked event -> 3 jobs stored (reminders)", e["booked_to_jobs_stored_per_s"]],
         ["nats-py publish + pull consume (raw)", e["raw_publish_consume_per_s"]],
