@@ -17,10 +17,28 @@ from shared.errors import DomainError
 #: What reminders' events name as their source.
 SOURCE = "reminders"
 
-Kind = Literal["confirmation", "reminder", "followup", "cancellation", "reschedule"]
-KINDS: tuple[Kind, ...] = ("confirmation", "reminder", "followup", "cancellation", "reschedule")
+Kind = Literal[
+    "confirmation",
+    "reminder",
+    "followup",
+    "cancellation",
+    "reschedule",
+    "checkin",
+    "waitlist_offer",
+]
+KINDS: tuple[Kind, ...] = (
+    "confirmation",
+    "reminder",
+    "followup",
+    "cancellation",
+    "reschedule",
+    "checkin",
+    "waitlist_offer",
+)
 #: Kinds sent when something happens rather than at an offset from the session.
-IMMEDIATE_KINDS = frozenset({"confirmation", "cancellation", "reschedule"})
+IMMEDIATE_KINDS = frozenset({"confirmation", "cancellation", "reschedule", "waitlist_offer"})
+#: The texts that ask the client to reply C (or R) about a session.
+CONFIRM_KINDS = frozenset({"confirmation", "reminder", "reschedule"})
 
 #: Session statuses in which the client is still expected to come.
 UPCOMING = frozenset({"booked", "confirmed"})
@@ -28,6 +46,12 @@ UPCOMING = frozenset({"booked", "confirmed"})
 FOLLOWUP_STATUSES = UPCOMING | {"checked_in", "completed"}
 #: A follow-up that could not go out within this long after it was due is dropped.
 FOLLOWUP_USEFUL_FOR = timedelta(hours=24)
+#: A check-in that could not go out within this long after it was due is dropped.
+CHECKIN_USEFUL_FOR = timedelta(hours=24)
+#: How long a check-in's question stays open: a number later is not recorded.
+CHECKIN_OPEN_FOR = timedelta(hours=48)
+#: A "that time was taken" text that could not go out within this long is dropped.
+TAKEN_USEFUL_FOR = timedelta(hours=1)
 #: A referral update that could not go out within this long is dropped.
 REFERRAL_USEFUL_FOR = timedelta(days=7)
 #: A job that fires this much before its time was planned for an older state: wait.
@@ -101,6 +125,8 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule("followup", "followup", 2 * 60),
     Rule("cancellation", "cancellation", 0),
     Rule("reschedule", "reschedule", 0),
+    Rule("checkin", "checkin", 24 * 60),
+    Rule("waitlist_offer", "waitlist_offer", 0),
 )
 
 
@@ -115,6 +141,10 @@ def validate_rule(rule: Rule, where: str) -> None:
         raise InvalidRules(f"{where}.offset_minutes: a reminder comes before the start (< 0)")
     if rule.kind == "followup" and rule.offset_minutes < 0:
         raise InvalidRules(f"{where}.offset_minutes: a follow-up comes after the end (>= 0)")
+    if rule.kind == "checkin" and rule.offset_minutes < 0:
+        raise InvalidRules(
+            f"{where}.offset_minutes: a check-in comes after the session is completed (>= 0)"
+        )
     if rule.kind in IMMEDIATE_KINDS and rule.offset_minutes != 0:
         raise InvalidRules(f"{where}.offset_minutes: a {rule.kind} is sent at once (0)")
     if abs(rule.offset_minutes) > 60 * 24 * 30:
@@ -130,6 +160,10 @@ class RuleSet:
 
     def rule(self, name: str) -> Rule | None:
         return next((r for r in self.rules if r.name == name), None)
+
+    def allows(self, kind: Kind) -> bool:
+        """Whether an enabled rule of ``kind`` exists (waitlist offers: none, none sent)."""
+        return any(r.kind == kind for r in self.enabled)
 
     @property
     def enabled(self) -> tuple[Rule, ...]:
@@ -201,6 +235,8 @@ class SessionState:
     rescheduled_at: datetime | None = None
     rescheduled_version: int | None = None
     cancelled_at: datetime | None = None
+    #: When it was marked completed (the check-in's anchor).
+    completed_at: datetime | None = None
 
     @property
     def zone(self) -> ZoneInfo:
@@ -258,6 +294,13 @@ def plan_one(state: SessionState, rule: Rule, quiet: QuietHours) -> Planned | No
             return None
         due = state.end + offset
         deadline, key = due + FOLLOWUP_USEFUL_FOR, ledger_key(sid, name, stamp(state.end))
+    elif rule.kind == "checkin":
+        if state.status != "completed" or state.completed_at is None:
+            return None
+        due = state.completed_at + offset
+        deadline, key = due + CHECKIN_USEFUL_FOR, ledger_key(sid, name)
+    elif rule.kind == "waitlist_offer":
+        return None  # offers come from booking's waitlist events, not from sessions
     elif rule.kind == "cancellation":
         if state.status != "cancelled" or state.cancelled_at is None:
             return None
@@ -293,6 +336,30 @@ def plan_referral(
         due=happened_at,
         run_at=run_at,
         deadline=happened_at + REFERRAL_USEFUL_FOR,
+    )
+
+
+def plan_offer(offer_id: str, offered_at: datetime, expires_at: datetime) -> Planned:
+    """A waitlist offer: sent at once, or not at all (see :func:`decide_now`)."""
+    return Planned(
+        rule="waitlist_offer",
+        kind="waitlist_offer",
+        key=ledger_key("offer", offer_id),
+        due=offered_at,
+        run_at=offered_at,
+        deadline=expires_at,
+    )
+
+
+def plan_taken(offer_id: str, taken_at: datetime) -> Planned:
+    """ "That time was taken": sent at once while it is still news."""
+    return Planned(
+        rule="waitlist_taken",
+        kind="waitlist_offer",
+        key=ledger_key("offer", offer_id, "taken"),
+        due=taken_at,
+        run_at=taken_at,
+        deadline=taken_at + TAKEN_USEFUL_FOR,
     )
 
 
@@ -346,6 +413,20 @@ def decide(
     return Send(planned)
 
 
+def decide_now(
+    planned: Planned, consent: Consent, now: datetime, tz: ZoneInfo, quiet: QuietHours
+) -> Send | Skip:
+    """A text that is worth sending now or never (a waitlist offer lasts minutes): quiet
+    hours drop it rather than defer it, since by morning the slot is gone."""
+    if now > planned.deadline:
+        return Skip("too_late")
+    if consent != "ok":
+        return Skip(consent)
+    if next_allowed(now, tz, quiet) > now:
+        return Skip("quiet_hours")
+    return Send(planned)
+
+
 def replanned(planned: Planned, run_at: datetime) -> Planned:
     return replace(planned, run_at=run_at)
 
@@ -353,7 +434,7 @@ def replanned(planned: Planned, run_at: datetime) -> Planned:
 # ---------------------------------------------------------------------------------------
 # Replies
 
-Intent = Literal["opt_out", "opt_in", "help", "confirm", "reschedule", "other"]
+Intent = Literal["opt_out", "opt_in", "help", "confirm", "reschedule", "book", "score", "other"]
 
 #: Twilio's own keywords: it acts on them whatever the app does, so CANCEL always means
 #: "stop texting me" and YES always means "start again".
@@ -364,11 +445,26 @@ OPT_IN_WORDS = frozenset({"START", "YES", "UNSTOP"})
 HELP_WORDS = frozenset({"HELP", "INFO"})
 CONFIRM_WORDS = frozenset({"C", "CONFIRM"})
 RESCHEDULE_WORDS = frozenset({"R", "RESCHEDULE"})
+BOOK_WORDS = frozenset({"BOOK"})
+#: A check-in answer: ``7``, ``7/10``; 0 to 10 only.
+SCORE = re.compile(r"(\d{1,2})(?:\s*/\s*10)?")
+
+
+def _word(body: str) -> str:
+    return re.sub(r"[\s.!?,;:'\"]+$", "", body.strip()).strip().upper()
+
+
+def parse_score(body: str) -> int | None:
+    """The number a check-in answer gives, 0 to 10; None when it is not one."""
+    match = SCORE.fullmatch(_word(body))
+    if match is None or int(match[1]) > 10:
+        return None
+    return int(match[1])
 
 
 def parse_reply(body: str) -> Intent:
     """What a client's text asks for. One word, any case, trailing punctuation ignored."""
-    word = re.sub(r"[\s.!?,;:'\"]+$", "", body.strip()).strip().upper()
+    word = _word(body)
     if word in OPT_OUT_WORDS:
         return "opt_out"
     if word in OPT_IN_WORDS:
@@ -379,4 +475,60 @@ def parse_reply(body: str) -> Intent:
         return "confirm"
     if word in RESCHEDULE_WORDS:
         return "reschedule"
+    if word in BOOK_WORDS:
+        return "book"
+    if parse_score(word) is not None:
+        return "score"
+    return "other"
+
+
+# ---------------------------------------------------------------------------------------
+# Open questions: a reply is read against the latest one still open to that phone
+
+QuestionKind = Literal["confirm", "checkin", "offer"]
+
+
+def question_of(kind: str) -> QuestionKind | None:
+    """Which question a sent text asks, if any."""
+    if kind in CONFIRM_KINDS:
+        return "confirm"
+    if kind == "checkin":
+        return "checkin"
+    if kind == "waitlist_offer":
+        return "offer"
+    return None
+
+
+def question_closes(
+    kind: QuestionKind,
+    sent_at: datetime,
+    session_start: datetime | None,
+    expires_at: datetime | None,
+) -> datetime:
+    """A check-in is open 48 hours, an offer until it expires, a C until the session starts."""
+    if kind == "checkin":
+        return sent_at + CHECKIN_OPEN_FOR
+    if kind == "offer" and expires_at is not None:
+        return expires_at
+    return session_start or sent_at
+
+
+def read_reply(intent: Intent, latest_open: str | None) -> str:
+    """How a reply is answered, given the latest open question to that phone.
+
+    Twilio's keywords, C and R keep their meaning whatever is open. A number answers an
+    open check-in, BOOK an open offer; either with nothing open for it gets a short help
+    text. Anything else is read against the latest open question: a check-in or an offer
+    gets its own help text (never the question again), else the reply options.
+    """
+    if intent in ("opt_out", "opt_in", "help", "confirm", "reschedule"):
+        return intent
+    if intent == "score":
+        return "record_score"
+    if intent == "book":
+        return "claim"
+    if latest_open == "checkin":
+        return "checkin_help"
+    if latest_open == "offer":
+        return "offer_help"
     return "other"

@@ -16,8 +16,10 @@ from services.reminders.facts import client_location, message_by_key, state_of
 from services.reminders.jobs import session_job_id
 from services.reminders.ledger import Recipient, claim, record_skip, skip
 from services.reminders.planning import deferred, job_for, referral_job, referral_plan, reschedule
+from services.reminders.questions import ask
 from services.reminders.rules import load_rules
 from services.reminders.transmit import lease_back, transmit
+from services.reminders.waitlist import waitlist_job_missed
 
 log = structlog.get_logger(__name__)
 
@@ -28,12 +30,12 @@ def text_for_session(app: Reminders, kind: str, row: db.Session, client: db.Clie
     link = app.links.aftercare_url(row.id) if kind == "followup" else row.manage_url or ""
     ctx = texts.TextContext(
         first_name=client.first_name,
-        when=texts.local_when(row.start_at, ZoneInfo(row.location_timezone)),
+        when=texts.local_when(row.start_at, ZoneInfo(row.location_timezone), client.language),
         location=row.location_name,
         phone=texts.display_phone(row.location_phone, app.settings.default_phone_region),
         link=link,
     )
-    return texts.render(kind, ctx)
+    return texts.render(kind, ctx, client.language)
 
 
 def text_for_referral(
@@ -47,7 +49,7 @@ def text_for_referral(
         phone=texts.display_phone(phone or settings.clinic_phone, settings.default_phone_region),
         link=app.links.referral_url(notice.referral_id),
     )
-    return texts.render("referral", ctx)
+    return texts.render("referral", ctx, client.language)
 
 
 async def send_session_message(app: Reminders, session_id: str, rule_name: str) -> None:
@@ -105,6 +107,7 @@ async def _fire_session_job(app: Reminders, session_id: str, rule_name: str) -> 
         if isinstance(decision, domain.Send) and body:
             outgoing = await claim(app, decision.planned, body, existing, to)  # reconciles
             if outgoing is not None:
+                await _ask(app, decision.planned, to, state.start)
                 await transmit(app, outgoing)
         return True  # sent, or being sent: a later rule or quiet hours change nothing
     if isinstance(decision, domain.Defer) and planned is not None:
@@ -120,9 +123,30 @@ async def _fire_session_job(app: Reminders, session_id: str, rule_name: str) -> 
     if isinstance(decision, domain.Send) and body:
         outgoing = await claim(app, decision.planned, body, existing, to)
         if outgoing is not None:
+            await _ask(app, decision.planned, to, state.start)
             await transmit(app, outgoing)
         return True
     return False
+
+
+async def _ask(app: Reminders, planned: domain.Planned, to: Recipient, start: datetime) -> None:
+    """A text that asks C or 0-10 is about to go: its question opens (before the send, so a
+    reply can never arrive before it)."""
+    kind = domain.question_of(planned.kind)
+    if kind is None:
+        return
+    now = app.now()
+    async with app.uow.write() as session:
+        await ask(
+            session,
+            key=planned.key,
+            phone=to.phone,
+            kind=kind,
+            asked_at=now,
+            closes_at=domain.question_closes(kind, now, start, None),
+            client_id=to.client_id,
+            session_id=to.session_id,
+        )
 
 
 async def send_referral_update(app: Reminders, notice_id: str) -> None:
@@ -167,6 +191,9 @@ async def on_job_missed(app: Reminders, job_id: str, scheduled: datetime) -> Non
     """A job ran past its grace (the service was down too long): dropped, and logged."""
     head, rule = job_id.rsplit(":", 1)
     log.warning("job.missed", job=job_id, scheduled=scheduled.isoformat())
+    if head.startswith("offer:"):
+        await waitlist_job_missed(app, head.removeprefix("offer:"), rule)
+        return
     now = app.now()
     async with app.uow.write() as session:
         if rule.startswith("referral_"):

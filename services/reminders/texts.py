@@ -50,6 +50,7 @@ _PLAIN = str.maketrans(
     }
 )
 
+
 def gsm7_septets(text: str) -> int | None:
     """Septets ``text`` takes in GSM-7, or None when it needs UCS-2."""
     if not all(ch in GSM_BASIC or ch in GSM_EXTENDED for ch in text):
@@ -87,14 +88,14 @@ def to_gsm(text: str) -> str:
     return "".join(out)
 
 
-def local_when(moment: datetime, tz: ZoneInfo, language: str = DEFAULT_LANGUAGE) -> str:
+def local_when(moment: datetime, tz: ZoneInfo, language: str | None = DEFAULT_LANGUAGE) -> str:
     """``Tue Mar 10 at 2:00 PM`` (``martes 10 de marzo, 14:00``), on the location's wall clock,
     written by Babel in the client's language whatever the server's locale."""
     code = language_of(language)
     return format_datetime(moment, LANGUAGES[code].when_pattern, tzinfo=tz, locale=code)
 
 
-def local_time(moment: datetime, tz: ZoneInfo, language: str = DEFAULT_LANGUAGE) -> str:
+def local_time(moment: datetime, tz: ZoneInfo, language: str | None = DEFAULT_LANGUAGE) -> str:
     """``2:15 PM`` (``14:15``): when an offer closes, on the location's wall clock."""
     code = language_of(language)
     return format_datetime(moment, LANGUAGES[code].until_pattern, tzinfo=tz, locale=code)
@@ -127,8 +128,6 @@ class TextContext:
     #: When an offer closes (local time), and the number a check-in answer noted.
     until: str = ""
     number: str = ""
-
-
 
 
 @dataclass(frozen=True)
@@ -183,7 +182,7 @@ def language_of(tag: str | None) -> str:
     return base if base in LANGUAGES else DEFAULT_LANGUAGE
 
 
-def _variants(kind: str, language: str, linked: bool) -> tuple[str, ...] | None:
+def _variants(kind: str, language: str | None, linked: bool) -> tuple[str, ...] | None:
     own = LANGUAGES[language_of(language)]
     english = LANGUAGES[DEFAULT_LANGUAGE]
     table, fallback = (own.linked, english.linked) if linked else (own.texts, english.texts)
@@ -207,7 +206,7 @@ def _shorten(value: str, by: int) -> str:
     return value[:keep].rstrip() + "." if keep < len(value) else value
 
 
-def render(kind: str, ctx: TextContext, language: str = DEFAULT_LANGUAGE) -> str:
+def render(kind: str, ctx: TextContext, language: str | None = DEFAULT_LANGUAGE) -> str:
     """The longest variant of ``kind`` in ``language`` (English where that language has no
     such template) that fits its budget: one GSM-7 SMS, or two for a text carrying the
     client's page.
