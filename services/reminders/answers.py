@@ -21,7 +21,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.reminders import db, domain, questions, texts
+from services.reminders import db, domain, keywords, questions, texts
 from services.reminders.context import Reminders
 from shared import events
 from shared.outbox import enqueue
@@ -69,7 +69,7 @@ async def record_score(
     now: datetime,
 ) -> str:
     """A number: the score of the latest open check-in, recorded once; else a short note."""
-    score = domain.parse_score(message.body)
+    score = keywords.parse_score(message.body)
     open_checkin = await questions.latest_open(session, message.phone, now, "checkin")
     if (
         score is None

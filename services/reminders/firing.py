@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from services.reminders import db, domain, texts
+from services.reminders import db, domain, keywords, texts
 from services.reminders.consent import consent_of
 from services.reminders.context import Reminders
 from services.reminders.facts import client_location, message_by_key, state_of
@@ -132,7 +132,7 @@ async def _fire_session_job(app: Reminders, session_id: str, rule_name: str) -> 
 async def _ask(app: Reminders, planned: domain.Planned, to: Recipient, start: datetime) -> None:
     """A text that asks C or 0-10 is about to go: its question opens (before the send, so a
     reply can never arrive before it)."""
-    kind = domain.question_of(planned.kind)
+    kind = keywords.question_of(planned.kind)
     if kind is None:
         return
     now = app.now()
@@ -143,7 +143,7 @@ async def _ask(app: Reminders, planned: domain.Planned, to: Recipient, start: da
             phone=to.phone,
             kind=kind,
             asked_at=now,
-            closes_at=domain.question_closes(kind, now, start, None),
+            closes_at=keywords.question_closes(kind, now, start, None),
             client_id=to.client_id,
             session_id=to.session_id,
         )

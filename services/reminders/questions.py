@@ -2,7 +2,7 @@
 
 A text that asks something (C for a session, 0-10 for a check-in, BOOK for a waitlist
 offer) leaves a row here when it is claimed for sending; a reply is read against the
-latest one still open (``domain.read_reply``). A check-in is answered once: the row's
+latest one still open (``keywords.read_reply``). A check-in is answered once: the row's
 ``answered_at`` is set by one conditional update, so a replayed or concurrent reply
 cannot record a second score.
 """
@@ -14,7 +14,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.reminders import db, domain
+from services.reminders import db, keywords
 
 
 async def ask(
@@ -22,7 +22,7 @@ async def ask(
     *,
     key: str,
     phone: str,
-    kind: domain.QuestionKind,
+    kind: keywords.QuestionKind,
     asked_at: datetime,
     closes_at: datetime,
     client_id: str | None,

@@ -1,7 +1,7 @@
 """A phone texts the clinic: keywords, consent, confirmations, and the one answer.
 
 A reply is read against the latest question still open to that phone (``questions.py``,
-``domain.read_reply``): C and R keep their meaning, a number answers an open check-in,
+``keywords.read_reply``): C and R keep their meaning, a number answers an open check-in,
 BOOK claims an open waitlist offer (``answers.py``), and anything else gets the help of
 whatever is open. Twilio's own keywords are never read as anything else.
 """
@@ -18,7 +18,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.reminders import answers, db, domain, questions, texts
+from services.reminders import answers, db, domain, keywords, questions, texts
 from services.reminders.consent import set_consent
 from services.reminders.context import Reminders
 from shared import events
@@ -65,7 +65,7 @@ async def handle_inbound(app: Reminders, message: Inbound) -> str | None:
     to an opted-out phone would fail), so those get none from us.
     """
     now = app.now()
-    intent = domain.parse_reply(message.body)
+    intent = keywords.parse_reply(message.body)
     region = app.settings.default_phone_region
     async with app.uow.write() as session:
         seen = (
@@ -109,7 +109,7 @@ async def handle_inbound(app: Reminders, message: Inbound) -> str | None:
                 ),
             )
             latest = await questions.latest_open(session, message.phone, now) if clients else None
-            action = domain.read_reply(intent, latest.kind if latest is not None else None)
+            action = keywords.read_reply(intent, latest.kind if latest is not None else None)
             if intent == "help":
                 answer = texts.render("help", ctx, language)
             elif not clients:

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from services.reminders import domain
+from services.reminders import domain, keywords
 from services.reminders.domain import QuietHours, Rule, RuleSet, SessionState
 from services.reminders.rules import parse_rules_document
 
@@ -240,7 +240,7 @@ def test_decide_when_the_state_no_longer_warrants_it() -> None:
     ],
 )
 def test_reply_keywords(body: str, intent: str) -> None:
-    assert domain.parse_reply(body) == intent
+    assert keywords.parse_reply(body) == intent
 
 
 # --- check-ins, offers, replies read against the open question ------------------------
@@ -283,19 +283,21 @@ def test_an_offer_is_sent_now_or_never() -> None:
     [("7", 7), (" 0 ", 0), ("10.", 10), ("7/10", 7), ("11", None), ("-1", None), ("7 ok", None)],
 )
 def test_a_checkin_answer_is_a_number_from_0_to_10(body: str, score: int | None) -> None:
-    assert domain.parse_score(body) == score
+    assert keywords.parse_score(body) == score
 
 
 def test_replies_are_read_against_the_latest_open_question() -> None:
-    assert domain.parse_reply("book") == "book" and domain.parse_reply("7") == "score"
-    assert domain.parse_reply("YES") == "opt_in", "Twilio's keyword keeps its meaning"
-    assert domain.read_reply("score", None) == "record_score"
-    assert domain.read_reply("book", "checkin") == "claim"
-    assert domain.read_reply("other", "checkin") == "checkin_help"
-    assert domain.read_reply("other", "offer") == "offer_help"
-    assert domain.read_reply("other", "confirm") == "other"
-    assert domain.read_reply("confirm", "checkin") == "confirm"
-    assert domain.read_reply("opt_out", "offer") == "opt_out"
+    assert keywords.parse_reply("book") == "book" and keywords.parse_reply("7") == "score"
+    assert keywords.parse_reply("YES") == "opt_in", "Twilio's keyword keeps its meaning"
+    assert keywords.read_reply("score", None) == "record_score"
+    assert keywords.read_reply("book", "checkin") == "claim"
+    assert keywords.read_reply("other", "checkin") == "checkin_help"
+    assert keywords.read_reply("other", "offer") == "offer_help"
+    assert keywords.read_reply("other", "confirm") == "other"
+    assert keywords.read_reply("confirm", "checkin") == "confirm"
+    assert keywords.read_reply("opt_out", "offer") == "opt_out"
     sent = ny(2026, 6, 10, 10)
-    assert domain.question_closes("checkin", sent, None, None) == sent + timedelta(hours=48)
-    assert domain.question_of("reminder") == "confirm" and domain.question_of("followup") is None
+    assert keywords.question_closes("checkin", sent, None, None) == sent + timedelta(hours=48)
+    assert (
+        keywords.question_of("reminder") == "confirm" and keywords.question_of("followup") is None
+    )
