@@ -186,9 +186,11 @@ async def apply_waitlist_event(
             expires_at=as_utc(data.expires_at),
             status="offered",
             pending=[],
+            change_seq=0,
             plan_pending=False,
         )
         session.add(row)
+    row.change_seq = (row.change_seq or 0) + 1
     if what == "offered":
         if row.closed_at is None:  # a replay re-plans it; the ledger key sends it once
             row.pending = sorted({*(row.pending or []), "offer"})

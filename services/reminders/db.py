@@ -216,6 +216,9 @@ class WaitlistOffer(Base):
     #: offered, filled, taken, expired (booking's word for how it ended).
     status: Mapped[str] = mapped_column(String(20))
     closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
-    #: Texts to plan: "offer" and/or "taken" (the planner clears it).
+    #: Texts to plan: "offer" and/or "taken" (planning one again is harmless: its ledger
+    #: key sends it once).
     pending: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: Bumped by every event; the planner clears ``plan_pending`` only for what it read.
+    change_seq: Mapped[int] = mapped_column(Integer, default=0)
     plan_pending: Mapped[bool] = mapped_column(Boolean, default=True, index=True)

@@ -113,9 +113,9 @@ async def plan_pending(app: Reminders, limit: int = PLAN_BATCH) -> int:
         ).all()
         for notice in notices:
             adds.append(referral_job(notice, await referral_plan(session, app, rules, notice)))
-    offer_ids, offer_jobs = await pending_offers(app, limit)
+    offers, offer_jobs = await pending_offers(app, limit)
     adds.extend(offer_jobs)
-    if not rows and not notices and not offer_ids:
+    if not rows and not notices and not offers:
         return 0
     if removes and not await app.scheduler.remove_jobs(removes):
         return 0  # stood down: the next holder plans them
@@ -143,8 +143,8 @@ async def plan_pending(app: Reminders, limit: int = PLAN_BATCH) -> int:
                 .where(db.ReferralNotice.id.in_([n.id for n in notices]))
                 .values(plan_pending=False)
             )
-    await mark_planned(app, offer_ids)
-    return len(rows) + len(notices) + len(offer_ids)
+    await mark_planned(app, offers)
+    return len(rows) + len(notices) + len(offers)
 
 
 async def plan_step(app: Reminders) -> StepResult:

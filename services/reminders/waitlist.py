@@ -63,26 +63,28 @@ def waitlist_jobs(offer: db.WaitlistOffer) -> list[JobSpec]:
     return jobs
 
 
-async def pending_offers(app: Reminders, limit: int) -> tuple[list[str], list[JobSpec]]:
-    """The offers whose texts are still to plan, and their jobs."""
+async def pending_offers(app: Reminders, limit: int) -> tuple[list[tuple[str, int]], list[JobSpec]]:
+    """The offers whose texts are still to plan (id, change_seq), and their jobs."""
     async with app.uow.read() as session:
         rows = (
             await session.scalars(
                 select(db.WaitlistOffer).where(db.WaitlistOffer.plan_pending.is_(True)).limit(limit)
             )
         ).all()
-        return [r.id for r in rows], [job for r in rows for job in waitlist_jobs(r)]
+        return [(r.id, r.change_seq) for r in rows], [job for r in rows for job in waitlist_jobs(r)]
 
 
-async def mark_planned(app: Reminders, offer_ids: list[str]) -> None:
-    if not offer_ids:
+async def mark_planned(app: Reminders, offers: list[tuple[str, int]]) -> None:
+    """Planned as read: an event that came meanwhile leaves its offer pending."""
+    if not offers:
         return
     async with app.uow.write() as session:
-        await session.execute(
-            update(db.WaitlistOffer)
-            .where(db.WaitlistOffer.id.in_(offer_ids))
-            .values(plan_pending=False, pending=[])
-        )
+        for offer_id, seq in offers:
+            await session.execute(
+                update(db.WaitlistOffer)
+                .where(db.WaitlistOffer.id == offer_id, db.WaitlistOffer.change_seq == seq)
+                .values(plan_pending=False)
+            )
 
 
 def _text(app: Reminders, offer: db.WaitlistOffer, client: db.Client, what: str) -> str:

@@ -52,6 +52,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=20), nullable=False),
         sa.Column("closed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("pending", sa.JSON(), nullable=False),
+        sa.Column("change_seq", sa.Integer(), nullable=False),
         sa.Column("plan_pending", sa.Boolean(), nullable=False),
     )
     op.create_index("ix_waitlist_offers_client_id", "waitlist_offers", ["client_id"])
