@@ -94,7 +94,9 @@ async def test_a_completed_session_gets_one_checkin_and_a_7_is_recorded_once(
     await publish(reminders.nats_url, b.booked())
     # Marked completed a day ago, give or take a few seconds: the check-in is due now.
     due = now() + timedelta(seconds=6)
-    await publish(reminders.nats_url, completed(b, due - timedelta(hours=24)))
+    done = completed(b, due - timedelta(hours=24))
+    await publish(reminders.nats_url, done)
+    await publish(reminders.nats_url, done, msg_id=str(uuid.uuid4()))  # past JetStream's dedupe
 
     async def planned() -> dict[str, float] | None:
         jobs = await reminders.jobs(b.session_id)
@@ -104,6 +106,9 @@ async def test_a_completed_session_gets_one_checkin_and_a_7_is_recorded_once(
     assert jobs["checkin"] == pytest.approx(due.timestamp(), abs=0.01), "24 h after completed"
 
     [question] = await reminders.sandbox.wait_for(b.phone, 1, timeout=20)
+    canary = Booking()  # consumed after the replay: once it is texted, the replay was applied
+    await publish(reminders.nats_url, canary.booked(), completed(canary, now()))
+    await eventually(lambda: reminders.jobs(canary.session_id), what="the canary planned")
     body = question["body"]
     assert "How do you feel today?" in body and "0 (very well) to 10 (very bad)" in body
     assert "pain" not in body.lower() and gsm7_segments(body) == 1
