@@ -26,12 +26,12 @@ import structlog
 from fastapi import FastAPI
 from nats.js.kv import KeyValue
 
-from services.reminders import api, db, firing, planning, transmit
+from services.reminders import api, db, firing, planning, transmit, waitlist
 from services.reminders.aftercare import AftercareLibrary
 from services.reminders.batch import GroupCommit
 from services.reminders.consumers import build_consumers
 from services.reminders.context import PLANNER, Reminders
-from services.reminders.jobs import REFERRAL_JOB, SESSION_JOB
+from services.reminders.jobs import REFERRAL_JOB, SESSION_JOB, WAITLIST_JOB
 from services.reminders.links import Links
 from services.reminders.migrate import upgrade
 from services.reminders.pacing import SharedRateLimiter
@@ -107,6 +107,10 @@ def bootstrap(settings: RemindersSettings) -> Runtime:
         async with reminders.job_slots:
             await firing.send_referral_update(reminders, notice_id)
 
+    async def waitlist_job(offer_id: str, what: str) -> None:
+        async with reminders.job_slots:
+            await waitlist.send_waitlist_text(reminders, offer_id, what)
+
     async def on_missed(job_id: str, scheduled: datetime) -> None:
         await firing.on_job_missed(reminders, job_id, scheduled)
 
@@ -127,7 +131,11 @@ def bootstrap(settings: RemindersSettings) -> Runtime:
         store=JobStoreConfig(
             settings.database_url, db.JOBS_TABLE, max_due=settings.scheduler_jobs_per_pass
         ),
-        handlers={SESSION_JOB: session_job, REFERRAL_JOB: referral_job},
+        handlers={
+            SESSION_JOB: session_job,
+            REFERRAL_JOB: referral_job,
+            WAITLIST_JOB: waitlist_job,
+        },
         on_active=on_active,
         on_standby=on_standby,
         on_missed=on_missed,

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.reminders import db
 from services.reminders.context import PLANNER
 from services.reminders.domain import ClientUnknown
+from services.reminders.questions import close_offer_questions
 from services.reminders.settings import RemindersSettings
 from shared import events
 from shared.auth import remember_key
@@ -34,16 +35,26 @@ async def _learn_client(
     phone: str,
     consent: bool,
     at: datetime,
+    language: str | None = None,
 ) -> None:
+    """Keep the newest facts; a language only from an event that carries one (booking's
+    client events do not), so such an event never erases it."""
     row = await session.get(db.Client, client_id)
     if row is None:
         session.add(
             db.Client(
-                id=client_id, first_name=first_name, phone=phone, sms_consent=consent, as_of=at
+                id=client_id,
+                first_name=first_name,
+                phone=phone,
+                sms_consent=consent,
+                language=language,
+                as_of=at,
             )
         )
     elif row.as_of <= at:
         row.first_name, row.phone, row.sms_consent, row.as_of = first_name, phone, consent, at
+        if language is not None:
+            row.language = language
 
 
 async def apply_session_event(
@@ -53,7 +64,9 @@ async def apply_session_event(
     data = event.data
     at = as_utc(event.time)
     client = data.client
-    await _learn_client(session, client.id, client.first_name, client.phone, client.sms_consent, at)
+    await _learn_client(
+        session, client.id, client.first_name, client.phone, client.sms_consent, at, client.language
+    )
     row = await session.get(db.Session, data.session_id)
     if row is not None and data.version <= row.version:
         log.info("session.stale_event", session=data.session_id, version=data.version)
@@ -82,6 +95,8 @@ async def apply_session_event(
         row.changed_at = at
     elif event.type == events.SESSION_CANCELLED:
         row.cancelled_at = at
+    elif event.type == events.SESSION_COMPLETED:
+        row.completed_at = at
     row.change_seq = (row.change_seq or 0) + 1
     row.plan_pending = True
     after_commit(session, PLANNER)
@@ -142,6 +157,54 @@ async def apply_location_event(
     )
 
 
+async def apply_waitlist_event(
+    session: AsyncSession, event: events.CloudEvent[events.WaitlistEvent]
+) -> None:
+    """An offer to text (``offered``), or one that closed: ``taken`` also tells its client
+    the time is gone; ``filled`` and ``expired`` only close the question it asked."""
+    data = event.data
+    at = as_utc(event.time)
+    client = data.client
+    what = event.type.rsplit(".", 1)[-1]
+    await _learn_client(
+        session, client.id, client.first_name, client.phone, client.sms_consent, at, client.language
+    )
+    row = await session.get(db.WaitlistOffer, data.offer_id)
+    if row is None:
+        slot = data.slot
+        row = db.WaitlistOffer(
+            id=data.offer_id,
+            entry_id=data.entry_id,
+            client_id=client.id,
+            slot_start=as_utc(slot.start),
+            slot_end=as_utc(slot.end),
+            location_id=slot.location.id,
+            location_name=slot.location.name,
+            location_timezone=slot.location.timezone,
+            location_phone=slot.location.phone,
+            offered_at=at,
+            expires_at=as_utc(data.expires_at),
+            status="offered",
+            pending=[],
+            change_seq=0,
+            plan_pending=False,
+        )
+        session.add(row)
+    row.change_seq = (row.change_seq or 0) + 1
+    if what == "offered":
+        if row.closed_at is None:  # a replay re-plans it; the ledger key sends it once
+            row.pending = sorted({*(row.pending or []), "offer"})
+            row.plan_pending = True
+    elif row.closed_at is None:
+        row.status, row.closed_at = what, at
+        await close_offer_questions(session, data.offer_id, at)
+        if what == "taken":
+            row.pending = sorted({*(row.pending or []), "taken"})
+            row.plan_pending = True
+    if row.plan_pending:
+        after_commit(session, PLANNER)
+
+
 def build_consumers(settings: RemindersSettings) -> list[Consumer]:
     common: dict[str, Any] = {
         "service": "reminders",
@@ -173,6 +236,12 @@ def build_consumers(settings: RemindersSettings) -> list[Consumer]:
         Consumer.of(
             events.REMINDERS_LOCATIONS,
             apply_location_event,
+            max_deliver=settings.max_deliver,
+            retry_base_seconds=settings.retry_base_seconds,
+        ),
+        Consumer.of(
+            events.REMINDERS_WAITLIST,
+            apply_waitlist_event,
             max_deliver=settings.max_deliver,
             retry_base_seconds=settings.retry_base_seconds,
         ),

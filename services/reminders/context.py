@@ -48,8 +48,20 @@ class Reminders:
         return self.uow.clock()
 
     def is_active(self) -> bool:
-        """This process holds the scheduler lease: it may send."""
+        """This process holds the scheduler lease: it decides what is due."""
         return self.scheduler.active
+
+    async def lease_back(self) -> bool:
+        """Whether this instance is (again) the active one within one lease (a renewal may
+        be late on a busy moment)."""
+        step = self.settings.scheduler_lease_seconds / 20
+        for _ in range(20):
+            if self.is_active():
+                return True
+            if self.scheduler.scheduler is None:
+                return False  # stood down
+            await asyncio.sleep(step)
+        return self.is_active()
 
     @property
     def default_zone(self) -> ZoneInfo:

@@ -52,6 +52,8 @@ class Client(Base):
     first_name: Mapped[str] = mapped_column(String(100))
     phone: Mapped[str] = mapped_column(String(20), index=True)
     sms_consent: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: BCP 47, as booking's events carry it; None (English) until one says.
+    language: Mapped[str | None] = mapped_column(String(35), nullable=True)
     #: Time of the event these facts come from: an older event never overwrites them.
     as_of: Mapped[datetime] = mapped_column(UtcDateTime)
 
@@ -81,6 +83,8 @@ class Session(Base):
     rescheduled_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     rescheduled_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     cancelled_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    #: When booking marked it completed: the check-in counts from here.
+    completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     #: Bumped by every change; the planner has planned up to ``planned_seq``.
     change_seq: Mapped[int] = mapped_column(Integer, default=1)
     planned_seq: Mapped[int] = mapped_column(Integer, default=0)
@@ -167,4 +171,54 @@ class ReferralNotice(Base):
     status: Mapped[str] = mapped_column(String(20))
     discipline: Mapped[str] = mapped_column(String(40))
     happened_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    plan_pending: Mapped[bool] = mapped_column(Boolean, default=True, index=True)
+
+
+class Question(Base):
+    """A text that asked something of a phone, and until when it is open: a reply is read
+    against the latest one still open (``C``: a session; a number: a check-in; ``BOOK``:
+    a waitlist offer). ``id`` is the ledger key of the text that asked it."""
+
+    __tablename__ = "questions"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    phone: Mapped[str] = mapped_column(String(20))
+    kind: Mapped[str] = mapped_column(String(20))  # confirm, checkin, offer
+    client_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    session_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    offer_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    asked_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    closes_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    #: Set once by the answer that counted (a check-in is recorded once).
+    answered_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    answer_sid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+    __table_args__ = (Index("ix_questions_phone_asked", "phone", "asked_at"),)
+
+
+class WaitlistOffer(Base):
+    """An offer of a freed slot, as booking's ``booking.waitlist.*`` events describe it:
+    what the offer text and the "taken" text need, and where its texts stand."""
+
+    __tablename__ = "waitlist_offers"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # booking's offer_id
+    entry_id: Mapped[str] = mapped_column(String(36))
+    client_id: Mapped[str] = mapped_column(String(36), index=True)
+    slot_start: Mapped[datetime] = mapped_column(UtcDateTime)
+    slot_end: Mapped[datetime] = mapped_column(UtcDateTime)
+    location_id: Mapped[str] = mapped_column(String(36))
+    location_name: Mapped[str] = mapped_column(String(200))
+    location_timezone: Mapped[str] = mapped_column(String(64))
+    location_phone: Mapped[str] = mapped_column(String(20))
+    offered_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    #: offered, filled, taken, expired (booking's word for how it ended).
+    status: Mapped[str] = mapped_column(String(20))
+    closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    #: Texts to plan: "offer" and/or "taken" (planning one again is harmless: its ledger
+    #: key sends it once).
+    pending: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: Bumped by every event; the planner clears ``plan_pending`` only for what it read.
+    change_seq: Mapped[int] = mapped_column(Integer, default=0)
     plan_pending: Mapped[bool] = mapped_column(Boolean, default=True, index=True)

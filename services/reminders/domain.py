@@ -17,10 +17,28 @@ from shared.errors import DomainError
 #: What reminders' events name as their source.
 SOURCE = "reminders"
 
-Kind = Literal["confirmation", "reminder", "followup", "cancellation", "reschedule"]
-KINDS: tuple[Kind, ...] = ("confirmation", "reminder", "followup", "cancellation", "reschedule")
+Kind = Literal[
+    "confirmation",
+    "reminder",
+    "followup",
+    "cancellation",
+    "reschedule",
+    "checkin",
+    "waitlist_offer",
+]
+KINDS: tuple[Kind, ...] = (
+    "confirmation",
+    "reminder",
+    "followup",
+    "cancellation",
+    "reschedule",
+    "checkin",
+    "waitlist_offer",
+)
 #: Kinds sent when something happens rather than at an offset from the session.
-IMMEDIATE_KINDS = frozenset({"confirmation", "cancellation", "reschedule"})
+IMMEDIATE_KINDS = frozenset({"confirmation", "cancellation", "reschedule", "waitlist_offer"})
+#: The texts that ask the client to reply C (or R) about a session.
+CONFIRM_KINDS = frozenset({"confirmation", "reminder", "reschedule"})
 
 #: Session statuses in which the client is still expected to come.
 UPCOMING = frozenset({"booked", "confirmed"})
@@ -28,6 +46,10 @@ UPCOMING = frozenset({"booked", "confirmed"})
 FOLLOWUP_STATUSES = UPCOMING | {"checked_in", "completed"}
 #: A follow-up that could not go out within this long after it was due is dropped.
 FOLLOWUP_USEFUL_FOR = timedelta(hours=24)
+#: A check-in that could not go out within this long after it was due is dropped.
+CHECKIN_USEFUL_FOR = timedelta(hours=24)
+#: A "that time was taken" text that could not go out within this long is dropped.
+TAKEN_USEFUL_FOR = timedelta(hours=1)
 #: A referral update that could not go out within this long is dropped.
 REFERRAL_USEFUL_FOR = timedelta(days=7)
 #: A job that fires this much before its time was planned for an older state: wait.
@@ -101,6 +123,8 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule("followup", "followup", 2 * 60),
     Rule("cancellation", "cancellation", 0),
     Rule("reschedule", "reschedule", 0),
+    Rule("checkin", "checkin", 24 * 60),
+    Rule("waitlist_offer", "waitlist_offer", 0),
 )
 
 
@@ -115,6 +139,10 @@ def validate_rule(rule: Rule, where: str) -> None:
         raise InvalidRules(f"{where}.offset_minutes: a reminder comes before the start (< 0)")
     if rule.kind == "followup" and rule.offset_minutes < 0:
         raise InvalidRules(f"{where}.offset_minutes: a follow-up comes after the end (>= 0)")
+    if rule.kind == "checkin" and rule.offset_minutes < 0:
+        raise InvalidRules(
+            f"{where}.offset_minutes: a check-in comes after the session is completed (>= 0)"
+        )
     if rule.kind in IMMEDIATE_KINDS and rule.offset_minutes != 0:
         raise InvalidRules(f"{where}.offset_minutes: a {rule.kind} is sent at once (0)")
     if abs(rule.offset_minutes) > 60 * 24 * 30:
@@ -130,6 +158,10 @@ class RuleSet:
 
     def rule(self, name: str) -> Rule | None:
         return next((r for r in self.rules if r.name == name), None)
+
+    def allows(self, kind: Kind) -> bool:
+        """Whether an enabled rule of ``kind`` exists (waitlist offers: none, none sent)."""
+        return any(r.kind == kind for r in self.enabled)
 
     @property
     def enabled(self) -> tuple[Rule, ...]:
@@ -201,6 +233,8 @@ class SessionState:
     rescheduled_at: datetime | None = None
     rescheduled_version: int | None = None
     cancelled_at: datetime | None = None
+    #: When it was marked completed (the check-in's anchor).
+    completed_at: datetime | None = None
 
     @property
     def zone(self) -> ZoneInfo:
@@ -258,6 +292,13 @@ def plan_one(state: SessionState, rule: Rule, quiet: QuietHours) -> Planned | No
             return None
         due = state.end + offset
         deadline, key = due + FOLLOWUP_USEFUL_FOR, ledger_key(sid, name, stamp(state.end))
+    elif rule.kind == "checkin":
+        if state.status != "completed" or state.completed_at is None:
+            return None
+        due = state.completed_at + offset
+        deadline, key = due + CHECKIN_USEFUL_FOR, ledger_key(sid, name)
+    elif rule.kind == "waitlist_offer":
+        return None  # offers come from booking's waitlist events, not from sessions
     elif rule.kind == "cancellation":
         if state.status != "cancelled" or state.cancelled_at is None:
             return None
@@ -293,6 +334,30 @@ def plan_referral(
         due=happened_at,
         run_at=run_at,
         deadline=happened_at + REFERRAL_USEFUL_FOR,
+    )
+
+
+def plan_offer(offer_id: str, offered_at: datetime, expires_at: datetime) -> Planned:
+    """A waitlist offer: sent at once, or not at all (see :func:`decide_now`)."""
+    return Planned(
+        rule="waitlist_offer",
+        kind="waitlist_offer",
+        key=ledger_key("offer", offer_id),
+        due=offered_at,
+        run_at=offered_at,
+        deadline=expires_at,
+    )
+
+
+def plan_taken(offer_id: str, taken_at: datetime) -> Planned:
+    """ "That time was taken": sent at once while it is still news."""
+    return Planned(
+        rule="waitlist_taken",
+        kind="waitlist_offer",
+        key=ledger_key("offer", offer_id, "taken"),
+        due=taken_at,
+        run_at=taken_at,
+        deadline=taken_at + TAKEN_USEFUL_FOR,
     )
 
 
@@ -346,37 +411,19 @@ def decide(
     return Send(planned)
 
 
+def decide_now(
+    planned: Planned, consent: Consent, now: datetime, tz: ZoneInfo, quiet: QuietHours
+) -> Send | Skip:
+    """A text that is worth sending now or never (a waitlist offer lasts minutes): quiet
+    hours drop it rather than defer it, since by morning the slot is gone."""
+    if now > planned.deadline:
+        return Skip("too_late")
+    if consent != "ok":
+        return Skip(consent)
+    if next_allowed(now, tz, quiet) > now:
+        return Skip("quiet_hours")
+    return Send(planned)
+
+
 def replanned(planned: Planned, run_at: datetime) -> Planned:
     return replace(planned, run_at=run_at)
-
-
-# ---------------------------------------------------------------------------------------
-# Replies
-
-Intent = Literal["opt_out", "opt_in", "help", "confirm", "reschedule", "other"]
-
-#: Twilio's own keywords: it acts on them whatever the app does, so CANCEL always means
-#: "stop texting me" and YES always means "start again".
-OPT_OUT_WORDS = frozenset(
-    {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"}
-)
-OPT_IN_WORDS = frozenset({"START", "YES", "UNSTOP"})
-HELP_WORDS = frozenset({"HELP", "INFO"})
-CONFIRM_WORDS = frozenset({"C", "CONFIRM"})
-RESCHEDULE_WORDS = frozenset({"R", "RESCHEDULE"})
-
-
-def parse_reply(body: str) -> Intent:
-    """What a client's text asks for. One word, any case, trailing punctuation ignored."""
-    word = re.sub(r"[\s.!?,;:'\"]+$", "", body.strip()).strip().upper()
-    if word in OPT_OUT_WORDS:
-        return "opt_out"
-    if word in OPT_IN_WORDS:
-        return "opt_in"
-    if word in HELP_WORDS:
-        return "help"
-    if word in CONFIRM_WORDS:
-        return "confirm"
-    if word in RESCHEDULE_WORDS:
-        return "reschedule"
-    return "other"

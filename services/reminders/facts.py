@@ -24,6 +24,7 @@ def state_of(row: db.Session) -> domain.SessionState:
         rescheduled_at=row.rescheduled_at,
         rescheduled_version=row.rescheduled_version,
         cancelled_at=row.cancelled_at,
+        completed_at=row.completed_at,
     )
 
 

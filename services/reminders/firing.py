@@ -4,20 +4,21 @@ which queues the text for a sender (``transmit``). A job that ran too late to ru
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import structlog
 
-from services.reminders import db, domain, texts
+from services.reminders import db, domain, keywords, texts
 from services.reminders.consent import consent_of
 from services.reminders.context import Reminders
 from services.reminders.facts import client_location, message_by_key, state_of
 from services.reminders.jobs import session_job_id
 from services.reminders.ledger import Recipient, claim, record_skip, skip
 from services.reminders.planning import deferred, job_for, referral_job, referral_plan, reschedule
+from services.reminders.questions import ask
 from services.reminders.rules import load_rules
+from services.reminders.waitlist import waitlist_job_missed
 
 log = structlog.get_logger(__name__)
 
@@ -28,12 +29,12 @@ def text_for_session(app: Reminders, kind: str, row: db.Session, client: db.Clie
     link = app.links.aftercare_url(row.id) if kind == "followup" else row.manage_url or ""
     ctx = texts.TextContext(
         first_name=client.first_name,
-        when=texts.local_when(row.start_at, ZoneInfo(row.location_timezone)),
+        when=texts.local_when(row.start_at, ZoneInfo(row.location_timezone), client.language),
         location=row.location_name,
         phone=texts.display_phone(row.location_phone, app.settings.default_phone_region),
         link=link,
     )
-    return texts.render(kind, ctx)
+    return texts.render(kind, ctx, client.language)
 
 
 def text_for_referral(
@@ -47,7 +48,7 @@ def text_for_referral(
         phone=texts.display_phone(phone or settings.clinic_phone, settings.default_phone_region),
         link=app.links.referral_url(notice.referral_id),
     )
-    return texts.render("referral", ctx)
+    return texts.render("referral", ctx, client.language)
 
 
 async def send_session_message(app: Reminders, session_id: str, rule_name: str) -> None:
@@ -69,7 +70,7 @@ async def send_session_message(app: Reminders, session_id: str, rule_name: str) 
 
 async def _fire_session_job(app: Reminders, session_id: str, rule_name: str) -> bool:
     """Send, wait or drop; True when the message is settled (nothing left to do)."""
-    if not app.is_active() and not await lease_back(app):
+    if not app.is_active() and not await app.lease_back():
         # The lease is gone: whoever holds it next re-adds this job (planning.repair_jobs).
         log.warning("job.not_active", job=session_job_id(session_id, rule_name))
         return False
@@ -114,14 +115,35 @@ async def _fire_session_job(app: Reminders, session_id: str, rule_name: str) -> 
             log.info("job.nothing_to_send", session=session_id, rule=rule_name)
         return decision.record
     if isinstance(decision, domain.Send) and body:
-        await claim(app, decision.planned, body, existing, to)  # a sender takes it from here
+        if await claim(app, decision.planned, body, existing, to):  # a sender takes it
+            await _ask(app, decision.planned, to, state.start)
         return True
     return False
 
 
+async def _ask(app: Reminders, planned: domain.Planned, to: Recipient, start: datetime) -> None:
+    """A text that asks C or 0-10 is about to go: its question opens (before the send, so a
+    reply can never arrive before it)."""
+    kind = keywords.question_of(planned.kind)
+    if kind is None:
+        return
+    now = app.now()
+    async with app.uow.write() as session:
+        await ask(
+            session,
+            key=planned.key,
+            phone=to.phone,
+            kind=kind,
+            asked_at=now,
+            closes_at=keywords.question_closes(kind, now, start, None),
+            client_id=to.client_id,
+            session_id=to.session_id,
+        )
+
+
 async def send_referral_update(app: Reminders, notice_id: str) -> None:
     """A referral job fired: a neutral text with a signed link, nothing named."""
-    if not app.is_active() and not await lease_back(app):
+    if not app.is_active() and not await app.lease_back():
         return
     now = app.now()
     async with app.uow.read() as session:
@@ -155,23 +177,13 @@ async def send_referral_update(app: Reminders, notice_id: str) -> None:
         await claim(app, planned, body, existing, to)
 
 
-async def lease_back(app: Reminders) -> bool:
-    """Whether this instance is (again) the active one within one lease (a renewal may be
-    late on a busy moment)."""
-    step = app.settings.scheduler_lease_seconds / 20
-    for _ in range(20):
-        if app.is_active():
-            return True
-        if app.scheduler.scheduler is None:
-            return False  # stood down
-        await asyncio.sleep(step)
-    return app.is_active()
-
-
 async def on_job_missed(app: Reminders, job_id: str, scheduled: datetime) -> None:
     """A job ran past its grace (the service was down too long): dropped, and logged."""
     head, rule = job_id.rsplit(":", 1)
     log.warning("job.missed", job=job_id, scheduled=scheduled.isoformat())
+    if head.startswith("offer:"):
+        await waitlist_job_missed(app, head.removeprefix("offer:"), rule)
+        return
     now = app.now()
     async with app.uow.write() as session:
         if rule.startswith("referral_"):

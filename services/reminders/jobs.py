@@ -11,6 +11,7 @@ from __future__ import annotations
 
 SESSION_JOB = "services.reminders.jobs:send_session_message"
 REFERRAL_JOB = "services.reminders.jobs:send_referral_update"
+WAITLIST_JOB = "services.reminders.jobs:send_waitlist_text"
 
 
 def session_job_id(session_id: str, rule: str) -> str:
@@ -31,4 +32,9 @@ async def send_session_message(session_id: str, rule: str) -> None:
 
 async def send_referral_update(notice_id: str) -> None:
     """Stored name of a referral update job (bound to ``firing.send_referral_update``)."""
+    raise RuntimeError("a job name only: the scheduler runs the bound handler")
+
+
+async def send_waitlist_text(offer_id: str, what: str) -> None:
+    """Stored name of a waitlist text's job (bound to ``waitlist.send_waitlist_text``)."""
     raise RuntimeError("a job name only: the scheduler runs the bound handler")

@@ -18,6 +18,7 @@ from services.reminders.context import Reminders
 from services.reminders.facts import client_location, state_of
 from services.reminders.jobs import REFERRAL_JOB, SESSION_JOB, referral_job_id, session_job_id
 from services.reminders.rules import RulesDocument, load_rules
+from services.reminders.waitlist import mark_planned, pending_offers
 from shared.scheduling import JobSpec
 from shared.worker import StepResult
 
@@ -115,7 +116,9 @@ async def plan_pending(app: Reminders, limit: int = PLAN_BATCH) -> int:
         ).all()
         for notice in notices:
             adds.append(referral_job(notice, await referral_plan(session, app, rules, notice)))
-    if not rows and not notices:
+    offers, offer_jobs = await pending_offers(app, limit)
+    adds.extend(offer_jobs)
+    if not rows and not notices and not offers:
         return 0
     if removes and not await app.scheduler.remove_jobs(removes):
         return 0  # stood down: the next holder plans them
@@ -141,7 +144,8 @@ async def plan_pending(app: Reminders, limit: int = PLAN_BATCH) -> int:
                 .where(db.ReferralNotice.id.in_([n.id for n in notices]))
                 .values(plan_pending=False)
             )
-    return len(rows) + len(notices)
+    await mark_planned(app, offers)
+    return len(rows) + len(notices) + len(offers)
 
 
 async def _drop_sent_meanwhile(app: Reminders, job_keys: dict[str, str]) -> None:

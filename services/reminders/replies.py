@@ -1,4 +1,10 @@
-"""A phone texts the clinic: keywords, consent, confirmations, and the one answer."""
+"""A phone texts the clinic: keywords, consent, confirmations, and the one answer.
+
+A reply is read against the latest question still open to that phone (``questions.py``,
+``keywords.read_reply``): C and R keep their meaning, a number answers an open check-in,
+BOOK claims an open waitlist offer (``answers.py``), and anything else gets the help of
+whatever is open. Twilio's own keywords are never read as anything else.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.reminders import db, domain, texts
+from services.reminders import answers, db, domain, keywords, questions, texts
 from services.reminders.consent import set_consent
 from services.reminders.context import Reminders
 from shared import events
@@ -59,7 +65,7 @@ async def handle_inbound(app: Reminders, message: Inbound) -> str | None:
     to an opted-out phone would fail), so those get none from us.
     """
     now = app.now()
-    intent = domain.parse_reply(message.body)
+    intent = keywords.parse_reply(message.body)
     region = app.settings.default_phone_region
     async with app.uow.write() as session:
         seen = (
@@ -94,6 +100,7 @@ async def handle_inbound(app: Reminders, message: Inbound) -> str | None:
                 await _next_session(session, client_ids, now, domain.UPCOMING) if clients else None
             )
             place = upcoming or (await _any_location(session))
+            language = clients[0].language if clients else None
             ctx = texts.TextContext(
                 first_name=clients[0].first_name if clients else "",
                 location=place.location_name if place else app.settings.clinic_name,
@@ -101,32 +108,45 @@ async def handle_inbound(app: Reminders, message: Inbound) -> str | None:
                     place.location_phone if place else app.settings.clinic_phone, region
                 ),
             )
+            latest = await questions.latest_open(session, message.phone, now) if clients else None
+            action = keywords.read_reply(intent, latest.kind if latest is not None else None)
             if intent == "help":
-                answer = texts.render("help", ctx)
+                answer = texts.render("help", ctx, language)
             elif not clients:
                 answer = texts.render("unknown_phone", ctx)
-            elif intent == "confirm":
+            elif action == "confirm":
                 target = await _next_session(session, client_ids, now, frozenset({"booked"}))
                 target = target or upcoming
                 if target is not None:
                     ctx = texts.TextContext(
                         first_name=next(c.first_name for c in clients if c.id == target.client_id),
-                        when=texts.local_when(target.start_at, ZoneInfo(target.location_timezone)),
+                        when=texts.local_when(
+                            target.start_at, ZoneInfo(target.location_timezone), language
+                        ),
                         location=target.location_name,
                         phone=ctx.phone,
                     )
-                    answer = texts.render("ack_confirm", ctx)
+                    answer = texts.render("ack_confirm", ctx, language)
                 else:
-                    answer = texts.render("ack_nothing_to_confirm", ctx)
+                    answer = texts.render("ack_nothing_to_confirm", ctx, language)
                 await _announce_reply(session, message.phone, clients, target, "confirm")
-            elif intent == "reschedule":
+            elif action == "reschedule":
                 # The client's own page for the next visit, where a new time can be picked;
                 # the location's phone when no page is known.
                 link = upcoming.manage_url if upcoming is not None else None
-                answer = texts.render("ack_reschedule", replace(ctx, link=link or ""))
+                answer = texts.render("ack_reschedule", replace(ctx, link=link or ""), language)
                 await _announce_reply(session, message.phone, clients, upcoming, "reschedule")
+            elif action == "record_score":
+                answer = await answers.record_score(session, message, clients, ctx, language, now)
+            elif action == "claim":
+                answer = await answers.claim_offer(
+                    session, app, message, clients, ctx, language, now
+                )
+            elif action in ("checkin_help", "offer_help") and latest is not None:
+                answer = await answers.help_for(session, app, action, latest, ctx, language)
+                await _announce_reply(session, message.phone, clients, upcoming, "other")
             else:
-                answer = texts.render("other", ctx)
+                answer = texts.render("other", ctx, language)
                 await _announce_reply(session, message.phone, clients, upcoming, "other")
             if intent == "help" and clients:
                 await _announce_reply(session, message.phone, clients, upcoming, "help")

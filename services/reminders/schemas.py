@@ -17,7 +17,8 @@ class RuleIn(BaseModel):
     offset_minutes: int = Field(
         default=0,
         description="From the start for reminders (negative: before), from the end for "
-        "follow-ups, 0 for the kinds sent at once",
+        "follow-ups, from the moment the session was completed for check-ins, 0 for the "
+        "kinds sent at once (confirmation, cancellation, reschedule, waitlist_offer)",
     )
     enabled: bool = True
 

@@ -10,12 +10,19 @@ for it: a link the client can tap is worth the second segment, a third is not.
 
 from __future__ import annotations
 
+import tomllib
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import phonenumbers
+from babel.dates import format_datetime
+
+#: The shipped templates, one file per language (``templates/<language>.toml``).
+TEMPLATE_DIR = Path(__file__).with_name("templates")
+DEFAULT_LANGUAGE = "en"
 
 SMS_LIMIT = 160
 #: Septets per part once a text is split (the rest is the concatenation header).
@@ -42,9 +49,6 @@ _PLAIN = str.maketrans(
         "\u00a0": " ",
     }
 )
-
-DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 def gsm7_septets(text: str) -> int | None:
@@ -84,15 +88,17 @@ def to_gsm(text: str) -> str:
     return "".join(out)
 
 
-def local_when(moment: datetime, tz: ZoneInfo) -> str:
-    """``Tue Mar 10 at 2:00 PM``, on the location's wall clock, whatever the server's locale."""
-    local = moment.astimezone(tz)
-    hour = local.hour % 12 or 12
-    half = "AM" if local.hour < 12 else "PM"
-    return (
-        f"{DAYS[local.weekday()]} {MONTHS[local.month - 1]} {local.day} "
-        f"at {hour}:{local.minute:02d} {half}"
-    )
+def local_when(moment: datetime, tz: ZoneInfo, language: str | None = DEFAULT_LANGUAGE) -> str:
+    """``Tue Mar 10 at 2:00 PM`` (``martes 10 de marzo, 14:00``), on the location's wall clock,
+    written by Babel in the client's language whatever the server's locale."""
+    code = language_of(language)
+    return format_datetime(moment, LANGUAGES[code].when_pattern, tzinfo=tz, locale=code)
+
+
+def local_time(moment: datetime, tz: ZoneInfo, language: str | None = DEFAULT_LANGUAGE) -> str:
+    """``2:15 PM`` (``14:15``): when an offer closes, on the location's wall clock."""
+    code = language_of(language)
+    return format_datetime(moment, LANGUAGES[code].until_pattern, tzinfo=tz, locale=code)
 
 
 def display_phone(phone: str, region: str = "US") -> str:
@@ -119,125 +125,68 @@ class TextContext:
     location: str = ""
     phone: str = ""
     link: str = ""
+    #: When an offer closes (local time), and the number a check-in answer noted.
+    until: str = ""
+    number: str = ""
 
 
-REPLY_OPTIONS = "Reply C to confirm, R to reschedule, STOP to opt out."
-SHORT_OPTIONS = "C=confirm R=reschedule STOP=opt out"
+@dataclass(frozen=True)
+class Language:
+    """One language's texts: variants per kind (longest first), and its date patterns."""
 
-#: Longest first. Placeholders: first, when, location, phone, link.
-TEMPLATES: dict[str, tuple[str, ...]] = {
-    "confirmation": (
-        "Hi {first}, you're booked for {when} at {location}. "
-        + REPLY_OPTIONS
-        + " Questions? {phone}",
-        "Hi {first}, you're booked for {when} at {location}. " + REPLY_OPTIONS + " {phone}",
-        "{first}: booked {when}, {location}. " + SHORT_OPTIONS + " {phone}",
-    ),
-    "reminder": (
-        "Reminder: {first}, your visit at {location} is {when}. "
-        + REPLY_OPTIONS
-        + " Questions? {phone}",
-        "Reminder: {first}, your visit at {location} is {when}. " + REPLY_OPTIONS + " {phone}",
-        "{first}: visit {when}, {location}. " + SHORT_OPTIONS + " {phone}",
-    ),
-    "reschedule": (
-        "Hi {first}, your visit is moved to {when} at {location}. "
-        + REPLY_OPTIONS
-        + " Questions? {phone}",
-        "Hi {first}, your visit is moved to {when} at {location}. " + REPLY_OPTIONS + " {phone}",
-        "{first}: moved to {when}, {location}. " + SHORT_OPTIONS + " {phone}",
-    ),
-    "cancellation": (
-        "Hi {first}, your visit on {when} at {location} is cancelled. To book again call {phone}. Reply STOP to opt out.",
-        "Hi {first}, your visit on {when} at {location} is cancelled. To book again call {phone}.",
-        "{first}: visit {when} cancelled. {location} {phone}",
-    ),
-    "followup": (
-        "Hi {first}, thank you for visiting {location}. Aftercare tips: {link} Questions? {phone}",
-        "Hi {first}, aftercare tips from {location}: {link} Questions? {phone}",
-        "Hi {first}, aftercare from {location}: {link} {phone}",
-        "{first}, aftercare tips: {link} {phone}",
-    ),
-    "referral": (
-        "Hi {first}, there's an update for you from {location}: {link} Questions? Call {phone}. Reply STOP to opt out.",
-        "Hi {first}, there's an update for you from {location}: {link} Questions? {phone}",
-        "Hi {first}, an update from {location}: {link} {phone}",
-        "{first}, an update for you: {link} {phone}",
-    ),
-    # Answers to replies (sent as TwiML).
-    "ack_confirm": (
-        "Thanks {first}, you're confirmed for {when} at {location}. See you then!",
-        "Thanks {first}, you're confirmed for {when}.",
-    ),
-    "ack_nothing_to_confirm": (
-        "Thanks {first}. We found no upcoming visit to confirm. Questions? Call {location} at {phone}.",
-        "Thanks {first}. We found no upcoming visit to confirm. Call {phone}.",
-    ),
-    "ack_reschedule": (
-        "To reschedule, please call {location} at {phone}. Thank you!",
-        "To reschedule, please call {phone}.",
-    ),
-    "help": (
-        "{location}: for help call {phone}. " + REPLY_OPTIONS + " Msg&data rates may apply.",
-        "{location}: for help call {phone}. " + REPLY_OPTIONS,
-        "Help: call {phone}. " + SHORT_OPTIONS,
-    ),
-    "other": (
-        "Sorry, we didn't get that. " + REPLY_OPTIONS + " Or call {location} at {phone}.",
-        "Sorry, we didn't get that. " + REPLY_OPTIONS + " Or call {phone}.",
-    ),
-    "unknown_phone": (
-        "Sorry, we don't recognize this number. Please call {location} at {phone}. Thank you!",
-        "Sorry, we don't recognize this number. Please call {phone}.",
-        "Sorry, we don't recognize this number. Please call the clinic.",
-    ),
-}
+    code: str
+    when_pattern: str
+    until_pattern: str
+    texts: dict[str, tuple[str, ...]]
+    linked: dict[str, tuple[str, ...]]
 
 
-MANAGE = "See or change it: {link}"
+def load_language(path: Path) -> Language:
+    """One templates file; a file without a ``[dates]`` table, or with a variant list that is
+    empty, is refused at start with the file named."""
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    try:
+        dates = data["dates"]
+        language = Language(
+            code=str(data["language"]),
+            when_pattern=str(dates["when"]),
+            until_pattern=str(dates["until"]),
+            texts={k: tuple(v) for k, v in data.get("texts", {}).items()},
+            linked={k: tuple(v) for k, v in data.get("linked", {}).items()},
+        )
+    except KeyError as exc:
+        raise ValueError(f"{path}: {exc.args[0]} is missing") from None
+    for kind, variants in {**language.texts, **language.linked}.items():
+        if not variants:
+            raise ValueError(f"{path}: {kind} has no variant")
+    return language
 
+
+def load_languages(directory: Path = TEMPLATE_DIR) -> dict[str, Language]:
+    found = (load_language(path) for path in sorted(directory.glob("*.toml")))
+    return {language.code: language for language in found}
+
+
+LANGUAGES: dict[str, Language] = load_languages()
+#: The English templates: every kind exists here (the fallback of every other language).
+TEMPLATES: dict[str, tuple[str, ...]] = LANGUAGES[DEFAULT_LANGUAGE].texts
 #: The texts that carry the client's page (``link`` is the session's ``manage_url``), two
 #: segments at most. Without a link (not known, or a name only UCS-2 can spell) the
-#: one-segment templates above are used.
-LINKED_TEMPLATES: dict[str, tuple[str, ...]] = {
-    "confirmation": (
-        "Hi {first}, you're booked for {when} at {location}. "
-        + MANAGE
-        + " "
-        + REPLY_OPTIONS
-        + " Questions? {phone}",
-        "Hi {first}, you're booked for {when} at {location}. {link} " + REPLY_OPTIONS + " {phone}",
-        "{first}: booked {when}, {location}. {link} " + SHORT_OPTIONS + " {phone}",
-    ),
-    "reminder": (
-        "Reminder: {first}, your visit at {location} is {when}. "
-        + MANAGE
-        + " "
-        + REPLY_OPTIONS
-        + " Questions? {phone}",
-        "Reminder: {first}, your visit at {location} is {when}. {link} "
-        + REPLY_OPTIONS
-        + " {phone}",
-        "{first}: visit {when}, {location}. {link} " + SHORT_OPTIONS + " {phone}",
-    ),
-    "reschedule": (
-        "Hi {first}, your visit is moved to {when} at {location}. "
-        + MANAGE
-        + " "
-        + REPLY_OPTIONS
-        + " Questions? {phone}",
-        "Hi {first}, your visit is moved to {when} at {location}. {link} "
-        + REPLY_OPTIONS
-        + " {phone}",
-        "{first}: moved to {when}, {location}. {link} " + SHORT_OPTIONS + " {phone}",
-    ),
-    # The answer to R: the client's page, where a new time can be picked.
-    "ack_reschedule": (
-        "To reschedule or cancel, open {link} or call {location} at {phone}. Thank you!",
-        "To reschedule or cancel, open {link} or call {phone}.",
-        "To reschedule or cancel: {link}",
-    ),
-}
+#: one-segment templates are used.
+LINKED_TEMPLATES: dict[str, tuple[str, ...]] = LANGUAGES[DEFAULT_LANGUAGE].linked
+
+
+def language_of(tag: str | None) -> str:
+    """The shipped language a BCP 47 tag asks for (``es-MX`` -> ``es``), else English."""
+    base = (tag or "").replace("_", "-").split("-", 1)[0].lower()
+    return base if base in LANGUAGES else DEFAULT_LANGUAGE
+
+
+def _variants(kind: str, language: str | None, linked: bool) -> tuple[str, ...] | None:
+    own = LANGUAGES[language_of(language)]
+    english = LANGUAGES[DEFAULT_LANGUAGE]
+    table, fallback = (own.linked, english.linked) if linked else (own.texts, english.texts)
+    return table.get(kind) or fallback.get(kind)
 
 
 def _fill(template: str, ctx: TextContext) -> str:
@@ -247,6 +196,8 @@ def _fill(template: str, ctx: TextContext) -> str:
         location=ctx.location,
         phone=ctx.phone,
         link=ctx.link,
+        until=ctx.until,
+        number=ctx.number,
     )
 
 
@@ -255,27 +206,31 @@ def _shorten(value: str, by: int) -> str:
     return value[:keep].rstrip() + "." if keep < len(value) else value
 
 
-def render(kind: str, ctx: TextContext) -> str:
-    """The longest variant of ``kind`` that fits its budget: one GSM-7 SMS, or two for a
-    text carrying the client's page.
+def render(kind: str, ctx: TextContext, language: str | None = DEFAULT_LANGUAGE) -> str:
+    """The longest variant of ``kind`` in ``language`` (English where that language has no
+    such template) that fits its budget: one GSM-7 SMS, or two for a text carrying the
+    client's page.
 
     When none does (very long names), the location name and then the first name are cut
     in the shortest variant; a name only UCS-2 can spell is kept as it is (and a text
     that cannot be GSM-7 goes without the client's page rather than in five parts).
     """
-    ctx = TextContext(
+    ctx = replace(
+        ctx,
         first_name=to_gsm(ctx.first_name.strip()),
-        when=ctx.when,
+        when=to_gsm(ctx.when),
         location=to_gsm(ctx.location.strip()),
-        phone=ctx.phone,
-        link=ctx.link,
     )
-    if ctx.link and kind in LINKED_TEMPLATES:
-        text = _render(LINKED_TEMPLATES[kind], ctx, TWO_SMS_LIMIT)
+    linked = _variants(kind, language, linked=True)
+    if ctx.link and linked is not None:
+        text = _render(linked, ctx, TWO_SMS_LIMIT)
         if fits_two_sms(text):
             return text
-        ctx = TextContext(**{**ctx.__dict__, "link": ""})
-    return _render(TEMPLATES[kind], ctx, SMS_LIMIT)
+        ctx = replace(ctx, link="")
+    variants = _variants(kind, language, linked=False)
+    if variants is None:
+        raise KeyError(f"no template for {kind!r}")
+    return _render(variants, ctx, SMS_LIMIT)
 
 
 def _render(variants: tuple[str, ...], ctx: TextContext, limit: int) -> str:
@@ -296,5 +251,5 @@ def _render(variants: tuple[str, ...], ctx: TextContext, limit: int) -> str:
         value = getattr(ctx, name)
         cut = _shorten(value, over + 1)
         over -= len(value) - len(cut)
-        ctx = TextContext(**{**ctx.__dict__, name: cut})
+        ctx = replace(ctx, **{name: cut})
     return _fill(shortest, ctx)

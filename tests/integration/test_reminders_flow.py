@@ -467,6 +467,8 @@ async def test_rules_api_validates_and_replans(reminders: Reminders) -> None:
         "followup",
         "cancellation",
         "reschedule",
+        "checkin",
+        "waitlist_offer",
     ]
     assert (await reminders.http.get("/v1/rules", headers={"Authorization": ""})).status_code == 401
 

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from services.reminders import domain
+from services.reminders import domain, keywords
 from services.reminders.domain import QuietHours, Rule, RuleSet, SessionState
 from services.reminders.rules import parse_rules_document
 
@@ -240,4 +240,64 @@ def test_decide_when_the_state_no_longer_warrants_it() -> None:
     ],
 )
 def test_reply_keywords(body: str, intent: str) -> None:
-    assert domain.parse_reply(body) == intent
+    assert keywords.parse_reply(body) == intent
+
+
+# --- check-ins, offers, replies read against the open question ------------------------
+
+
+def test_checkin_is_due_a_day_after_completion_and_moved_out_of_quiet_hours() -> None:
+    rules = RuleSet(domain.DEFAULT_RULES, DAY)
+    done = state(status="completed", completed_at=ny(2026, 6, 10, 21, 30))
+    planned = by_rule(domain.plan_session(done, rules))["checkin"]
+    assert planned.due == ny(2026, 6, 11, 21, 30)
+    assert planned.run_at == ny(2026, 6, 12, 9), "21:30 is quiet: the next morning"
+    assert planned.useful and planned.key == "s1:checkin"
+    booked = state()
+    assert "checkin" not in by_rule(domain.plan_session(booked, rules)), "only once completed"
+
+
+def test_checkin_and_offer_rules_are_validated() -> None:
+    with pytest.raises(domain.InvalidRules, match="offset_minutes"):
+        domain.validate_rule(Rule("c", "checkin", -5), "r")
+    with pytest.raises(domain.InvalidRules, match="offset_minutes"):
+        domain.validate_rule(Rule("w", "waitlist_offer", 5), "r")
+    assert RuleSet(domain.DEFAULT_RULES).allows("waitlist_offer")
+    off = RuleSet((Rule("waitlist_offer", "waitlist_offer", 0, enabled=False),))
+    assert not off.allows("waitlist_offer")
+
+
+def test_an_offer_is_sent_now_or_never() -> None:
+    offered = ny(2026, 6, 10, 19, 50)
+    planned = domain.plan_offer("o1", offered, offered + timedelta(minutes=15))
+    assert isinstance(domain.decide_now(planned, "ok", offered, NY, DAY), domain.Send)
+    late = offered + timedelta(minutes=11)  # 20:01: quiet, and by 09:00 it is long gone
+    assert domain.decide_now(planned, "ok", late, NY, DAY) == domain.Skip("quiet_hours")
+    assert domain.decide_now(planned, "no_consent", offered, NY, DAY) == domain.Skip("no_consent")
+    after = offered + timedelta(minutes=16)
+    assert domain.decide_now(planned, "ok", after, NY, DAY) == domain.Skip("too_late")
+
+
+@pytest.mark.parametrize(
+    ("body", "score"),
+    [("7", 7), (" 0 ", 0), ("10.", 10), ("7/10", 7), ("11", None), ("-1", None), ("7 ok", None)],
+)
+def test_a_checkin_answer_is_a_number_from_0_to_10(body: str, score: int | None) -> None:
+    assert keywords.parse_score(body) == score
+
+
+def test_replies_are_read_against_the_latest_open_question() -> None:
+    assert keywords.parse_reply("book") == "book" and keywords.parse_reply("7") == "score"
+    assert keywords.parse_reply("YES") == "opt_in", "Twilio's keyword keeps its meaning"
+    assert keywords.read_reply("score", None) == "record_score"
+    assert keywords.read_reply("book", "checkin") == "claim"
+    assert keywords.read_reply("other", "checkin") == "checkin_help"
+    assert keywords.read_reply("other", "offer") == "offer_help"
+    assert keywords.read_reply("other", "confirm") == "other"
+    assert keywords.read_reply("confirm", "checkin") == "confirm"
+    assert keywords.read_reply("opt_out", "offer") == "opt_out"
+    sent = ny(2026, 6, 10, 10)
+    assert keywords.question_closes("checkin", sent, None, None) == sent + timedelta(hours=48)
+    assert (
+        keywords.question_of("reminder") == "confirm" and keywords.question_of("followup") is None
+    )
