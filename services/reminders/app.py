@@ -34,7 +34,7 @@ from services.reminders.context import PLANNER, Reminders
 from services.reminders.jobs import REFERRAL_JOB, SESSION_JOB, WAITLIST_JOB
 from services.reminders.links import Links
 from services.reminders.migrate import upgrade
-from services.reminders.pacing import SharedRateLimiter
+from services.reminders.pacing import PACE_BUCKET, SharedRateLimiter
 from services.reminders.rules import RulesCache
 from services.reminders.sender import Sender
 from services.reminders.settings import RemindersSettings
@@ -44,7 +44,7 @@ from shared.broker import Consumer, jetstream
 from shared.db import create_engine
 from shared.errors import install_error_handlers
 from shared.http import install_input_guard
-from shared.lease import DEFAULT_BUCKET
+from shared.lease import ensure_lease_bucket
 from shared.phones import InvalidPhone
 from shared.scheduling import JobStoreConfig, LeasedScheduler
 from shared.service import Messaging, add_ops_routes
@@ -175,7 +175,14 @@ def bootstrap(settings: RemindersSettings) -> Runtime:
     )
 
     async def pace_bucket() -> KeyValue:
-        return await jetstream(messaging.broker).key_value(DEFAULT_BUCKET)
+        # The bucket named after the service: its NATS user may write there (natsauth).
+        js = jetstream(messaging.broker)
+        if not pace_bucket_ready.is_set():
+            await ensure_lease_bucket(js, replicas=settings.nats_replicas, bucket=PACE_BUCKET)
+            pace_bucket_ready.set()
+        return await js.key_value(PACE_BUCKET)
+
+    pace_bucket_ready = asyncio.Event()
 
     reminders.sender.share_pace(
         lambda sender, per_second: SharedRateLimiter(pace_bucket, sender, per_second)

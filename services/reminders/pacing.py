@@ -2,7 +2,7 @@
 
 Twilio limits each sender (a number, or a Messaging Service), not each process: two
 replicas each sending at the limit would send at twice it. So the pace lives in NATS KV,
-one key per sender in the ``leases`` bucket holding the next free send slot (wall-clock
+one key per sender in the ``reminders`` bucket (the one its NATS user may write) holding the next free send slot (wall-clock
 seconds). A send reserves the slot with a compare-and-set and waits for it; replicas that
 race for the same slot retry with the newer value. Within a process the reservations queue
 on a lock, so only replicas contend.
@@ -28,6 +28,8 @@ from services.reminders.sender import RateLimiter
 
 log = structlog.get_logger(__name__)
 
+#: The KV bucket of the paces: named after the service, so its NATS user may write it.
+PACE_BUCKET = "reminders"
 #: Compare-and-set attempts before a reservation gives up and paces locally.
 MAX_RACES = 50
 

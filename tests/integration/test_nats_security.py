@@ -19,6 +19,7 @@ import pytest_asyncio
 
 from services.booking.app import create_app as create_booking
 from services.reminders.app import create_app as create_reminders
+from services.reminders.pacing import PACE_BUCKET, pace_key
 from shared import events
 from shared.broker import ensure_streams
 from shared.lease import Lease
@@ -181,9 +182,15 @@ async def test_booking_and_reminders_do_all_they_need_as_their_own_users(
         booking_settings(sqlite_url(tmp_path, "booking"), secured.url("booking"))
     )
     port = free_port()
-    reminders_app = create_reminders(
-        settings_for(sqlite_url(tmp_path, "reminders"), secured.url("reminders"), sandbox.url, port)
+    # A rate limit: the pace of the sender is shared through NATS KV, as reminders' user.
+    reminders_settings = settings_for(
+        sqlite_url(tmp_path, "reminders"),
+        secured.url("reminders"),
+        sandbox.url,
+        port,
+        sms_rate_per_second=20,
     )
+    reminders_app = create_reminders(reminders_settings)
     async with (
         serve(booking_app) as booking_url,
         serve_on(reminders_app, port) as reminders_url,
@@ -207,6 +214,9 @@ async def test_booking_and_reminders_do_all_they_need_as_their_own_users(
                 return bool(session["status"] == "confirmed")
 
             await eventually(confirmed, timeout=20, what="booking to confirm the session")
+
+        paces = await admin.jetstream().key_value(PACE_BUCKET)
+        assert (await paces.get(pace_key(reminders_settings.sender))).value, "the shared pace"
 
         # A reply reminders could publish but booking cannot read: booking parks it.
         reminders_nc = await nats.connect(secured.url("reminders"))
