@@ -36,6 +36,7 @@ async def apply_claim(app: Booking, session: AsyncSession, reply: events.ReplyRe
     if offer is None:
         log.info("waitlist.claim_unknown_offer")
         return
+    slot = await offers.lock_slot(session, offer.slot_id)
     now = app.clock()
     won = await session.execute(
         update(db.WaitlistOffer)
@@ -62,7 +63,6 @@ async def apply_claim(app: Booking, session: AsyncSession, reply: events.ReplyRe
         .values(status=rules.FILLED)
         .execution_options(synchronize_session=False)
     )
-    slot = offer.slot
     await session.refresh(slot)
     if slot_won.rowcount != 1:  # type: ignore[attr-defined]
         await _too_late(session, offer)

@@ -135,9 +135,29 @@ async def close_slot(
         await announce(session, offer, events.WAITLIST_TAKEN)
 
 
+async def lock_slot(session: AsyncSession, slot_id: str) -> db.WaitlistSlot:
+    """The slot, locked for this transaction (PostgreSQL; SQLite serializes writers anyway).
+
+    Whatever changes a slot's offers (a claim, a lapse) locks the slot first, so two of them
+    queue on one row instead of locking two offers in opposite orders (a deadlock)."""
+    query = (
+        select(db.WaitlistSlot)
+        .where(db.WaitlistSlot.id == slot_id)
+        .with_for_update(of=db.WaitlistSlot)
+        .execution_options(populate_existing=True)
+    )
+    return (await session.scalars(query)).one()
+
+
 async def lapse(session: AsyncSession, app: Booking, offer_id: str) -> bool:
     """Close the open offer ``offer_id`` as expired and pass its slot on; ``False`` when it
     was no longer open (claimed, or closed meanwhile: the conditional UPDATE decides)."""
+    slot_id = await session.scalar(
+        select(db.WaitlistOffer.slot_id).where(db.WaitlistOffer.id == offer_id)
+    )
+    if slot_id is None:
+        return False
+    await lock_slot(session, slot_id)
     changed = await session.execute(
         update(db.WaitlistOffer)
         .where(db.WaitlistOffer.id == offer_id, db.WaitlistOffer.status == rules.OPEN)
@@ -326,6 +346,7 @@ __all__ = [
     "lapse",
     "lapse_due",
     "left",
+    "lock_slot",
     "next_expiry",
     "pass_on",
     "slot_freed",
