@@ -167,7 +167,10 @@ class OfferTap:
 
 async def scenario(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     nats_url = stack.start_nats()
-    service = await start_booking(stack, args.database_url)
+    # Production refuses the documented development key: give it one of its own.
+    service = await start_booking(
+        stack, args.database_url, BOOKING_SECRET_KEY="bench-" + stack.admin_key
+    )
     base, key = service.url, stack.admin_key
     t0 = time.perf_counter()
     ids = await set_up(base, key, args)
