@@ -246,8 +246,13 @@ async def scenario(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
 def report(fig: dict[str, Any]) -> str:
     c, lat, http = fig["checks"], fig["cancel_to_offer"], fig["cancel_http"]
     rows = [
-        ["cancel request → first offered event on NATS", fig["slots_offered"], lat["p50_ms"],
-         lat["p99_ms"], lat["max_ms"]],
+        [
+            "cancel request → first offered event on NATS",
+            fig["slots_offered"],
+            lat["p50_ms"],
+            lat["p99_ms"],
+            lat["max_ms"],
+        ],
         ["POST /cancel (HTTP)", fig["cancels"], http["p50_ms"], http["p99_ms"], http["max_ms"]],
     ]
     return "\n".join(

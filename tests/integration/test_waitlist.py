@@ -19,9 +19,10 @@ from services.booking.app import create_app
 from services.booking.waitlist import claims
 from shared import events
 from tests.integration.test_booking_api import next_monday_at, settings_for
-from tests.support import AUTH, EventTap, eventually, serve, wait_ready
+from tests.support import ADMIN_KEY, AUTH, EventTap, eventually, serve, wait_ready
 from tools.kit import ClinicBuilder
 from tools.kit.events import new_phone, publish
+from tools.seed import seed_demo
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -51,9 +52,7 @@ async def clinic_with_clients(
     builder.client("Cara", "Cancel", phone=new_phone())
     for n, consent in enumerate(consents):
         language = "es" if n == 1 else "en"
-        builder.client(
-            f"Wai{n}", "Ting", phone=new_phone(), sms_consent=consent, language=language
-        )
+        builder.client(f"Wai{n}", "Ting", phone=new_phone(), sms_consent=consent, language=language)
     return await builder.create(client)
 
 
@@ -132,7 +131,9 @@ async def test_a_cancel_offers_the_slot_to_the_first_three_who_may_be_texted_in_
         assert first["slot"]["location"]["phone"] == clinic.location["phone"]
         expires = datetime.fromisoformat(first["expires_at"])
         assert timedelta(minutes=14) < expires - datetime.now(UTC) <= timedelta(minutes=15)
-        assert entries[0]["id"] not in {o["entry_id"] for o in of_type(tap, "booking.waitlist.offered")}
+        assert entries[0]["id"] not in {
+            o["entry_id"] for o in of_type(tap, "booking.waitlist.offered")
+        }
 
 
 async def test_the_first_claim_books_and_the_others_are_told_it_is_taken(
@@ -275,9 +276,7 @@ async def test_a_front_desk_reaches_only_its_locations_waitlist(
         listed = (await client.get("/v1/waitlist", headers=desk)).json()
         assert [e["id"] for e in listed] == [mine["id"]]
         assert (await client.get(f"/v1/waitlist/{other['id']}", headers=desk)).status_code == 404
-        assert (
-            await client.delete(f"/v1/waitlist/{other['id']}", headers=desk)
-        ).status_code == 404
+        assert (await client.delete(f"/v1/waitlist/{other['id']}", headers=desk)).status_code == 404
         body = {
             "client_id": theirs.clients[1]["id"],
             "service_id": theirs.treatment["id"],
@@ -330,3 +329,38 @@ async def test_bad_waitlist_and_language_input_is_refused_clearly(
             json={"first_name": "A", "last_name": "B", "phone": new_phone(), "language": "e"},
         )
         assert refused.status_code == 422 and "language" in refused.text
+
+
+async def test_a_claim_of_a_slot_booked_meanwhile_is_told_it_is_taken(
+    database_url: str, nats_url: str
+) -> None:
+    async with running_booking(database_url, nats_url) as (client, _app):
+        clinic = await clinic_with_clients(client, [True, True])
+        start = next_monday_at(16)
+        session_id = await book(client, clinic, start)
+        await join(client, clinic, 1)
+        await join(client, clinic, 2)
+        async with (
+            EventTap(nats_url, WAITLIST) as tap,
+            EventTap(nats_url, events.SESSION_BOOKED) as booked,
+        ):
+            await client.post(f"/v1/sessions/{session_id}/cancel", json={"reason": "flu"})
+            offered = await wait_count(tap, events.WAITLIST_OFFERED, 2)
+            # The front desk gives the time to someone on the phone before anyone texts BOOK.
+            phoned = await book(client, clinic, start)
+            await publish(nats_url, claim_event(offered[0]))
+            taken = await wait_count(tap, events.WAITLIST_TAKEN, 2)
+        assert {t["offer_id"] for t in taken} == {o["offer_id"] for o in offered}
+        assert not of_type(tap, events.WAITLIST_FILLED)
+        assert [e["session_id"] for e in of_type(booked, events.SESSION_BOOKED)] == [phoned]
+
+
+async def test_the_demo_seed_puts_a_client_on_the_waitlist(
+    sqlite_database_url: str, nats_url: str
+) -> None:
+    async with running_booking(sqlite_database_url, nats_url) as (client, _app):
+        seeded = await asyncio.to_thread(seed_demo, str(client.base_url), ADMIN_KEY)
+        assert seeded["seeded"]
+        entries = (await client.get("/v1/waitlist")).json()
+        assert [e["client_id"] for e in entries] == [seeded["clients"][1]["id"]]
+        assert entries[0]["times_of_day"] == ["afternoon"] and entries[0]["status"] == "waiting"

@@ -174,20 +174,23 @@ async def lapse(session: AsyncSession, app: Booking, offer_id: str) -> bool:
 
 
 async def lapse_due(app: Booking, *, batch: int = 100) -> int:
-    """Lapse up to ``batch`` offers whose time is up; returns how many."""
+    """Lapse up to ``batch`` offers whose time is up; returns how many were due. Looks in a
+    read transaction first, so an idle loop never takes SQLite's write lock."""
     now = app.clock()
+    query = (
+        select(db.WaitlistOffer.id)
+        .where(db.WaitlistOffer.status == rules.OPEN, db.WaitlistOffer.expires_at <= now)
+        .order_by(db.WaitlistOffer.expires_at)
+        .limit(batch)
+    )
+    async with app.uow.read() as session:
+        due = (await session.scalars(query)).all()
+    if not due:
+        return 0
     async with app.uow.write() as session:
-        due = (
-            await session.scalars(
-                select(db.WaitlistOffer.id)
-                .where(db.WaitlistOffer.status == rules.OPEN, db.WaitlistOffer.expires_at <= now)
-                .order_by(db.WaitlistOffer.expires_at)
-                .limit(batch)
-            )
-        ).all()
         for offer_id in due:
             await lapse(session, app, offer_id)
-        return len(due)
+    return len(due)
 
 
 async def next_expiry(app: Booking) -> datetime | None:
