@@ -2,7 +2,7 @@
 
 Booking: Riverside (America/New_York, two rooms) and Lakeside (America/Chicago, one room),
 four treatments, four therapists of whom two split their week between both, three clients,
-and one upcoming visit for James (not Maria: the e2e tests text Maria and reply C) whose
+James on the waitlist for a 90-minute massage at Riverside, and one upcoming visit for James (not Maria: the e2e tests text Maria and reply C) whose
 ``manage_url`` the launcher prints, so the client's page can be opened at once.
 Referrals: a physical-therapy clinic, an acupuncturist, and a care plan for one of
 booking's demo clients combining massage with both. Each seed does nothing when its
@@ -85,12 +85,28 @@ def _demo_clinic_steps() -> Steps[dict[str, Any]]:
     if (yield Call("GET", "/v1/locations")):
         return {"seeded": False}
     made = yield from demo_clinic().steps()
+    entry = yield Call("POST", "/v1/waitlist", waitlist_body(made), expect=(201,))
     return {
         "seeded": True,
         "locations": made.locations,
         "services": made.treatments,
         "therapists": made.therapists,
         "clients": made.clients,
+        "waitlist": [entry],
+    }
+
+
+def waitlist_body(made: Any) -> dict[str, Any]:
+    """James waits for a 90-minute medical massage at Riverside, afternoons, the next two
+    weeks: a cancel there offers him the slot by text."""
+    today = datetime.now(UTC).date()
+    return {
+        "client_id": made.clients[1]["id"],
+        "service_id": made.treatments[1]["id"],
+        "location_id": made.locations[0]["id"],
+        "earliest": today.isoformat(),
+        "latest": (today + timedelta(days=14)).isoformat(),
+        "times_of_day": ["afternoon"],
     }
 
 

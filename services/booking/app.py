@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -24,6 +25,8 @@ from services.booking.manage.links import ManageLinks
 from services.booking.migrate import upgrade
 from services.booking.settings import BookingSettings
 from services.booking.usecases import Booking, replies
+from services.booking.waitlist.lapses import Lapses
+from services.booking.waitlist.offers import LAPSES
 from shared import events
 from shared.auth import Authenticator
 from shared.broker import Consumer, jetstream
@@ -53,6 +56,7 @@ class Runtime:
     consumers: list[Consumer]
     calendar: CalendarSync
     nats_ready: asyncio.Event
+    lapses: Lapses
 
 
 def build_consumers(booking: Booking, settings: BookingSettings) -> list[Consumer]:
@@ -106,7 +110,12 @@ def create_app(settings: BookingSettings | None = None) -> FastAPI:
         settings.base_url,
         enabled=settings.app_env != "production" or not settings.secret_key_is_dev_value,
     )
-    booking = Booking(uow, default_phone_region=settings.default_phone_region, manage_url=links.url)
+    booking = Booking(
+        uow,
+        default_phone_region=settings.default_phone_region,
+        manage_url=links.url,
+        offer_ttl=timedelta(seconds=settings.waitlist_offer_seconds),
+    )
     box = box_for(
         settings.secret_keys(),
         setting="BOOKING_SECRET_KEY",
@@ -122,6 +131,14 @@ def create_app(settings: BookingSettings | None = None) -> FastAPI:
         connected=messaging.ready,
         lease_ttl_seconds=settings.calendar_lease_seconds,
     )
+    lapses = Lapses(
+        booking,
+        jetstream=lambda: jetstream(messaging.broker),
+        connected=messaging.ready,
+        lease_ttl_seconds=settings.waitlist_lease_seconds,
+        poll_seconds=settings.waitlist_poll_seconds,
+    )
+    uow.on_commit(LAPSES, lapses.wake)
     messaging.add_consumers(build_consumers(booking, settings))
     runtime = Runtime(
         settings,
@@ -132,6 +149,7 @@ def create_app(settings: BookingSettings | None = None) -> FastAPI:
         messaging.consumers,
         calendar,
         messaging.ready,
+        lapses,
     )
 
     @contextlib.asynccontextmanager
@@ -142,10 +160,12 @@ def create_app(settings: BookingSettings | None = None) -> FastAPI:
             log.warning("calendar_passwords.disabled", reason="BOOKING_SECRET_KEY")
         calendar.start()
         messaging.start()
+        lapses.start()
         freeze_startup_heap()
         try:
             yield
         finally:
+            await lapses.stop()
             await calendar.stop()
             await messaging.stop()
             await engine.dispose()

@@ -167,6 +167,8 @@ class Client(Base):
     sms_consent_source: Mapped[str | None] = mapped_column(String(100), nullable=True)
     #: The location the client belongs to: its front desk sees the client before any session.
     home_location_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+    #: BCP 47 tag of the language texts to this client are written in.
+    language: Mapped[str] = mapped_column(String(35), default="en", server_default="en")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
@@ -315,4 +317,87 @@ class ExternalBusy(Base):
 
     __table_args__ = (
         Index("ix_external_busy_therapist_span", "therapist_id", "start_at", "end_at"),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Waitlist (see services.booking.waitlist): clients waiting for a treatment, the slots
+# freed by cancels and moves, and the offers of those slots to the waiting clients.
+
+
+class WaitlistEntry(Base):
+    """A client waiting for ``treatment_id`` at a location, maybe with one therapist, on a
+    local date in ``[earliest, latest]`` and, if given, at some times of day."""
+
+    __tablename__ = "waitlist_entries"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id"))
+    treatment_id: Mapped[str] = mapped_column(ForeignKey("treatments.id"))
+    location_id: Mapped[str] = mapped_column(ForeignKey("locations.id"))
+    therapist_id: Mapped[str | None] = mapped_column(ForeignKey("therapists.id"), nullable=True)
+    earliest: Mapped[date] = mapped_column(Date)
+    latest: Mapped[date] = mapped_column(Date)
+    #: ``morning``, ``afternoon``, ``evening``; empty means any time.
+    times_of_day: Mapped[list[str]] = mapped_column(JSON)
+    #: waiting | filled | removed
+    status: Mapped[str] = mapped_column(String(20))
+    #: The session a claimed offer booked (status filled).
+    session_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+    client: Mapped[Client] = relationship(lazy="joined")
+
+    __table_args__ = (
+        Index("ix_waitlist_entries_match", "location_id", "treatment_id", "status", "created_at"),
+    )
+
+
+class WaitlistSlot(Base):
+    """A slot freed by a cancel or a move, offered to the waitlist until claimed or gone.
+
+    ``status`` open | filled | closed: the claim that turns it from open to filled (a
+    conditional UPDATE) is the one that books; every other claim is told "taken"."""
+
+    __tablename__ = "waitlist_slots"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    location_id: Mapped[str] = mapped_column(ForeignKey("locations.id"))
+    treatment_id: Mapped[str] = mapped_column(ForeignKey("treatments.id"))
+    therapist_id: Mapped[str] = mapped_column(ForeignKey("therapists.id"))
+    start_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    end_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    #: The session whose cancel or move freed it.
+    freed_by: Mapped[str] = mapped_column(String(36))
+    status: Mapped[str] = mapped_column(String(20))
+    session_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    location: Mapped[Location] = relationship(lazy="joined")
+
+
+class WaitlistOffer(Base):
+    """One slot offered to one entry: open until ``expires_at``, then filled, taken or
+    expired. A client is offered a slot once (unique), and holds one open offer at a time."""
+
+    __tablename__ = "waitlist_offers"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    slot_id: Mapped[str] = mapped_column(ForeignKey("waitlist_slots.id"))
+    entry_id: Mapped[str] = mapped_column(ForeignKey("waitlist_entries.id"), index=True)
+    client_id: Mapped[str] = mapped_column(String(36))
+    #: open | filled | taken | expired
+    status: Mapped[str] = mapped_column(String(20))
+    offered_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+    slot: Mapped[WaitlistSlot] = relationship(lazy="joined")
+    entry: Mapped[WaitlistEntry] = relationship(lazy="joined")
+
+    __table_args__ = (
+        UniqueConstraint("slot_id", "client_id", name="uq_waitlist_offers_slot_client"),
+        Index("ix_waitlist_offers_status_expires", "status", "expires_at"),
+        Index("ix_waitlist_offers_client_status", "client_id", "status"),
     )

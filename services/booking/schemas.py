@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime, time
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
@@ -13,6 +13,18 @@ from shared.timeutil import as_utc, zone
 from shared.validation import Instant, Name
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+
+#: A BCP 47 language tag, simply checked: ``en``, ``es``, ``es-MX``, ``zh-Hant-TW``.
+LANGUAGE_PATTERN = r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$"
+Language = Annotated[
+    str,
+    Field(
+        pattern=LANGUAGE_PATTERN,
+        max_length=35,
+        description="BCP 47 tag of the language the client's texts are written in",
+        examples=["en", "es", "es-MX"],
+    ),
+]
 
 
 class Strict(BaseModel):
@@ -159,6 +171,7 @@ class ClientIn(Strict):
         max_length=36,
         description="the client's location; a front-desk key with one location defaults to it",
     )
+    language: Language = "en"
 
 
 class ClientPatch(Strict):
@@ -170,6 +183,7 @@ class ClientPatch(Strict):
     sms_consent: bool | None = None
     sms_consent_source: str = Field(default="front_desk", max_length=100)
     home_location_id: str | None = Field(default=None, max_length=36)
+    language: Language | None = None
 
 
 class ClientOut(BaseModel):
@@ -183,6 +197,7 @@ class ClientOut(BaseModel):
     sms_consent_at: datetime | None
     sms_consent_source: str | None
     home_location_id: str | None = None
+    language: str = "en"
 
 
 class SlotOut(BaseModel):

@@ -52,6 +52,7 @@ _RULES: dict[type[Any], Any] = {
     db.Therapist: _therapists,
     db.Client: _clients,
     db.Session: _sessions,
+    db.WaitlistEntry: lambda scope: scope.where(db.WaitlistEntry.location_id),
 }
 
 

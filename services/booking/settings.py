@@ -51,6 +51,14 @@ class BookingSettings(ServiceSettings):
     #: Timeout of one request to an outside calendar.
     calendar_http_timeout_seconds: float = 15.0
 
+    # -- waitlist (the waitlist package) --------------------------------------------------
+    #: How long an offer of a freed slot stays open before it passes to the next entry.
+    waitlist_offer_seconds: float = Field(default=15 * 60, gt=0)
+    #: Seconds the lapse loop's lease (``booking-scheduler``) lives without renewal.
+    waitlist_lease_seconds: float = Field(default=10.0, ge=1)
+    #: How often the lease holder looks for offers made by other replicas.
+    waitlist_poll_seconds: float = Field(default=5.0, gt=0)
+
     @property
     def database_url(self) -> str:
         return self.booking_database_url or self.sqlite_url("booking")

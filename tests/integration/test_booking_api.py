@@ -87,6 +87,7 @@ async def test_booking_a_free_slot_announces_it_once_with_its_event_id(
         "first_name": "Maria",
         "phone": "+12125550199",
         "sms_consent": True,
+        "language": "en",
     }
     assert event["data"]["location"]["timezone"] == "America/New_York"
     msg = next(m for m in tap.messages if json.loads(m.data)["id"] == event["id"])

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from services.booking.api import calendars, changes, clients, keys, sessions, setup
+from services.booking.api import calendars, changes, clients, keys, sessions, setup, waitlist
 from services.booking.api.common import ApiContext
 
 
 def build_router(ctx: ApiContext) -> APIRouter:
     router = APIRouter(prefix="/v1")
-    for part in (setup, changes, clients, sessions, calendars, keys):
+    for part in (setup, changes, clients, sessions, calendars, keys, waitlist):
         router.include_router(part.router(ctx))
     return router

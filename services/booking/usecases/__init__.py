@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -48,6 +48,8 @@ class Booking:
     #: The signed URL of the client's own page for a session (``manage.links``); every
     #: session event and answer carries it, so it is built where those are built.
     manage_url: Callable[[str], str | None] = no_manage_link
+    #: How long a waitlist offer stays open (``WAITLIST_OFFER_SECONDS``).
+    offer_ttl: timedelta = timedelta(minutes=15)
 
     def clock(self) -> datetime:
         return self.uow.clock()

@@ -30,6 +30,17 @@ def client_details(client: db.Client) -> events.ClientDetails:
     )
 
 
+def client_ref(client: db.Client) -> events.ClientRef:
+    """The client as a text needs them (session and waitlist events)."""
+    return events.ClientRef(
+        id=client.id,
+        first_name=client.first_name,
+        phone=client.phone,
+        sms_consent=client.sms_consent,
+        language=client.language,
+    )
+
+
 async def announce_client(session: AsyncSession, client: db.Client, event_type: str) -> None:
     await enqueue(
         session,
@@ -61,6 +72,7 @@ async def create_client(app: Booking, data: ClientIn, *, scope: Scope) -> db.Cli
             sms_consent_at=now if data.sms_consent else None,
             sms_consent_source=data.sms_consent_source if data.sms_consent else None,
             home_location_id=home,
+            language=data.language,
             created_at=now,
             updated_at=now,
         )
@@ -88,6 +100,8 @@ async def update_client(
             await _check_home(session, scope, changes["home_location_id"])
         if "phone" in changes and changes["phone"] is not None:
             changes["phone"] = normalize_phone(changes["phone"], app.default_phone_region)
+        if "language" in changes and changes["language"] is None:
+            del changes["language"]  # null keeps the language; there is always one
         if "email" in changes and changes["email"] is not None:
             changes["email"] = str(changes["email"])
         for key, value in changes.items():

@@ -13,12 +13,16 @@ from services.booking import db, domain
 from services.booking.usecases import Booking
 from services.booking.usecases.clients import announce_client, set_consent
 from services.booking.usecases.sessions import announce_session
+from services.booking.waitlist import claims
 from shared import events
 
 
 async def apply_reply(app: Booking, session: AsyncSession, reply: events.ReplyReceived) -> None:
     """A client texted C: their next booked session becomes confirmed (its event carries
-    the client's page like every session event)."""
+    the client's page like every session event). BOOK claims a waitlist offer."""
+    if reply.intent == "claim":
+        await claims.apply_claim(app, session, reply)
+        return
     if reply.intent != "confirm":
         return
     now = app.clock()

@@ -24,6 +24,8 @@ from services.booking import db, domain, hours, queries
 from services.booking.schemas import SessionIn
 from services.booking.scope import get_visible
 from services.booking.usecases import SOURCE, Booking, get_or_404
+from services.booking.usecases.clients import client_ref
+from services.booking.waitlist import offers as waitlist
 from shared import events
 from shared.auth import EVERYTHING, Scope
 from shared.ids import new_id
@@ -41,12 +43,7 @@ def session_event(row: db.Session, **extra: Any) -> events.SessionEvent:
         end=row.end_at,
         reason=row.cancel_reason if row.status == domain.CANCELLED else None,
         late_cancel=row.late_cancel if row.status == domain.CANCELLED else None,
-        client=events.ClientRef(
-            id=row.client.id,
-            first_name=row.client.first_name,
-            phone=row.client.phone,
-            sms_consent=row.client.sms_consent,
-        ),
+        client=client_ref(row.client),
         therapist=events.TherapistRef(id=row.therapist.id, display_name=row.therapist.name),
         location=events.LocationRef(
             id=row.location.id,
@@ -140,7 +137,7 @@ async def _place(
     )
 
 
-def _overlap_error(exc: IntegrityError) -> domain.SlotTaken | None:
+def overlap_error(exc: IntegrityError) -> domain.SlotTaken | None:
     """PostgreSQL's exclusion constraints say which resource was taken."""
     text = str(exc.orig)
     if "sessions_therapist_no_overlap" in text:
@@ -148,6 +145,51 @@ def _overlap_error(exc: IntegrityError) -> domain.SlotTaken | None:
     if "sessions_room_no_overlap" in text:
         return domain.SlotTaken("the room was booked for that time a moment ago")
     return None
+
+
+async def book_in(
+    session: AsyncSession, app: Booking, data: SessionIn, *, scope: Scope
+) -> db.Session:
+    """Book a session inside the caller's write transaction: choose therapist and room if
+    not given, check again, write with its event. ``POST /v1/sessions`` and a claimed
+    waitlist offer both book through here."""
+    location = await get_visible(session, db.Location, data.location_id, "location", scope)
+    treatment: db.Treatment = await get_or_404(session, db.Treatment, data.service_id, "service")
+    client = await get_visible(session, db.Client, data.client_id, "client", scope)
+    therapist_id, room_id = await _place(
+        session,
+        app,
+        location=location,
+        treatment=treatment,
+        start=data.start,
+        therapist_id=data.therapist_id,
+    )
+    now = app.clock()
+    row = db.Session(
+        id=new_id(),
+        client_id=client.id,
+        treatment_id=treatment.id,
+        location_id=location.id,
+        therapist_id=therapist_id,
+        room_id=room_id,
+        # The event is built from these; setting them saves reloading after flush.
+        client=client,
+        treatment=treatment,
+        location=location,
+        therapist=await get_or_404(session, db.Therapist, therapist_id, "therapist"),
+        start_at=data.start,
+        end_at=data.start + timedelta(minutes=treatment.duration_minutes),
+        blocked_until=data.start
+        + timedelta(minutes=treatment.duration_minutes + treatment.buffer_minutes),
+        status=domain.BOOKED,
+        version=1,
+        late_cancel=False,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(row)
+    await announce_session(app, session, row, events.SESSION_BOOKED)
+    return row
 
 
 async def book(
@@ -158,49 +200,11 @@ async def book(
     *,
     scope: Scope,
 ) -> dict[str, Any]:
-    """Book a session: choose therapist and room if not given, check again, write with its event.
-
-    A front desk books at its locations, for clients it can see."""
+    """Book a session (:func:`book_in`) in a transaction of its own, remembering the answer
+    under ``idempotency_key``. A front desk books at its locations, for clients it can see."""
     try:
         async with app.uow.write() as session:
-            location = await get_visible(session, db.Location, data.location_id, "location", scope)
-            treatment: db.Treatment = await get_or_404(
-                session, db.Treatment, data.service_id, "service"
-            )
-            client = await get_visible(session, db.Client, data.client_id, "client", scope)
-            therapist_id, room_id = await _place(
-                session,
-                app,
-                location=location,
-                treatment=treatment,
-                start=data.start,
-                therapist_id=data.therapist_id,
-            )
-            now = app.clock()
-            row = db.Session(
-                id=new_id(),
-                client_id=client.id,
-                treatment_id=treatment.id,
-                location_id=location.id,
-                therapist_id=therapist_id,
-                room_id=room_id,
-                # The event is built from these; setting them saves reloading after flush.
-                client=client,
-                treatment=treatment,
-                location=location,
-                therapist=await get_or_404(session, db.Therapist, therapist_id, "therapist"),
-                start_at=data.start,
-                end_at=data.start + timedelta(minutes=treatment.duration_minutes),
-                blocked_until=data.start
-                + timedelta(minutes=treatment.duration_minutes + treatment.buffer_minutes),
-                status=domain.BOOKED,
-                version=1,
-                late_cancel=False,
-                created_at=now,
-                updated_at=now,
-            )
-            session.add(row)
-            await announce_session(app, session, row, events.SESSION_BOOKED)
+            row = await book_in(session, app, data, scope=scope)
             body = render(row)
             if idempotency_key is not None:
                 session.add(
@@ -209,12 +213,12 @@ async def book(
                         request_hash=_request_hash(data),
                         status_code=201,
                         response_body=json.dumps(body, default=str),
-                        created_at=now,
+                        created_at=row.created_at,
                     )
                 )
             return body
     except IntegrityError as exc:
-        taken = _overlap_error(exc)
+        taken = overlap_error(exc)
         if taken is not None:
             raise taken from exc
         if idempotency_key is not None:
@@ -222,6 +226,11 @@ async def book(
             if replay is not None:
                 return replay[1]
         raise
+
+
+#: Changes after which the session's old time may go to the waitlist. A no-show is not
+#: one: its time has come and gone.
+FREES_ITS_SLOT = ("cancel", "reschedule")
 
 
 async def _transition(
@@ -240,6 +249,7 @@ async def _transition(
             if expected_version is not None and row.version != expected_version:
                 raise domain.StaleVersion("the session changed meanwhile; nothing was changed")
             target = domain.next_status(row.status, action)
+            before = waitlist.freed(row)
             extra: dict[str, Any] = {}
             if change is not None:
                 extra = (await change(session, row)) or {}
@@ -247,9 +257,11 @@ async def _transition(
             row.version += 1
             row.updated_at = app.clock()
             await announce_session(app, session, row, event_type, **extra)
+            if action in FREES_ITS_SLOT and waitlist.left(before, row):
+                await waitlist.slot_freed(session, app, before)
             return row
     except IntegrityError as exc:
-        taken = _overlap_error(exc)
+        taken = overlap_error(exc)
         if taken is not None:
             raise taken from exc
         raise

@@ -1,0 +1,286 @@
+"""Waitlist offers: from a cancel to ``booking.waitlist.offered`` on NATS (booking side).
+
+What it does, all on 127.0.0.1 with free ports and a temporary directory:
+
+1. starts ``nats-server`` (JetStream) and ``python -m services.booking`` as child processes;
+2. creates one location with ``--therapists`` therapists and rooms, a treatment, the
+   clients, ``--cancels`` sessions over the next days and ``--entries`` waitlist entries
+   (windows of 3 to 14 days, a third of them naming a time of day, a tenth a therapist);
+3. listens to ``booking.waitlist.offered`` on NATS (a plain JetStream subscriber), then
+   cancels the sessions spread over ``--seconds`` (open loop: 100 in a minute by default);
+4. reports the time from each cancel request to the first offer of its slot arriving on
+   NATS (p50/p99), offers per slot, and checks that no client got two offers for one slot
+   and no slot more than three.
+
+Run from the project root::
+
+    .venv/bin/python bench/waitlist.py            # 1,000 entries, 100 cancels in 60 s
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from collections import Counter, defaultdict
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import nats
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.harness import (  # noqa: E402
+    api_client,
+    arguments,
+    drive_with,
+    latency_summary,
+    log,
+    main,
+    open_loop,
+    service_log_findings,
+    start_booking,
+    table,
+)
+from bench.harness.processes import Stack  # noqa: E402
+from tools.kit import ClinicBuilder, Hours  # noqa: E402
+
+TIMEZONE = "America/New_York"
+TIMES = ("morning", "afternoon", "evening")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = arguments(__doc__, budget=400.0, database="BOOKING_DATABASE_URL for the service")
+    p.add_argument("--entries", type=int, default=1000, help="waitlist entries (default 1000)")
+    p.add_argument("--cancels", type=int, default=100, help="sessions cancelled (default 100)")
+    p.add_argument("--seconds", type=float, default=60.0, help="cancels spread over (60)")
+    p.add_argument("--therapists", type=int, default=6, help="therapists (and rooms)")
+    p.add_argument("--seed", type=int, default=7, help="random seed of the entries")
+    return p.parse_args(argv)
+
+
+async def set_up(base: str, key: str, args: argparse.Namespace) -> dict[str, Any]:
+    clinic = ClinicBuilder()
+    clinic.location(
+        "Bench Waitlist Clinic", rooms=args.therapists, timezone=TIMEZONE, min_notice_minutes=60
+    )
+    clinic.treatment("Medical massage 60", duration_minutes=60, buffer_minutes=0)
+    for n in range(args.therapists):
+        clinic.therapist(f"Therapist {n + 1:02d}", hours=[Hours(0, range(7), "08:00", "20:00")])
+    async with api_client(base, key) as api:
+        made = await clinic.create(api)
+    ids = {
+        "location_id": made.location["id"],
+        "service_id": made.treatment["id"],
+        "therapist_ids": made.ids("therapists"),
+    }
+    bodies = [
+        {
+            "first_name": f"Wait{n}",
+            "last_name": "Bench",
+            "phone": f"+1646555{n:04d}",
+            "sms_consent": True,
+        }
+        for n in range(args.entries + args.cancels)
+    ]
+    created = await drive_with(base, key, 8, bodies, _post("/v1/clients"), keep_bodies=True)
+    ids["client_ids"] = [body["id"] for status, body in created.bodies if status == 201]
+    return ids
+
+
+def _post(path: str) -> Any:
+    async def send(client: Any, body: dict[str, Any]) -> Any:
+        return await client.post(path, json=body)
+
+    return send
+
+
+def starts_to_cancel(count: int, therapists: int) -> list[tuple[datetime, int]]:
+    """``count`` (start, therapist index) pairs on the hour over the next days, 08:00-19:00."""
+    tz = ZoneInfo(TIMEZONE)
+    first = datetime.now(tz).date() + timedelta(days=1)
+    pairs: list[tuple[datetime, int]] = []
+    day = 0
+    while len(pairs) < count:
+        for hour in range(8, 20):
+            for t in range(therapists):
+                moment = datetime.combine(first + timedelta(days=day), datetime.min.time(), tz)
+                pairs.append((moment.replace(hour=hour).astimezone(UTC), t))
+        day += 1
+    random.Random(1).shuffle(pairs)
+    return pairs[:count]
+
+
+def entry_bodies(ids: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
+    rng = random.Random(args.seed)
+    today = datetime.now(ZoneInfo(TIMEZONE)).date()
+    bodies = []
+    for client_id in ids["client_ids"][: args.entries]:
+        earliest = today + timedelta(days=rng.randint(0, 4))
+        body: dict[str, Any] = {
+            "client_id": client_id,
+            "service_id": ids["service_id"],
+            "location_id": ids["location_id"],
+            "earliest": earliest.isoformat(),
+            "latest": (earliest + timedelta(days=rng.randint(3, 14))).isoformat(),
+        }
+        if rng.random() < 1 / 3:
+            body["times_of_day"] = rng.sample(TIMES, rng.randint(1, 2))
+        if rng.random() < 0.1:
+            body["therapist_id"] = rng.choice(ids["therapist_ids"])
+        bodies.append(body)
+    return bodies
+
+
+class OfferTap:
+    """Every ``booking.waitlist.offered`` with the moment it arrived (perf_counter)."""
+
+    def __init__(self, nats_url: str) -> None:
+        self.nats_url = nats_url
+        self.offers: list[tuple[float, dict[str, Any]]] = []
+
+    async def __aenter__(self) -> OfferTap:
+        self.nc = await nats.connect(self.nats_url)
+        self.sub = await self.nc.jetstream().subscribe(
+            "booking.waitlist.offered",
+            cb=self._on,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
+            manual_ack=False,
+        )
+        return self
+
+    async def _on(self, msg: Any) -> None:
+        self.offers.append((time.perf_counter(), json.loads(msg.data)["data"]))
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.sub.unsubscribe()
+        await self.nc.close()
+
+
+async def scenario(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
+    nats_url = stack.start_nats()
+    # Production refuses the documented development key: give it one of its own.
+    service = await start_booking(
+        stack, args.database_url, BOOKING_SECRET_KEY="bench-" + stack.admin_key
+    )
+    base, key = service.url, stack.admin_key
+    t0 = time.perf_counter()
+    ids = await set_up(base, key, args)
+    cancellers = ids["client_ids"][args.entries :]
+    sessions: list[str] = []
+    starts: dict[str, tuple[str, str]] = {}
+    async with api_client(base, key) as api:
+        for (start, t), client_id in zip(
+            starts_to_cancel(args.cancels, args.therapists), cancellers, strict=False
+        ):
+            body = {
+                "client_id": client_id,
+                "service_id": ids["service_id"],
+                "location_id": ids["location_id"],
+                "start": start.isoformat(),
+                "therapist_id": ids["therapist_ids"][t],
+            }
+            response = await api.post("/v1/sessions", json=body)
+            if response.status_code == 201:
+                sessions.append(response.json()["id"])
+                starts[response.json()["id"]] = (start.isoformat(), ids["therapist_ids"][t])
+    joined = await drive_with(base, key, 8, entry_bodies(ids, args), _post("/v1/waitlist"))
+    log(
+        f"set up {len(ids['client_ids'])} clients, {len(sessions)} sessions and "
+        f"{joined.count(201)} waitlist entries in {time.perf_counter() - t0:.1f}s"
+    )
+
+    sent_at: dict[str, float] = {}
+
+    async def cancel(client: Any, session_id: str) -> Any:
+        sent_at[session_id] = time.perf_counter()
+        return await client.post(f"/v1/sessions/{session_id}/cancel", json={"reason": "bench"})
+
+    async with OfferTap(nats_url) as tap:
+        rate = len(sessions) / args.seconds
+        log(f"cancelling {len(sessions)} sessions over {args.seconds:.0f}s")
+        cancels = await open_loop(base, key, sessions, cancel, rate)
+        await asyncio.sleep(3)  # offers still on their way (the relay is woken at commit)
+        offers = list(tap.offers)
+    service.child.stop()
+
+    by_slot: dict[tuple[str, str], list[tuple[float, dict[str, Any]]]] = defaultdict(list)
+    for arrived, offer in offers:
+        slot = offer["slot"]
+        start = datetime.fromisoformat(slot["start"]).astimezone(UTC).isoformat()
+        by_slot[(start, slot["therapist_id"])].append((arrived, offer))
+    latencies = []
+    for session_id, moment in sent_at.items():
+        got = by_slot.get(starts[session_id])
+        if got:
+            latencies.append((min(a for a, _ in got) - moment) * 1000)
+    per_client = Counter(
+        (slot, o["client"]["id"]) for slot, items in by_slot.items() for _, o in items
+    )
+    return {
+        "entries": joined.count(201),
+        "cancels": cancels.count(200),
+        "cancel_seconds": round(cancels.wall_s, 1),
+        "cancel_http": latency_summary(cancels.latencies_ms),
+        "slots_offered": len(by_slot),
+        "offers": len(offers),
+        "cancel_to_offer": latency_summary(latencies),
+        "checks": {
+            "clients_offered_one_slot_twice": sum(1 for n in per_client.values() if n > 1),
+            "slots_with_more_than_3_offers": sum(1 for v in by_slot.values() if len(v) > 3),
+            "service_log_warnings": service_log_findings(service.child.log_text()),
+        },
+        "database": "PostgreSQL" if args.database_url else "SQLite",
+        "date": date.today().isoformat(),
+    }
+
+
+def report(fig: dict[str, Any]) -> str:
+    c, lat, http = fig["checks"], fig["cancel_to_offer"], fig["cancel_http"]
+    rows = [
+        [
+            "cancel request → first offered event on NATS",
+            fig["slots_offered"],
+            lat["p50_ms"],
+            lat["p99_ms"],
+            lat["max_ms"],
+        ],
+        ["POST /cancel (HTTP)", fig["cancels"], http["p50_ms"], http["p99_ms"], http["max_ms"]],
+    ]
+    return "\n".join(
+        [
+            "",
+            f"Waitlist benchmark ({fig['database']}): {fig['entries']} entries, "
+            f"{fig['cancels']} cancels in {fig['cancel_seconds']}s, "
+            f"{fig['offers']} offers over {fig['slots_offered']} slots",
+            table(rows, ["measure", "n", "p50 ms", "p99 ms", "max ms"]),
+            f"checks: {c['clients_offered_one_slot_twice']} clients offered one slot twice, "
+            f"{c['slots_with_more_than_3_offers']} slots offered more than 3 times",
+            "",
+        ]
+    )
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return main(
+        scenario,
+        args,
+        report=report,
+        failed=lambda f: bool(
+            f["checks"]["clients_offered_one_slot_twice"]
+            or f["checks"]["slots_with_more_than_3_offers"]
+        ),
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
