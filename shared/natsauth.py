@@ -26,8 +26,15 @@ OBSERVER = "observer"
 ADMIN = "admin"
 USERS = (*SERVICES, OBSERVER, ADMIN)
 
-#: The KV bucket of the leases (shared/lease.py): each service writes only its own key.
+#: The KV bucket of the leases (shared/lease.py): each service writes only its own keys.
 LEASE_BUCKET = "leases"
+#: The lease keys each service holds (a NATS wildcard matches whole tokens only, so
+#: ``booking-*`` cannot be said): booking's waitlist lapses and its calendar jobs.
+LEASE_KEYS: dict[str, tuple[str, ...]] = {
+    "booking": ("booking-scheduler", "booking-calendar"),
+    "reminders": ("reminders-scheduler",),
+    "referrals": ("referrals-scheduler",),
+}
 
 #: JetStream API calls no service needs and none may make: they destroy others' data.
 _DENIED_API = (
@@ -58,7 +65,7 @@ def permissions(user: str) -> dict[str, object] | None:
                 "$JS.API.>",
                 "$JS.ACK.>",  # acknowledging what its consumers received
                 "$JS.FC.>",  # flow control of ordered consumers (KV reads)
-                f"$KV.{LEASE_BUCKET}.{user}-scheduler",  # its own lease key
+                *(f"$KV.{LEASE_BUCKET}.{key}" for key in LEASE_KEYS[user]),  # its leases
                 f"$KV.{user}.>",  # a KV bucket named after the service is its own
             ],
             "deny": list(_DENIED_API),

@@ -103,3 +103,28 @@ def test_production_names_every_development_default_at_once() -> None:
         "TWILIO_FROM_NUMBER",
     ):
         assert name in message
+
+
+def test_each_service_may_write_every_lease_it_holds() -> None:
+    """A lease key its NATS user may not write is a permissions violation on every renewal
+    (nats-py then drops the connection): booking holds two, reminders paces in its bucket."""
+    from services.booking.calendar.sync import LEASE_KEY as CALENDAR
+    from services.booking.waitlist.lapses import LEASE_KEY as WAITLIST
+    from services.referrals.settings import ReferralsSettings
+    from services.reminders.app import SCHEDULER_LEASE
+    from services.reminders.pacing import PACE_BUCKET
+    from shared.events import subject_matches
+    from shared.natsauth import permissions
+
+    def may_publish(user: str, subject: str) -> bool:
+        rules = permissions(user)
+        assert rules is not None
+        allowed = rules["publish"]["allow"]  # type: ignore[index]
+        return any(subject_matches(pattern, subject) for pattern in allowed)
+
+    for key in (CALENDAR, WAITLIST):
+        assert may_publish("booking", f"$KV.leases.{key}"), key
+    assert may_publish("reminders", f"$KV.leases.{SCHEDULER_LEASE}")
+    assert may_publish("reminders", f"$KV.{PACE_BUCKET}.pace.abc")
+    assert may_publish("referrals", f"$KV.leases.{ReferralsSettings().referrals_lease_key}")
+    assert not may_publish("booking", f"$KV.leases.{SCHEDULER_LEASE}"), "not another's lease"
