@@ -1,16 +1,23 @@
-"""Waitlist offers: from a cancel to ``booking.waitlist.offered`` on NATS (booking side).
+"""Waitlist offers: from a cancel to the offer event on NATS and to the offer text at the
+Twilio sandbox; then the offered clients reply BOOK, two at once for each slot.
 
 What it does, all on 127.0.0.1 with free ports and a temporary directory:
 
-1. starts ``nats-server`` (JetStream) and ``python -m services.booking`` as child processes;
+1. starts ``nats-server`` (JetStream), ``python -m services.booking``, the Twilio sandbox
+   and ``python -m services.reminders`` (texts at once: no quiet hours, no rate limit) as
+   child processes;
 2. creates one location with ``--therapists`` therapists and rooms, a treatment, the
    clients, ``--cancels`` sessions over the next days and ``--entries`` waitlist entries
    (windows of 3 to 14 days, a third of them naming a time of day, a tenth a therapist);
 3. listens to ``booking.waitlist.offered`` on NATS (a plain JetStream subscriber), then
    cancels the sessions spread over ``--seconds`` (open loop: 100 in a minute by default);
 4. reports the time from each cancel request to the first offer of its slot arriving on
-   NATS (p50/p99), offers per slot, and checks that no client got two offers for one slot
-   and no slot more than three.
+   NATS and to the first offer text of that slot at the sandbox (p50/p99), offers per
+   slot, and checks that no client got two offers for one slot and no slot more than
+   three;
+5. the first two clients offered each slot reply ``BOOK`` at the same moment (through the
+   sandbox, as phones would): checks that no slot is booked twice and counts the slots
+   filled and the "taken" texts.
 
 Run from the project root::
 
@@ -31,6 +38,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import httpx
 import nats
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
@@ -48,9 +56,12 @@ from bench.harness import (  # noqa: E402
     open_loop,
     service_log_findings,
     start_booking,
+    start_reminders,
+    start_sandbox,
     table,
 )
 from bench.harness.processes import Stack  # noqa: E402
+from shared.natsd import free_port  # noqa: E402
 from tools.kit import ClinicBuilder, Hours  # noqa: E402
 
 TIMEZONE = "America/New_York"
@@ -58,7 +69,7 @@ TIMES = ("morning", "afternoon", "evening")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = arguments(__doc__, budget=400.0, database="BOOKING_DATABASE_URL for the service")
+    p = arguments(__doc__, budget=500.0, database="BOOKING_DATABASE_URL for the service")
     p.add_argument("--entries", type=int, default=1000, help="waitlist entries (default 1000)")
     p.add_argument("--cancels", type=int, default=100, help="sessions cancelled (default 100)")
     p.add_argument("--seconds", type=float, default=60.0, help="cancels spread over (60)")
@@ -171,6 +182,19 @@ async def scenario(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     service = await start_booking(
         stack, args.database_url, BOOKING_SECRET_KEY="bench-" + stack.admin_key
     )
+    reminders_port = free_port()
+    sandbox = await start_sandbox(stack, f"http://127.0.0.1:{reminders_port}/twilio/inbound")
+    sandbox_url = sandbox.url
+    reminders = await start_reminders(
+        stack,
+        "reminders",
+        sandbox_url,
+        f"sqlite+aiosqlite:///{stack.tmp / 'reminders.db'}",
+        port=reminders_port,
+        QUIET_HOURS_START="00:00",
+        QUIET_HOURS_END="24:00",
+        SMS_RATE_PER_SECOND="0",
+    )
     base, key = service.url, stack.admin_key
     t0 = time.perf_counter()
     ids = await set_up(base, key, args)
@@ -204,13 +228,22 @@ async def scenario(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         sent_at[session_id] = time.perf_counter()
         return await client.post(f"/v1/sessions/{session_id}/cancel", json={"reason": "bench"})
 
+    sent_wall: dict[str, float] = {}
+
+    async def cancel_timed(client: Any, session_id: str) -> Any:
+        sent_wall[session_id] = time.time()  # the sandbox stamps its receipts in wall time
+        return await cancel(client, session_id)
+
     async with OfferTap(nats_url) as tap:
         rate = len(sessions) / args.seconds
         log(f"cancelling {len(sessions)} sessions over {args.seconds:.0f}s")
-        cancels = await open_loop(base, key, sessions, cancel, rate)
+        cancels = await open_loop(base, key, sessions, cancel_timed, rate)
         await asyncio.sleep(3)  # offers still on their way (the relay is woken at commit)
         offers = list(tap.offers)
+        texted = await offer_texts(sandbox_url, offers)
+        claims = await claim_by_text(sandbox_url, base, key, ids, offers)
     service.child.stop()
+    reminders.child.stop()
 
     by_slot: dict[tuple[str, str], list[tuple[float, dict[str, Any]]]] = defaultdict(list)
     for arrived, offer in offers:
@@ -218,10 +251,16 @@ async def scenario(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         start = datetime.fromisoformat(slot["start"]).astimezone(UTC).isoformat()
         by_slot[(start, slot["therapist_id"])].append((arrived, offer))
     latencies = []
+    text_latencies = []
     for session_id, moment in sent_at.items():
         got = by_slot.get(starts[session_id])
         if got:
             latencies.append((min(a for a, _ in got) - moment) * 1000)
+            arrivals = [
+                texted[o["client"]["phone"]] for _, o in got if o["client"]["phone"] in texted
+            ]
+            if arrivals:
+                text_latencies.append((min(arrivals) - sent_wall[session_id]) * 1000)
     per_client = Counter(
         (slot, o["client"]["id"]) for slot, items in by_slot.items() for _, o in items
     )
@@ -233,18 +272,101 @@ async def scenario(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         "slots_offered": len(by_slot),
         "offers": len(offers),
         "cancel_to_offer": latency_summary(latencies),
+        "cancel_to_offer_text": latency_summary(text_latencies),
+        "offer_texts": len(texted),
+        "claims": claims,
         "checks": {
+            "slots_booked_twice": claims["slots_booked_twice"],
             "clients_offered_one_slot_twice": sum(1 for n in per_client.values() if n > 1),
             "slots_with_more_than_3_offers": sum(1 for v in by_slot.values() if len(v) > 3),
             "service_log_warnings": service_log_findings(service.child.log_text()),
+            "reminders_log_warnings": service_log_findings(reminders.child.log_text()),
         },
         "database": "PostgreSQL" if args.database_url else "SQLite",
         "date": date.today().isoformat(),
     }
 
 
+async def offer_texts(
+    sandbox_url: str, offers: list[tuple[float, dict[str, Any]]]
+) -> dict[str, float]:
+    """Phone -> wall time the sandbox received its first text, for every offered client
+    (waits until every offered client's text is in, or 30 s)."""
+    phones = {o["client"]["phone"] for _, o in offers}
+    found: dict[str, float] = {}
+    deadline = time.monotonic() + 30
+    async with api_client(sandbox_url, None) as sandbox:
+        while time.monotonic() < deadline:
+            state = (await sandbox.get("/_sandbox/messages")).json()
+            found = {}
+            for m in state["messages"]:
+                if m["direction"] == "outbound-api" and m["to"] in phones:
+                    found[m["to"]] = min(found.get(m["to"], m["received_at"]), m["received_at"])
+            if len(found) >= len(phones):
+                break
+            await asyncio.sleep(1)
+    return found
+
+
+async def claim_by_text(
+    sandbox_url: str,
+    base: str,
+    key: str,
+    ids: dict[str, Any],
+    offers: list[tuple[float, dict[str, Any]]],
+) -> dict[str, int]:
+    """The first two clients offered each slot reply BOOK at once; then count the sessions
+    booked per slot (never more than one) and the "taken" texts."""
+    by_slot: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for _, offer in offers:
+        slot = offer["slot"]
+        by_slot[(slot["start"], slot["therapist_id"])].append(offer["client"]["phone"])
+    pairs = [phones[:2] for phones in by_slot.values()]
+    async with httpx.AsyncClient(base_url=sandbox_url, timeout=60) as phones:  # many at once
+        await asyncio.gather(
+            *(
+                phones.post(f"/_sandbox/phones/{phone}/reply", json={"body": "BOOK"})
+                for pair in pairs
+                for phone in pair
+            )
+        )
+    await asyncio.sleep(5)  # claims through reminders and booking, then the texts
+    booked: Counter[tuple[str, str]] = Counter()
+    async with api_client(base, key) as api:
+        params: dict[str, Any] = {"location_id": ids["location_id"], "limit": 200}
+        while True:
+            page = await api.get("/v1/sessions", params=params)
+            for row in page.json():
+                if row["status"] in ("booked", "confirmed"):
+                    moment = datetime.fromisoformat(row["start"]).astimezone(UTC).isoformat()
+                    booked[(moment, row["therapist_id"])] += 1
+            cursor = page.headers.get("X-Next-Cursor")
+            if not cursor:
+                break
+            params = {**params, "cursor": cursor}
+    slots = {
+        (datetime.fromisoformat(start).astimezone(UTC).isoformat(), therapist)
+        for start, therapist in by_slot
+    }
+    async with api_client(sandbox_url, None) as sandbox:
+        state = (await sandbox.get("/_sandbox/messages")).json()
+    claimants = {phone for pair in pairs for phone in pair}
+    taken = [
+        m
+        for m in state["messages"]
+        if m["direction"] == "outbound-api" and m["to"] in claimants and "no longer" in m["body"]
+    ]
+    return {
+        "slots_claimed_twice_at_once": len([p for p in pairs if len(p) == 2]),
+        "slots_filled": sum(1 for slot in slots if booked[slot] == 1),
+        "slots_booked_twice": sum(1 for slot in slots if booked[slot] > 1),
+        "taken_texts": len(taken),
+    }
+
+
 def report(fig: dict[str, Any]) -> str:
     c, lat, http = fig["checks"], fig["cancel_to_offer"], fig["cancel_http"]
+    text, claims = fig["cancel_to_offer_text"], fig["claims"]
     rows = [
         [
             "cancel request → first offered event on NATS",
@@ -252,6 +374,13 @@ def report(fig: dict[str, Any]) -> str:
             lat["p50_ms"],
             lat["p99_ms"],
             lat["max_ms"],
+        ],
+        [
+            "cancel request → first offer text at the sandbox",
+            fig["offer_texts"],
+            text["p50_ms"],
+            text["p99_ms"],
+            text["max_ms"],
         ],
         ["POST /cancel (HTTP)", fig["cancels"], http["p50_ms"], http["p99_ms"], http["max_ms"]],
     ]
@@ -263,7 +392,10 @@ def report(fig: dict[str, Any]) -> str:
             f"{fig['offers']} offers over {fig['slots_offered']} slots",
             table(rows, ["measure", "n", "p50 ms", "p99 ms", "max ms"]),
             f"checks: {c['clients_offered_one_slot_twice']} clients offered one slot twice, "
-            f"{c['slots_with_more_than_3_offers']} slots offered more than 3 times",
+            f"{c['slots_with_more_than_3_offers']} slots offered more than 3 times, "
+            f"{c['slots_booked_twice']} slots booked twice",
+            f"BOOK: {claims['slots_claimed_twice_at_once']} slots claimed by two clients at "
+            f"once, {claims['slots_filled']} slots filled, {claims['taken_texts']} 'taken' texts",
             "",
         ]
     )
@@ -278,6 +410,7 @@ def cli(argv: list[str] | None = None) -> int:
         failed=lambda f: bool(
             f["checks"]["clients_offered_one_slot_twice"]
             or f["checks"]["slots_with_more_than_3_offers"]
+            or f["checks"]["slots_booked_twice"]
         ),
     )
 

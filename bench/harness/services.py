@@ -33,10 +33,12 @@ async def start_service(
     *,
     module: str | None = None,
     ready: str = "/readyz",
+    port: int | None = None,
     **env: str,
 ) -> Service:
-    """``python -m services.<name>`` (or ``module``) on a free port; waits for ``ready``."""
-    port = free_port()
+    """``python -m services.<name>`` (or ``module``) on ``port`` (default: a free one);
+    waits for ``ready``."""
+    port = port or free_port()
     child = stack.start_child(
         name,
         [sys.executable, "-m", module or f"services.{name}"],
@@ -76,7 +78,12 @@ async def start_referrals(stack: Stack, database_url: str | None = None) -> Serv
 
 
 async def start_reminders(
-    stack: Stack, name: str, sandbox_url: str, database_url: str, **env: str
+    stack: Stack,
+    name: str,
+    sandbox_url: str,
+    database_url: str,
+    port: int | None = None,
+    **env: str,
 ) -> Service:
     """Reminders sending to the sandbox; returned once it holds the scheduler lease."""
     service = await start_service(
@@ -84,6 +91,7 @@ async def start_reminders(
         name,
         "REMINDERS_PORT",
         module="services.reminders",
+        port=port,
         REMINDERS_DATABASE_URL=database_url,
         TWILIO_API_BASE_URL=sandbox_url,
         **env,

@@ -4,10 +4,12 @@ which queues the text for a sender (``transmit``). A job that ran too late to ru
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.reminders import db, domain, keywords, texts
 from services.reminders.consent import consent_of
@@ -115,20 +117,29 @@ async def _fire_session_job(app: Reminders, session_id: str, rule_name: str) -> 
             log.info("job.nothing_to_send", session=session_id, rule=rule_name)
         return decision.record
     if isinstance(decision, domain.Send) and body:
-        if await claim(app, decision.planned, body, existing, to):  # a sender takes it
-            await _ask(app, decision.planned, to, state.start)
+        # A sender takes it from the queue; the question it asks opens with the claim.
+        await claim(
+            app,
+            decision.planned,
+            body,
+            existing,
+            to,
+            _question(app, decision.planned, to, state.start),
+        )
         return True
     return False
 
 
-async def _ask(app: Reminders, planned: domain.Planned, to: Recipient, start: datetime) -> None:
-    """A text that asks C or 0-10 is about to go: its question opens (before the send, so a
-    reply can never arrive before it)."""
+def _question(
+    app: Reminders, planned: domain.Planned, to: Recipient, start: datetime
+) -> Callable[[AsyncSession], Awaitable[None]] | None:
+    """The question a text asks (C, or 0-10), opened in the transaction that claims it."""
     kind = keywords.question_of(planned.kind)
     if kind is None:
-        return
+        return None
     now = app.now()
-    async with app.uow.write() as session:
+
+    async def open_question(session: AsyncSession) -> None:
         await ask(
             session,
             key=planned.key,
@@ -139,6 +150,8 @@ async def _ask(app: Reminders, planned: domain.Planned, to: Recipient, start: da
             client_id=to.client_id,
             session_id=to.session_id,
         )
+
+    return open_question
 
 
 async def send_referral_update(app: Reminders, notice_id: str) -> None:

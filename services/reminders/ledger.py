@@ -4,6 +4,7 @@ one says why it never went."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -108,6 +109,7 @@ async def claim(
     body: str,
     existing: db.Message | None,
     to: Recipient,
+    question: Callable[[AsyncSession], Awaitable[None]] | None = None,
 ) -> bool:
     """Write the ledger row and its ``reminders.due`` message in one transaction: the row
     is the right to send the message once, the queue message has one replica send it.
@@ -115,7 +117,8 @@ async def claim(
 
     ``existing`` is the row for the key as read just before, outside the write lock; the
     write itself is guarded by the key's uniqueness (or the row's status), so two claims
-    of one key cannot both win.
+    of one key cannot both win. ``question`` opens the question the text asks in the same
+    transaction, so a reply can never arrive before it.
     """
     now = app.now()
     if existing is not None:
@@ -130,6 +133,8 @@ async def claim(
             if not getattr(result, "rowcount", 0):
                 return False
             await enqueue(session, due_event(existing.id))
+            if question is not None:
+                await question(session)
         return True
     row = _row(planned, to, now, status="submitting", body=body)
     row.attempts = 0
@@ -137,6 +142,8 @@ async def claim(
     async def write(session: AsyncSession) -> None:
         session.add(row)
         await enqueue(session, due_event(row.id))
+        if question is not None:
+            await question(session)
 
     try:
         await app.batch.run(write)

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.reminders import db, domain, texts
 from services.reminders.consent import consent_of
@@ -140,20 +141,23 @@ async def send_waitlist_text(app: Reminders, offer_id: str, what: str) -> None:
         if existing is None:
             await skip(app, planned, decision.reason, to)
         return
-    if not body or not await claim(app, planned, body, existing, to):
-        return  # sent already, or being sent (a sender has it from the queue)
-    if what == OFFER:
-        async with app.uow.write() as session:
-            await ask(
-                session,
-                key=planned.key,
-                phone=to.phone,
-                kind="offer",
-                asked_at=now,
-                closes_at=offer.closed_at or offer.expires_at,
-                client_id=offer.client_id,
-                offer_id=offer.id,
-            )
+    if not body:
+        return
+
+    async def open_question(session: AsyncSession) -> None:
+        await ask(
+            session,
+            key=planned.key,
+            phone=to.phone,
+            kind="offer",
+            asked_at=now,
+            closes_at=offer.closed_at or offer.expires_at,
+            client_id=offer.client_id,
+            offer_id=offer.id,
+        )
+
+    # Sent already, or being sent, or queued now for a sender with its question open.
+    await claim(app, planned, body, existing, to, open_question if what == OFFER else None)
 
 
 async def waitlist_job_missed(app: Reminders, offer_id: str, what: str) -> None:
