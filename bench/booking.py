@@ -9,9 +9,13 @@ What it does, all on 127.0.0.1 with free ports and a temporary directory:
 3. books ``--bookings`` sessions at those start times with ``--concurrency`` clients
    (closed loop, each client one keep-alive connection), after a few warm-up bookings;
 4. checks the result: sessions stored, no therapist or room booked twice, outbox drained;
-5. stops booking, starts a bare FastAPI app (``bench/_bare_app.py``) under uvicorn the same
+5. starts a second booking replica on the same database and books ``--bookings`` more
+   with the same clients split between the two (half to each): bookings/s through two
+   replicas beside one, in the same run (with SQLite both share one file and its write
+   lock: pass ``--database-url`` with PostgreSQL for the figure a deployment would see);
+6. stops booking, starts a bare FastAPI app (``bench/_bare_app.py``) under uvicorn the same
    way, and sends it the same requests with the same clients;
-6. prints a table and one JSON line (stdout, or appended to ``--json FILE``).
+7. prints a table and one JSON line (stdout, or appended to ``--json FILE``).
 
 Run from the project root::
 
@@ -43,6 +47,7 @@ from bench.harness import (  # noqa: E402
     code_fingerprint,
     count,
     cpu_per_request,
+    drive,
     drive_with,
     latency_summary,
     log,
@@ -254,6 +259,22 @@ async def load(
     return await drive_with(base, key, concurrency, bodies, send)
 
 
+async def load_split(
+    bases: list[str], key: str | None, bodies: list[dict[str, Any]], concurrency: int
+) -> LoadResult:
+    """The same closed loop, the clients spread evenly over ``bases`` (the replicas)."""
+
+    async def send(client: Any, body: dict[str, Any]) -> Any:
+        return await client.post("/v1/sessions", json=body)
+
+    clients = [api_client(bases[n % len(bases)], key) for n in range(concurrency)]
+    try:
+        return await drive(clients, bodies, send)
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
 def describe_failures(result: LoadResult) -> dict[str, int]:
     found: dict[str, int] = {}
     for status, body in result.bodies:
@@ -274,9 +295,10 @@ async def scenario(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     ids = await set_up(base, key, args)
-    starts = await free_starts(base, key, ids, total)
+    starts = await free_starts(base, key, ids, total + args.bookings)
     random.Random(args.seed).shuffle(starts)
     bodies = payloads(ids, starts)
+    bodies, pair_bodies = bodies[:total], bodies[total:]
     log(
         f"set up {args.therapists} therapists, {args.rooms} rooms, {args.clients} clients and "
         f"{total} distinct free starts in {time.perf_counter() - t0:.1f}s"
@@ -288,11 +310,16 @@ async def scenario(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     measured = await load(base, key, bodies[args.warmup :], args.concurrency)
     booking_cpu = cpu_per_request(cpu_before, booking.cpu_seconds(), measured.requests)
 
-    stored = await stored_sessions(base, key, ids, starts)
-    clashes = double_bookings(stored)
     backlog, drain_s = (
         await outbox_backlog(booking_db_path(stack)) if not args.database_url else (None, 0.0)
     )
+
+    second = await start_booking(stack, args.database_url)
+    log(f"two replicas: measuring {args.bookings} bookings with {args.concurrency} clients")
+    pair = await load_split([base, second.url], key, pair_bodies, args.concurrency)
+    stored = await stored_sessions(base, key, ids, starts)
+    clashes = double_bookings(stored)
+    second.child.stop()
     booking.stop()
     findings = service_log_findings(booking.log_text())
 
@@ -342,6 +369,13 @@ async def scenario(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
             **latency_summary(measured.latencies_ms),
             "failures": describe_failures(measured),
         },
+        "two_replicas": {
+            "created_201": pair.count(201),
+            "bookings_per_s": round(pair.rate(201), 1),
+            "one_replica_bookings_per_s": round(booking_rate, 1),
+            **latency_summary(pair.latencies_ms),
+            "failures": describe_failures(pair),
+        },
         "bare": {
             "ok": baseline.count(200) + baseline.count(201),
             "other": baseline.requests - baseline.count(200) - baseline.count(201),
@@ -357,7 +391,7 @@ async def scenario(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         "target_met": ratio >= TARGET_RATIO,
         "checks": {
             "sessions_stored": len(stored),
-            "sessions_expected": booked + warm_ok,
+            "sessions_expected": booked + warm_ok + pair.count(201),
             "double_bookings": clashes,
             "outbox_unpublished": backlog,
             "outbox_drain_s": round(drain_s, 2),
@@ -384,6 +418,19 @@ def report(fig: dict[str, Any]) -> str:
             b["p99_ms"],
             b["max_ms"],
             b["server_cpu_ms_per_request"],
+        ],
+        [
+            "POST /v1/sessions, two replicas",
+            fig["requests"],
+            fig["two_replicas"]["created_201"],
+            "-",
+            "-",
+            "-",
+            fig["two_replicas"]["bookings_per_s"],
+            fig["two_replicas"]["p50_ms"],
+            fig["two_replicas"]["p99_ms"],
+            fig["two_replicas"]["max_ms"],
+            "-",
         ],
         [
             f"POST bare FastAPI (median of {bare['rounds']})",

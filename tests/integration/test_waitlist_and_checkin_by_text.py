@@ -151,11 +151,12 @@ async def test_a_checkin_answer_reaches_the_plan_and_fhir(clinic: Clinic) -> Non
 
     async def question() -> dict[str, Any] | None:
         texts = await sandbox.to(maria["phone"])
-        return next((t for t in texts if "10" in t["body"] and "0" in t["body"]), None)
+        return next((t for t in texts if "how do you feel" in t["body"].lower()), None)
 
     asked = await eventually(question, timeout=20, what="the check-in question")
     assert "pain" not in asked["body"].lower()
-    await sandbox.reply(maria["phone"], "7")
+    answer = await sandbox.reply(maria["phone"], "7")
+    assert "7" in answer["replies"][0]["body"], "the client hears the answer was noted"
 
     async def scored() -> list[dict[str, Any]] | None:
         got = (await clinic.referrals.get(f"/v1/plans/{plan['id']}")).json()
