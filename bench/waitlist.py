@@ -330,7 +330,8 @@ async def claim_by_text(
                 for phone in pair
             )
         )
-    await asyncio.sleep(5)  # claims through reminders and booking, then the texts
+    claimants = {phone for pair in pairs for phone in pair}
+    await settle(sandbox_url, claimants)  # claims through reminders and booking, then texts
     booked: Counter[tuple[str, str]] = Counter()
     async with api_client(base, key) as api:
         params: dict[str, Any] = {"location_id": ids["location_id"], "limit": 200}
@@ -350,7 +351,6 @@ async def claim_by_text(
     }
     async with api_client(sandbox_url, None) as sandbox:
         state = (await sandbox.get("/_sandbox/messages")).json()
-    claimants = {phone for pair in pairs for phone in pair}
     taken = [
         m
         for m in state["messages"]
@@ -362,6 +362,21 @@ async def claim_by_text(
         "slots_booked_twice": sum(1 for slot in slots if booked[slot] > 1),
         "taken_texts": len(taken),
     }
+
+
+async def settle(sandbox_url: str, phones: set[str], quiet: float = 3.0) -> None:
+    """Wait until no new text to ``phones`` arrived for ``quiet`` seconds (at most 60 s)."""
+    last, since = -1, time.monotonic()
+    deadline = since + 60
+    async with api_client(sandbox_url, None) as sandbox:
+        while time.monotonic() < deadline:
+            state = (await sandbox.get("/_sandbox/messages")).json()
+            count = sum(1 for m in state["messages"] if m["to"] in phones)
+            if count != last:
+                last, since = count, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                return
+            await asyncio.sleep(0.5)
 
 
 def report(fig: dict[str, Any]) -> str:

@@ -37,12 +37,20 @@ class GroupCommit:
         self._max_batch = max_batch
         self._pending: list[tuple[Write, asyncio.Future[Any]]] = []
         self._worker = Worker("group-commit", self._step, poll_seconds=None)
+        self._applying = False
         self.batches = 0
 
     def start(self) -> None:
         self._worker.start()
 
-    async def stop(self) -> None:
+    async def stop(self, drain_seconds: float = 5.0) -> None:
+        """Commit what is queued (a deploy's SIGTERM must not cancel claims half way; the
+        jobs waiting on them would end in tracebacks), then stop."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(drain_seconds):
+                while self._pending or self._applying:
+                    self._worker.wake()
+                    await asyncio.sleep(0.01)
         await self._worker.stop()
         for _, future in self._pending:
             if not future.done():
@@ -64,7 +72,11 @@ class GroupCommit:
         if self._pending:
             batch = self._pending[: self._max_batch]
             del self._pending[: len(batch)]
-            await self._apply(batch)
+            self._applying = True
+            try:
+                await self._apply(batch)
+            finally:
+                self._applying = False
         return bool(self._pending)
 
     async def _apply(self, batch: list[tuple[Write, asyncio.Future[Any]]]) -> None:
