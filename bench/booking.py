@@ -175,27 +175,25 @@ async def free_starts(base: str, key: str, ids: dict[str, Any], wanted: int) -> 
 async def stored_sessions(
     base: str, key: str, ids: dict[str, Any], starts: list[str]
 ) -> list[dict[str, Any]]:
-    """Every session of the location, read back through ``GET /v1/sessions`` day by day."""
+    """Every session of the location, read back through ``GET /v1/sessions`` page by page."""
     first = min(datetime.fromisoformat(s) for s in starts) - timedelta(hours=1)
     last = max(datetime.fromisoformat(s) for s in starts) + timedelta(hours=2)
     rows: dict[str, dict[str, Any]] = {}
     async with api_client(base, key) as api:
-        cursor = first
-        while cursor < last:
-            upto = min(cursor + timedelta(days=1), last)
-            page = await call(
-                api,
-                "GET",
-                "/v1/sessions",
-                params={
-                    "location_id": ids["location_id"],
-                    "start": cursor.isoformat(),
-                    "end": upto.isoformat(),
-                    "limit": 2000,
-                },
-            )
-            rows.update((r["id"], r) for r in page)
-            cursor = upto
+        params: dict[str, Any] = {
+            "location_id": ids["location_id"],
+            "start": first.isoformat(),
+            "end": last.isoformat(),
+            "limit": 200,  # the most a page holds; the rest follows the cursor
+        }
+        while True:
+            page = await api.get("/v1/sessions", params=params)
+            page.raise_for_status()
+            rows.update((r["id"], r) for r in page.json())
+            following = page.headers.get("X-Next-Cursor")
+            if not following:
+                break
+            params = {**params, "cursor": following}
     return list(rows.values())
 
 

@@ -55,6 +55,8 @@ async def start_booking(stack: Stack, database_url: str | None = None, **env: st
     """Booking in production mode (SQLite under ``VAR_DIR`` unless ``database_url``)."""
     if database_url:
         env["BOOKING_DATABASE_URL"] = database_url
+    # Production refuses the documented development secret key: a bench key of its own.
+    env.setdefault("BOOKING_SECRET_KEY", "bench-" + stack.admin_key)
     return await start_service(stack, "booking", "BOOKING_PORT", APP_ENV="production", **env)
 
 
