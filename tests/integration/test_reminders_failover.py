@@ -44,7 +44,12 @@ async def test_kill_9_during_a_burst_then_restart_sends_each_message_once(
 ) -> None:
     prefix = "+1212777"
     env = process_env(
-        sqlite_url(tmp_path, "reminders"), nats_url, sandbox.url, SMS_RATE_PER_SECOND="25"
+        sqlite_url(tmp_path, "reminders"),
+        nats_url,
+        sandbox.url,
+        SMS_RATE_PER_SECOND="25",
+        # NATS stays up here: the dead process's texts may be handed on sooner.
+        SMS_QUEUE_ACK_WAIT_SECONDS="6",
     )
     # Slow answers keep several sends in flight at the moment of the kill: the provider
     # creates those messages, the dead process never records them.
