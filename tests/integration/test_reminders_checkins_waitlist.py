@@ -16,6 +16,7 @@ import pytest_asyncio
 from babel.dates import format_datetime
 from twilio.request_validator import RequestValidator
 
+from services.reminders import db
 from services.reminders.settings import SANDBOX_AUTH_TOKEN
 from services.reminders.texts import gsm7_segments, to_gsm
 from shared import events
@@ -86,12 +87,18 @@ async def one_reply(reminders: Reminders, phone: str, body: str) -> str:
 # --- check-ins ------------------------------------------------------------------------
 
 
+async def _known(reminders: Reminders, session_id: str) -> bool:
+    async with reminders.runtime.reminders.uow.read() as session:
+        return await session.get(db.Session, session_id) is not None
+
+
 async def test_a_completed_session_gets_one_checkin_and_a_7_is_recorded_once(
     reminders: Reminders,
 ) -> None:
     assert (await reminders.put_rules(CHECKIN_ONLY)).status_code == 200
     b = Booking(start=now() - timedelta(hours=26))
     await publish(reminders.nats_url, b.booked())
+    await eventually(lambda: _known(reminders, b.session_id), what="the booked session")
     # Marked completed a day ago, give or take a few seconds: the check-in is due now.
     due = now() + timedelta(seconds=6)
     done = completed(b, due - timedelta(hours=24))
