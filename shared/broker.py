@@ -159,6 +159,15 @@ async def publish_raw(
     )
 
 
+class Deferred(Exception):
+    """Raised by a task whose work another process holds right now: the message comes
+    back after ``seconds``, without a warning (it is not a failure)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"deferred {seconds:.1f} s")
+        self.seconds = seconds
+
+
 @dataclass
 class Consumer(Generic[P]):
     """One durable pull consumer of one subject and the handler that applies its events.
@@ -360,6 +369,9 @@ def register_consumer(broker: NatsBroker, consumer: Consumer[Any], uow: UnitOfWo
                 async with uow.write() as session:
                     if await claim(session, consumer.durable, event.id):
                         await consumer.handler(session, event)
+        except Deferred as deferred:
+            await message.nack(delay=deferred.seconds)  # not a failure: someone else has it
+            return
         except Exception as exc:
             delivered = meta.num_delivered
             if delivered >= consumer.max_deliver:

@@ -13,6 +13,7 @@ from services.reminders.links import Links
 from services.reminders.rules import RulesCache
 from services.reminders.sender import Sender
 from services.reminders.settings import RemindersSettings
+from shared.lease import instance_id
 from shared.scheduling import LeasedScheduler
 from shared.uow import UnitOfWork
 
@@ -35,6 +36,8 @@ class Reminders:
     rules: RulesCache
     #: Ledger keys this process is sending right now (a reconcile must leave them alone).
     in_flight: set[str] = field(default_factory=set)
+    #: Who this process is in the ledger's send leases.
+    instance: str = field(default_factory=instance_id)
     #: Session jobs running now, and whether a re-plan put the same job back meanwhile
     #: (the planner cannot see a ledger row the job has not committed yet).
     firing: dict[str, bool] = field(default_factory=dict)

@@ -144,6 +144,10 @@ class Message(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
     submitted_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    #: The send lease: which process is asking the provider for this row, and until when
+    #: (renewed while it works). The database, not the queue, decides who sends.
+    sending_by: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    sending_until: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
     __table_args__ = (Index("ix_messages_created", "created_at"),)
 

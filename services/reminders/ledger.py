@@ -47,6 +47,8 @@ class Outgoing:
     created_at: datetime
     deadline: datetime | None
     reconcile: bool = False
+    #: The row's send lease as read (see ``transmit.take_lease``).
+    leased_by: str | None = None
 
 
 def outgoing_of(row: db.Message, reconcile: bool = False) -> Outgoing:
@@ -60,6 +62,7 @@ def outgoing_of(row: db.Message, reconcile: bool = False) -> Outgoing:
         created_at=row.created_at,
         deadline=row.deadline_at,
         reconcile=reconcile,
+        leased_by=row.sending_by,
     )
 
 
@@ -128,7 +131,15 @@ async def claim(
             result = await session.execute(
                 update(db.Message)
                 .where(db.Message.id == existing.id, db.Message.status == "skipped")
-                .values(status="submitting", reason=None, body=body, phone=to.phone, updated_at=now)
+                .values(
+                    status="submitting",
+                    reason=None,
+                    body=body,
+                    phone=to.phone,
+                    sending_by=None,
+                    sending_until=None,
+                    updated_at=now,
+                )
             )
             if not getattr(result, "rowcount", 0):
                 return False

@@ -53,11 +53,12 @@ class RemindersSettings(ServiceSettings):
     #: First pause between attempts; doubles each time (with jitter).
     sms_retry_base_seconds: float = Field(default=1.0, ge=0)
     #: A sender that dies mid-send stops marking its texts in progress: another replica
-    #: takes them after this long (and looks at the provider before sending). Long enough
-    #: that a NATS node's loss (the in-progress marks cannot reach the server while the
-    #: client reconnects and the stream elects a leader) does not hand a text still being
-    #: sent to a second replica: at 6 s that happened under the 1,000-booking fault test.
-    sms_queue_ack_wait_seconds: float = Field(default=30.0, ge=1)
+    #: takes them after this long. A text still being sent when the marks could not reach
+    #: NATS (a node's loss) is not sent twice: the row's send lease below says it is taken.
+    sms_queue_ack_wait_seconds: float = Field(default=15.0, ge=1)
+    #: The send lease on a ledger row: a replica asking the provider holds it (renewed every
+    #: third) so a redelivered copy waits instead of sending too; a dead replica's lapses.
+    sms_send_lease_seconds: float = Field(default=15.0, ge=1)
     #: Deliveries of one due text before it is dead-lettered (a text that could not be
     #: told sent or not that many times; the active instance settles it later).
     sms_queue_max_deliver: int = Field(default=20, ge=1)

@@ -6,15 +6,23 @@ A claimed row and its ``reminders.due`` message are written in one transaction
 (``ledger.claim``), so a claim is never lost: a replica that dies mid-send stops marking
 its message in progress, and the queue hands it to another after one ack wait, flagged as
 a redelivery, which looks at the provider before sending. Rows a dead process of an older
-version left "submitting" (no queue message) are settled on becoming active."""
+version left "submitting" (no queue message) are settled on becoming active.
+
+Who sends is decided by the database, not by the queue: before asking the provider a
+replica takes the row's send lease (a conditional UPDATE of ``sending_by`` and
+``sending_until``) and renews it while it works. A copy the queue hands to a second replica
+while the first is still sending (its in-progress marks could not reach NATS: a node's
+loss) finds the lease held and comes back later (:class:`~shared.broker.Deferred`); a dead
+replica's lease lapses, and whoever takes it next looks at the provider first."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.reminders import db, domain
@@ -24,6 +32,7 @@ from services.reminders.ledger import Outgoing, outgoing_of
 from services.reminders.sender import UNSUBSCRIBED, Accepted, SendFailed
 from services.reminders.status import STATUS_RANK, apply_early_statuses, sms_event
 from shared import events
+from shared.broker import Deferred
 from shared.outbox import enqueue
 
 log = structlog.get_logger(__name__)
@@ -47,8 +56,15 @@ async def send_due(app: Reminders, event: events.CloudEvent[events.SmsDue], deli
 
 async def transmit(app: Reminders, out: Outgoing) -> None:
     """Send a claimed message once: look first when an earlier attempt may have gone.
-    Raises :class:`Unresolved` when that could not be told (the queue retries)."""
+    Raises :class:`Unresolved` when that could not be told (the queue retries), and
+    :class:`~shared.broker.Deferred` while another process holds the row's send lease."""
+    if not await take_lease(app, out):
+        return
+    if out.leased_by not in (None, app.instance):
+        out.reconcile = True  # another process had it: its attempt may have gone
     app.in_flight.add(out.key)
+    renewal = asyncio.create_task(_renew_lease(app, out.message_id))
+    settled = False
     try:
         accepted: Accepted | None = None
         if out.reconcile:
@@ -67,10 +83,86 @@ async def transmit(app: Reminders, out: Outgoing) -> None:
         if accepted is None:
             accepted = await app.sender.send(out.phone, out.body, out.created_at)
         await _finish_accepted(app, out, accepted)
+        settled = True
     except SendFailed as failure:
         await _finish_failed(app, out, failure)
+        settled = True
     finally:
+        renewal.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewal
         app.in_flight.discard(out.key)
+        if not settled:
+            await _release_lease(app, out.message_id)
+
+
+async def take_lease(app: Reminders, out: Outgoing) -> bool:
+    """Take the row's send lease: free, lapsed, or already ours, and still held by whom
+    ``out`` saw (so two replicas reading the same row cannot both take it). False when
+    the row was settled meanwhile; :class:`Deferred` while another process holds it."""
+    now = app.now()
+    lease = timedelta(seconds=app.settings.sms_send_lease_seconds)
+
+    async def write(session: AsyncSession) -> bool:
+        result = await session.execute(
+            update(db.Message)
+            .where(
+                db.Message.id == out.message_id,
+                db.Message.status == "submitting",
+                db.Message.sending_by.is_not_distinct_from(out.leased_by),
+                or_(
+                    db.Message.sending_until.is_(None),
+                    db.Message.sending_until < now,
+                    db.Message.sending_by == app.instance,
+                ),
+            )
+            .values(sending_by=app.instance, sending_until=now + lease)
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+    if await app.batch.run(write):
+        return True
+    async with app.uow.read() as session:
+        row = await session.get(db.Message, out.message_id)
+    if row is None or row.status != "submitting":
+        return False
+    until = row.sending_until or now + lease
+    log.info("sms.leased_elsewhere", key=out.key)
+    raise Deferred(max((until - now).total_seconds(), 0.0) + 1.0)
+
+
+async def _renew_lease(app: Reminders, message_id: str) -> None:
+    """Keep the send lease while the provider is asked (its retries can take a while)."""
+    seconds = app.settings.sms_send_lease_seconds
+
+    async def write(session: AsyncSession) -> None:
+        await session.execute(
+            update(db.Message)
+            .where(db.Message.id == message_id, db.Message.sending_by == app.instance)
+            .values(sending_until=app.now() + timedelta(seconds=seconds))
+        )
+
+    while True:
+        await asyncio.sleep(seconds / 3)
+        try:
+            await app.batch.run(write)
+        except Exception as exc:  # the database is away: the next beat tries again
+            log.warning("sms.lease_unrenewed", error=type(exc).__name__)
+
+
+async def _release_lease(app: Reminders, message_id: str) -> None:
+    """Give the lease up after an unresolved attempt, so the retry need not wait for it to
+    lapse; ``sending_by`` stays, telling the next one to look at the provider first."""
+
+    async def write(session: AsyncSession) -> None:
+        await session.execute(
+            update(db.Message)
+            .where(db.Message.id == message_id, db.Message.sending_by == app.instance)
+            .values(sending_until=None)
+        )
+
+    with contextlib.suppress(Exception):  # it lapses by itself otherwise
+        await app.batch.run(write)
 
 
 async def _finish_accepted(app: Reminders, out: Outgoing, accepted: Accepted) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -17,11 +18,12 @@ import pytest_asyncio
 from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 
-from services.reminders import db
+from services.reminders import db, transmit
 from services.reminders.app import Runtime, create_app
 from services.reminders.links import AFTERCARE, Links
 from services.reminders.settings import SANDBOX_AUTH_TOKEN
 from shared import events
+from shared.broker import Deferred
 from shared.natsd import free_port
 from shared.settings import PROJECT_ROOT
 from tests.reminders_support import (
@@ -355,6 +357,41 @@ async def test_a_burst_larger_than_one_scheduler_pass_is_sent_once_each(
         await publish(reminders.nats_url, *(b.booked() for b in burst))
         for b in burst:
             assert len(await reminders.sandbox.wait_for(b.phone, 1)) == 1
+
+
+async def test_a_copy_of_a_text_still_being_sent_waits_and_never_sends_twice(
+    reminders: Reminders,
+) -> None:
+    # The queue hands the due text to a second replica while the first is still asking
+    # the provider (its in-progress marks could not reach NATS: a node's loss). The
+    # second finds the row's send lease held and comes back later; one text reaches her.
+    b = Booking()
+    await reminders.sandbox.fault(to=b.phone, delay_ms=3000, times=1)
+    await publish(reminders.nats_url, b.booked())
+    first = reminders.runtime.reminders
+
+    async def being_sent() -> db.Message | None:
+        async with first.uow.read() as session:
+            row = await session.scalar(
+                select(db.Message).where(
+                    db.Message.session_id == b.session_id, db.Message.sending_by.is_not(None)
+                )
+            )
+        return row if row is not None and row.status == "submitting" else None
+
+    row = await eventually(being_sent, timeout=10, what="the confirmation being sent")
+    second = dataclasses.replace(first, instance="replica-2", in_flight=set(), firing={})
+    redelivered = events.make_event(
+        events.SMS_DUE, "reminders", events.SmsDue(message_id=row.id), subject=row.id
+    )
+    with pytest.raises(Deferred) as deferred:
+        await transmit.send_due(second, redelivered, delivered=2)
+    assert 1 <= deferred.value.seconds <= first.settings.sms_send_lease_seconds + 1
+    await reminders.sandbox.wait_for(b.phone, 1, status="delivered")
+    await transmit.send_due(second, redelivered, delivered=3)  # settled: nothing to do
+    assert len(await reminders.sandbox.to(b.phone)) == 1
+    [logged] = await log_of(reminders.http, session_id=b.session_id)
+    assert logged["attempts"] == 1
 
 
 async def test_the_same_event_twice_sends_once(on_sqlite: Reminders) -> None:
