@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -79,6 +79,11 @@ class ChunkedJobStore(SQLAlchemyJobStore):
     def __init__(self, *args: Any, max_due: int = 200, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_due = max_due
+
+    def remove_many(self, job_ids: Sequence[str]) -> None:
+        """Remove these jobs if stored, in one statement (missing ones are fine)."""
+        with self.engine.begin() as connection:
+            connection.execute(self.jobs_t.delete().where(self.jobs_t.c.id.in_(list(job_ids))))
 
     def get_due_jobs(self, now: datetime) -> list[Job]:
         timestamp = datetime_to_utc_timestamp(now)
@@ -138,6 +143,21 @@ class _BoundJob:
         return str(self._job)
 
 
+def _interruptible(job_id: str, func: JobHandler) -> JobHandler:
+    """``func`` ending quietly when a scheduler standing down cancels it: the next active
+    one repairs what it left, so an interruption is news, not a failure (APScheduler
+    would log a traceback per job, hundreds after a lease lost mid-burst)."""
+
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await func(*args, **kwargs)
+        except asyncio.CancelledError:
+            log.info("job.interrupted", job=job_id)
+            return None
+
+    return run
+
+
 class BoundExecutor(AsyncIOExecutor):
     """Runs each job with the handler registered for its function reference; a job whose
     reference has no handler runs its own function (in-memory periodic jobs)."""
@@ -148,7 +168,12 @@ class BoundExecutor(AsyncIOExecutor):
 
     def _do_submit_job(self, job: Job, run_times: Any) -> None:
         handler = self._handlers.get(job.func_ref)
-        super()._do_submit_job(_BoundJob(job, handler) if handler else job, run_times)
+        if handler is None and asyncio.iscoroutinefunction(job.func):
+            handler = job.func
+        if handler is None:
+            super()._do_submit_job(job, run_times)
+            return
+        super()._do_submit_job(_BoundJob(job, _interruptible(job.id, handler)), run_times)
 
 
 class GatedScheduler(AsyncIOScheduler):
@@ -246,6 +271,8 @@ class LeasedScheduler:
         self._engine: Engine | None = None
         self._task: asyncio.Task[None] | None = None
         self._listener_tasks: set[asyncio.Task[None]] = set()
+        #: Due jobs run at once, by id (see :meth:`add_jobs`); cancelled on standing down.
+        self._running_now: dict[str, asyncio.Task[None]] = {}
 
     # -- what the service asks ----------------------------------------------------------
 
@@ -255,8 +282,71 @@ class LeasedScheduler:
         return self.scheduler is not None and self.lease is not None and self.lease.held
 
     async def add_jobs(self, jobs: Sequence[JobSpec]) -> bool:
-        """Put ``jobs`` in the store (replacing same ids); ``False`` when not active."""
-        return await self._touch_store(lambda s: [self._add(s, job) for job in jobs])
+        """Put ``jobs`` in the store (replacing same ids); ``False`` when not active.
+
+        A one-shot job already due, whose function has a handler here, runs at once
+        instead (a stored copy of it is removed): a confirmation is due the moment it is
+        planned, and the store's write, wake-up and delete would only delay it. Should the
+        process die before the job has done its work, the next active one repairs it, as
+        for a job the store had handed out.
+        """
+        now = datetime.now(UTC)
+        at_once = [job for job in jobs if self._runs_at_once(job, now)]
+        later = [job for job in jobs if job not in at_once]
+
+        def write(scheduler: GatedScheduler) -> None:
+            if at_once:
+                self._remove_stored(scheduler, [job.id for job in at_once])
+            for job in later:
+                self._add(scheduler, job)
+
+        if not await self._touch_store(write):
+            return False
+        for job in at_once:
+            self._run_now(job, now)
+        return True
+
+    def _runs_at_once(self, job: JobSpec, now: datetime) -> bool:
+        return (
+            job.trigger == "date"
+            and job.run_date is not None
+            and job.run_date <= now
+            and isinstance(job.func, str)
+            and job.func in self._handlers
+            and job.id not in self._running_now  # one run of a job at a time, as the store
+        )
+
+    @staticmethod
+    def _remove_stored(scheduler: GatedScheduler, job_ids: Sequence[str]) -> None:
+        store = scheduler._lookup_jobstore("default")
+        if isinstance(store, ChunkedJobStore):
+            store.remove_many(job_ids)
+            return
+        for job_id in job_ids:
+            with contextlib.suppress(JobLookupError):
+                scheduler.remove_job(job_id)
+
+    def _run_now(self, job: JobSpec, now: datetime) -> None:
+        assert isinstance(job.func, str) and job.run_date is not None
+        late = (now - job.run_date).total_seconds()
+        if job.misfire_grace_time is not None and late > job.misfire_grace_time:
+            if self._on_missed is not None:
+                self._track(job.id, self._on_missed(job.id, job.run_date))
+            return
+        run = _interruptible(job.id, self._handlers[job.func])
+
+        async def run_logged() -> None:
+            try:
+                await run(*job.args)
+            except Exception as exc:
+                log.error("job.failed", job=job.id, error=type(exc).__name__)
+
+        self._track(job.id, run_logged())
+
+    def _track(self, job_id: str, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=f"job-{job_id}")
+        self._running_now[job_id] = task
+        task.add_done_callback(lambda _: self._running_now.pop(job_id, None))
 
     async def remove_jobs(self, job_ids: Sequence[str]) -> bool:
         def remove(scheduler: GatedScheduler) -> None:
@@ -331,6 +421,8 @@ class LeasedScheduler:
             scheduler_, self.scheduler = self.scheduler, None
             if scheduler_ is not None:
                 await scheduler_.stop()
+            for task in list(self._running_now.values()):
+                task.cancel()  # as the executor does with the store's running jobs
             engine, self._engine = self._engine, None
             if engine is not None:
                 engine.dispose()
