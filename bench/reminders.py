@@ -22,6 +22,9 @@ its own process as in production (``nats-server``, ``python -m tools.twilio_sand
    taking from the ``reminders.due`` work queue): texts/s with two senders vs one.
    Two processes on one SQLite file contend for its lock: pass ``--database-url`` with
    PostgreSQL for the figure a deployment would see.
+5. Anchor: the plain twilio SDK (``create_async``, 16 at once, no status callbacks) sends
+   up to 2,000 texts into the same sandbox; the burst's rate is printed beside it with the
+   ratio (issue 12's floor: 0.5).
 
 Run from the project root::
 
@@ -66,6 +69,8 @@ from bench.harness import (  # noqa: E402
     table,
     wait_until,
 )
+from services.reminders.sender import twilio_client  # noqa: E402
+from services.reminders.settings import SANDBOX_FROM_NUMBER, RemindersSettings  # noqa: E402
 from shared import events  # noqa: E402
 from tools.kit.events import MEDICAL_MASSAGE, client_ref, publish, session_event  # noqa: E402
 from tools.kit.postgres import reset_schema  # noqa: E402
@@ -316,6 +321,31 @@ async def raw_jetstream(nats_url: str, payloads: list[bytes]) -> float:
     return len(payloads) / wall
 
 
+async def sdk_anchor(sandbox_url: str, n: int, concurrency: int = 16) -> dict[str, Any]:
+    """Texts/s of the plain twilio SDK (``create_async``, ``concurrency`` at once) into the
+    same sandbox: what the provider side allows on this machine, with nothing of ours."""
+    client = twilio_client(
+        RemindersSettings(twilio_api_base_url=sandbox_url, reminders_link_secret="bench")
+    )
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        async with slots:
+            await client.messages.create_async(
+                to=f"+1213556{i % 10000:04d}", from_=SANDBOX_FROM_NUMBER, body=f"anchor {i}"
+            )
+
+    async with httpx.AsyncClient(timeout=60) as http:
+        (await http.post(f"{sandbox_url}/_sandbox/reset")).raise_for_status()
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    wall = time.perf_counter() - started
+    await client.http_client.close()  # type: ignore[attr-defined]
+    async with httpx.AsyncClient(timeout=60) as http:
+        (await http.post(f"{sandbox_url}/_sandbox/reset")).raise_for_status()
+    return {"messages": n, "concurrency": concurrency, "sends_per_s": round(n / wall, 1)}
+
+
 # ---------------------------------------------------------------------------------------
 
 
@@ -333,6 +363,9 @@ async def scenario(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     )
     one = await burst(stack, args, sandbox.url, "reminders-1-sender", args.pair, 0, plan_rate, 1)
     two = await burst(stack, args, sandbox.url, "reminders-2-senders", args.pair, 0, plan_rate, 2)
+    anchor = await sdk_anchor(sandbox.url, min(args.messages, 2000))
+    unlimited["sdk_anchor_per_s"] = anchor["sends_per_s"]
+    unlimited["ratio_to_sdk"] = round((unlimited["sends_per_s"] or 0) / anchor["sends_per_s"], 3)
     sandbox.child.stop()
     return {
         "benchmark": "reminders",
@@ -374,6 +407,18 @@ def report(figures: dict[str, Any]) -> str:
                 run["duplicates"],
             ]
         )
+    rows.append(
+        [
+            "plain twilio SDK, 16 at once (anchor)",
+            "",
+            "",
+            b["sdk_anchor_per_s"],
+            "",
+        ]
+    )
+    rows.append(
+        [f"{b['messages']} due at once / SDK (ratio, floor 0.5)", "", "", b["ratio_to_sdk"], ""]
+    )
     events_rows = [
         ["booked event -> 3 jobs stored (reminders)", e["booked_to_jobs_stored_per_s"]],
         ["nats-py publish + pull consume (raw)", e["raw_publish_consume_per_s"]],
