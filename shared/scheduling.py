@@ -356,6 +356,10 @@ class LeasedScheduler:
 
         return await self._touch_store(remove)
 
+    def running(self, job_id: str) -> bool:
+        """Whether a due job :meth:`add_jobs` ran at once is still at work (or about to be)."""
+        return job_id in self._running_now
+
     def job_ids(self) -> list[str]:
         """Ids of the jobs in the store (the active scheduler only; tests and ops look)."""
         return [job.id for job in self.scheduler.get_jobs()] if self.scheduler else []

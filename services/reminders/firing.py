@@ -61,7 +61,7 @@ async def send_session_message(app: Reminders, session_id: str, rule_name: str) 
     copy is removed, so no job waits in the store for a message that is done.
     """
     job_id = session_job_id(session_id, rule_name)
-    app.firing[job_id] = False
+    app.firing.setdefault(job_id, False)  # a re-plan may have marked it before it started
     try:
         settled = await _fire_session_job(app, session_id, rule_name)
     finally:

@@ -155,7 +155,8 @@ async def _drop_sent_meanwhile(app: Reminders, job_keys: dict[str, str]) -> None
     if not job_keys:
         return
     for job_id in job_keys:
-        if job_id in app.firing:
+        # Running, or handed to a task that has not started yet (it keeps the mark).
+        if job_id in app.firing or app.scheduler.running(job_id):
             app.firing[job_id] = True
     async with app.uow.read() as session:
         claimed = await session.scalars(
