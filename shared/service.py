@@ -122,6 +122,7 @@ class Messaging:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         self.ready.set()
+        self.relay.wake()  # rows committed while NATS was away leave now, not at the next poll
         log.info("nats.ready", service=self.service, url=redact(self.nats_url))
         for callback in self._on_ready:
             callback()

@@ -46,7 +46,7 @@ class ReferralsSettings(ServiceSettings):
     #: Webhooks in flight at once, per process.
     referrals_webhook_concurrency: int = Field(default=16, ge=1, le=256)
     #: How often the dispatcher looks for due deliveries when nobody woke it up.
-    referrals_delivery_poll_seconds: float = Field(default=1.0, gt=0)
+    referrals_delivery_poll_seconds: float = Field(default=5.0, gt=0)
 
     #: Run the deadline scheduler in this process (it still waits for the lease).
     referrals_scheduler: bool = True
