@@ -73,6 +73,11 @@ BROKER_LOGGER = logging.getLogger("shared.broker.faststream")
 #: Dead-letter after this many deliveries unless a consumer says otherwise.
 DEFAULT_MAX_DELIVER = 5
 DUPLICATE_WINDOW_SECONDS = 120
+#: How long one pull waits for messages. A message arriving meanwhile is delivered at
+#: once, so a longer wait costs no latency; it only spaces the pull requests out at idle
+#: (two per pull and consumer). After the server restarts, a consumer's pull is lost with
+#: it and the next one goes out after at most this long.
+PULL_WAIT_SECONDS = 5.0
 
 
 def make_broker(nats_url: str, name: str) -> NatsBroker:
@@ -331,7 +336,7 @@ def register_consumer(broker: NatsBroker, consumer: Consumer[Any], uow: UnitOfWo
         stream=JStream(consumer.stream, declare=False),
         durable=consumer.durable,
         config=consumer.consumer_config(),
-        pull_sub=PullSub(batch_size=consumer.batch_size, timeout=1.0),
+        pull_sub=PullSub(batch_size=consumer.batch_size, timeout=PULL_WAIT_SECONDS),
         ack_policy=AckPolicy.MANUAL,
         title=consumer.durable,
     )

@@ -7,19 +7,26 @@ A service keeps its own ``migrations/`` folder (its own database, its own histor
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command, context
-from alembic.config import Config
 from sqlalchemy import MetaData, create_engine, pool
 
 from shared.db import sync_url
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic is imported where it is used: a service imports this module at start, but runs
+# its migrations in a child process (``shared.service.run_service``), so the ~12 MB of
+# Alembic and its scripts never stay in the server's memory.
 
 #: Tables other libraries create and own (APScheduler's job store): autogenerate skips them.
 FOREIGN_TABLES = frozenset({"apscheduler_jobs"})
 
 
 def alembic_config(script_location: Path, database_url: str) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(script_location))
     config.set_main_option("sqlalchemy.url", sync_url(database_url).replace("%", "%%"))
@@ -28,6 +35,8 @@ def alembic_config(script_location: Path, database_url: str) -> Config:
 
 def upgrade(script_location: Path, database_url: str, revision: str = "head") -> None:
     """Bring the database to ``revision``; safe to run on every start."""
+    from alembic import command
+
     command.upgrade(alembic_config(script_location, database_url), revision)
 
 
@@ -37,6 +46,8 @@ def _ours(_obj: Any, name: str | None, type_: str, _reflected: bool, _compare: A
 
 def run_env(metadata: MetaData) -> None:
     """The body of a service's ``env.py``: a blocking engine on the service's database."""
+    from alembic import context
+
     url = context.config.get_main_option("sqlalchemy.url") or ""
     if context.is_offline_mode():
         context.configure(url=url, target_metadata=metadata, include_object=_ours)

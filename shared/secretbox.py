@@ -13,10 +13,15 @@ import base64
 import binascii
 import hashlib
 from collections.abc import Sequence
-
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from typing import TYPE_CHECKING
 
 from shared.errors import Unavailable
+
+if TYPE_CHECKING:
+    from cryptography.fernet import MultiFernet
+
+# ``cryptography`` (~7 MB) is imported on the first encrypt or decrypt: a service with no
+# stored secret to use (no calendar linked, no webhook sent yet) never loads it.
 
 
 class SecretUnavailable(Unavailable):
@@ -54,11 +59,11 @@ class SecretBox:
         setting: str = "SECRET_KEY",
         refused_because: str | None = None,
     ) -> None:
-        parsed = parse_keys(keys)
+        self._keys = [fernet_key(k) for k in parse_keys(keys)]
         self.setting = setting
         self._refused_because = refused_because
-        self._fernet = MultiFernet([Fernet(fernet_key(k)) for k in parsed]) if parsed else None
-        if self._fernet is None and refused_because is None:
+        self._fernet: MultiFernet | None = None
+        if not self._keys and refused_because is None:
             self._refused_because = f"no {setting} is configured"
 
     @property
@@ -66,16 +71,23 @@ class SecretBox:
         return self._refused_because is None
 
     def _require(self) -> MultiFernet:
-        if self._refused_because is not None or self._fernet is None:
+        if self._refused_because is not None or not self._keys:
             raise SecretUnavailable(f"secrets cannot be stored or read: {self._refused_because}")
+        if self._fernet is None:
+            from cryptography.fernet import Fernet, MultiFernet
+
+            self._fernet = MultiFernet([Fernet(k) for k in self._keys])
         return self._fernet
 
     def encrypt(self, plaintext: str) -> str:
         return self._require().encrypt(plaintext.encode()).decode()
 
     def decrypt(self, token: str) -> str:
+        fernet = self._require()
+        from cryptography.fernet import InvalidToken
+
         try:
-            return self._require().decrypt(token.encode()).decode()
+            return fernet.decrypt(token.encode()).decode()
         except InvalidToken as exc:
             raise SecretUnavailable(
                 f"a stored secret does not decrypt with {self.setting} "

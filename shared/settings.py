@@ -35,7 +35,7 @@ class ServiceSettings(BaseSettings):
     var_dir: Path = PROJECT_ROOT / "var"
     log_level: str = "INFO"
     #: How often the outbox relay looks for rows when nobody woke it up.
-    outbox_poll_seconds: float = 1.0
+    outbox_poll_seconds: float = 5.0
     #: Deliveries of one event before it is dead-lettered.
     max_deliver: int = 5
     #: First retry delay of a failed handler; doubles each delivery.

@@ -19,6 +19,7 @@ def main() -> None:
         port=settings.booking_port,
         upgrade=upgrade,
         argv=sys.argv[1:],
+        module="services.booking",
     )
 
 

@@ -25,6 +25,7 @@ def main() -> None:
         port=settings.referrals_port,
         upgrade=upgrade,
         argv=sys.argv[1:],
+        module="services.referrals",
     )
 
 

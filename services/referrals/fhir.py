@@ -14,11 +14,6 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from fhir.resources.R4B.bundle import Bundle
-from fhir.resources.R4B.patient import Patient
-from fhir.resources.R4B.servicerequest import ServiceRequest
-from fhir.resources.R4B.task import Task
-
 from services.referrals.codes import ICD10_CM_SYSTEM, DiagnosisCode
 from services.referrals.domain import TaskStatus
 from services.referrals.observations import PainScore, observation_json
@@ -158,6 +153,8 @@ def _identifier(snap: ReferralSnapshot) -> list[dict[str, Any]]:
 
 def service_request(snap: ReferralSnapshot, clinic_name: str) -> dict[str, Any]:
     """The referral as a FHIR R4 ServiceRequest (id = the referral's id), validated."""
+    from fhir.resources.R4B.servicerequest import ServiceRequest  # lazy: see observations
+
     return ServiceRequest.model_validate(_service_request(snap, clinic_name)).model_dump(
         mode="json"
     )
@@ -210,6 +207,8 @@ def _service_request(snap: ReferralSnapshot, clinic_name: str) -> dict[str, Any]
 
 def task(snap: ReferralSnapshot, clinic_name: str, base_url: str) -> dict[str, Any]:
     """The referral's lifecycle as a FHIR R4 Task focused on the ServiceRequest, validated."""
+    from fhir.resources.R4B.task import Task
+
     return Task.model_validate(_task(snap, clinic_name, base_url)).model_dump(mode="json")
 
 
@@ -267,6 +266,8 @@ def _task(snap: ReferralSnapshot, clinic_name: str, base_url: str) -> dict[str, 
 
 def patient(details: PatientDetails) -> dict[str, Any]:
     """A minimal Patient: name, date of birth, phone. Nothing else leaves."""
+    from fhir.resources.R4B.patient import Patient
+
     return Patient.model_validate(_patient(details)).model_dump(mode="json")
 
 
@@ -325,6 +326,8 @@ def bundle(
             *observations,
         ],
     }
+    from fhir.resources.R4B.bundle import Bundle
+
     Bundle.model_validate(resource)  # refuses what is not valid R4; the JSON is ours as built
     return resource
 

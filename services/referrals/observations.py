@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from fhir.resources.R4B.bundle import Bundle
-from fhir.resources.R4B.observation import Observation
+# fhir.resources (~9 MB) is imported where a resource is validated: an idle referrals
+# service, which has sent nothing yet, does not hold it.
 
 LOINC = "http://loinc.org"
 PAIN_SCORE_CODE = "72514-3"
@@ -63,6 +63,8 @@ def observation_json(score: PainScore) -> dict[str, Any]:
 def observation(score: PainScore) -> dict[str, Any]:
     """One pain score as a FHIR R4 Observation, validated."""
     resource = observation_json(score)
+    from fhir.resources.R4B.observation import Observation
+
     Observation.model_validate(resource)
     return resource
 
@@ -83,5 +85,7 @@ def searchset(scores: Sequence[PainScore], *, fhir_base: str, self_url: str) -> 
             for s in scores
         ],
     }
+    from fhir.resources.R4B.bundle import Bundle
+
     Bundle.model_validate(resource)
     return resource

@@ -20,6 +20,7 @@ def main() -> None:
         port=settings.reminders_port,
         upgrade=upgrade,
         argv=sys.argv[1:],
+        module="services.reminders",
     )
 
 

@@ -85,7 +85,7 @@ class RemindersSettings(ServiceSettings):
     #: Due jobs the scheduler starts per pass; it yields to the event loop between passes.
     scheduler_jobs_per_pass: int = Field(default=200, ge=1)
     #: How often the planner looks for sessions to plan when nobody woke it.
-    planner_poll_seconds: float = Field(default=1.0, gt=0)
+    planner_poll_seconds: float = Field(default=5.0, gt=0)
 
     def development_defaults(self) -> list[str]:
         """Production refuses these: with the sandbox's token anyone can sign a STOP."""

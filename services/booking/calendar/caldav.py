@@ -8,14 +8,12 @@ Every failure comes out as :class:`CalendarUnavailable` with a message fit for
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
-from caldav.calendarobjectresource import Event
-from caldav.davclient import DAVClient
-from caldav.lib import error as caldav_error
 
 from shared.outbound import OutboundPolicy, OutboundRefused
 
@@ -52,9 +50,12 @@ def describe(exc: BaseException) -> str:
         return "cannot connect to the calendar server" + (
             " (connection refused)" if refused else ""
         )
-    if isinstance(exc, caldav_error.AuthorizationError):
+    # caldav (and niquests under it, ~19 MB) is imported by the first CalDavCalendar: a
+    # booking with no calendar linked never loads it, and then no error can be caldav's.
+    caldav_error = sys.modules.get("caldav.lib.error")
+    if caldav_error is not None and isinstance(exc, caldav_error.AuthorizationError):
         return f"the calendar server refused the username or password (HTTP {status or '401/403'})"
-    if isinstance(exc, caldav_error.NotFoundError):
+    if caldav_error is not None and isinstance(exc, caldav_error.NotFoundError):
         return "nothing at that URL (HTTP 404): give the calendar collection's URL"
     outbound = next((e for e in chain if isinstance(e, OutboundRefused)), None)
     if outbound is not None:
@@ -80,6 +81,8 @@ class CalDavCalendar:
         timeout_seconds: float,
         outbound: OutboundPolicy | None = None,
     ) -> None:
+        from caldav.davclient import DAVClient
+
         self.url = url if url.endswith("/") else url + "/"
         kwargs: dict[str, object] = {"timeout": int(max(1, timeout_seconds))}
         if credentials.username is not None:
@@ -107,6 +110,9 @@ class CalDavCalendar:
 
     def delete(self, href: str) -> None:
         """Remove the resource at ``href``; one that is already gone is fine."""
+        from caldav.calendarobjectresource import Event
+        from caldav.lib import error as caldav_error
+
         try:
             Event(client=self._client, url=href, parent=self._calendar).delete()
         except caldav_error.NotFoundError:
