@@ -23,7 +23,9 @@ import structlog
 from services.referrals import domain
 from services.referrals.signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, sign
 from services.referrals.usecases import Referrals, webhooks
+from services.referrals.usecases.creating import PreparedWebhook
 from services.referrals.usecases.webhooks import OutgoingWebhook
+from shared.logging import safe_error
 from shared.worker import StepResult, Worker
 
 log = structlog.get_logger(__name__)
@@ -55,6 +57,8 @@ class WebhookDispatcher:
         self._saturated = False
         self._worker = Worker("webhook-dispatcher", self._claim, poll_seconds=poll_seconds)
         self.sent = 0
+        #: How long a claimed delivery is held before another replica may send it.
+        self.lease_seconds = timeout_seconds + 30
 
     def wake(self) -> None:
         """A transaction that may have queued a delivery just committed."""
@@ -62,6 +66,14 @@ class WebhookDispatcher:
 
     def retry_delay(self, attempts: int) -> float:
         return domain.retry_delay_seconds(attempts, self._backoff, self._backoff_max)
+
+    def available(self) -> bool:
+        """Free capacity for a delivery handed over by a use case (``context.Handoff``)."""
+        return self._worker.running and len(self._in_flight) < self._concurrency
+
+    def send(self, prepared: PreparedWebhook) -> None:
+        """Send a delivery its use case wrote already claimed (after its commit)."""
+        self._track(asyncio.create_task(self._deliver_prepared(prepared)))
 
     def start(self) -> None:
         if self._client is None:
@@ -75,8 +87,10 @@ class WebhookDispatcher:
                 headers={"User-Agent": USER_AGENT},
             )
         self._worker.start()
+        self._app.handoff.bind(self)
 
     async def stop(self) -> None:
+        self._app.handoff.bind(None)
         await self._worker.stop()
         for task in list(self._in_flight):
             task.cancel()
@@ -92,14 +106,28 @@ class WebhookDispatcher:
         if free <= 0:
             return None
         batch = await webhooks.claim_due_deliveries(
-            self._app, free, lease_seconds=self._timeout + 30
+            self._app, free, lease_seconds=self.lease_seconds
         )
         self._saturated = len(batch) == free
         for outgoing in batch:
-            task = asyncio.create_task(self._deliver(outgoing))
-            self._in_flight.add(task)
-            task.add_done_callback(self._finished)
+            self._track(asyncio.create_task(self._deliver(outgoing)))
         return self._saturated
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.add(task)
+        task.add_done_callback(self._finished)
+
+    async def _deliver_prepared(self, prepared: PreparedWebhook) -> None:
+        """Build, sign and send; a delivery that cannot be built is left to its lease (the
+        claiming loop then records why)."""
+        try:
+            outgoing = webhooks.prepared_webhook(self._app, prepared)
+        except Exception as exc:
+            log.error(
+                "webhook.unbuildable", delivery_id=prepared.delivery_id, error=safe_error(exc)
+            )
+            return
+        await self._deliver(outgoing)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)

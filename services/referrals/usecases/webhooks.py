@@ -15,6 +15,7 @@ from services.referrals import db, domain, fhir
 from services.referrals.domain import TaskStatus
 from services.referrals.queries import held, history_of, record_of
 from services.referrals.usecases.context import SYSTEM, Referrals
+from services.referrals.usecases.creating import PreparedWebhook
 from services.referrals.usecases.lifecycle import apply, lock_referral
 from shared.logging import safe_error
 from shared.secretbox import SecretUnavailable
@@ -89,6 +90,28 @@ async def claim_due_deliveries(
                 )
             )
     return outgoing
+
+
+def prepared_webhook(app: Referrals, prepared: PreparedWebhook) -> OutgoingWebhook:
+    """The signed-to-be body of a delivery a use case wrote claimed (``creating``)."""
+    body = fhir.to_bytes(
+        fhir.bundle(
+            prepared.snapshot,
+            bundle_id=prepared.delivery_id,
+            timestamp=app.clock(),
+            clinic_name=app.clinic_name,
+            base_url=app.base_url,
+        )
+    )
+    return OutgoingWebhook(
+        delivery_id=prepared.delivery_id,
+        referral_id=prepared.referral_id,
+        kind=prepared.kind,
+        url=prepared.url,
+        secret=app.secretbox.decrypt(prepared.secret_sealed),
+        body=body,
+        attempt=prepared.attempt,
+    )
 
 
 async def record_delivery(
