@@ -31,6 +31,8 @@ from shared.worker import StepResult, Worker
 log = structlog.get_logger(__name__)
 
 USER_AGENT = "clinic-referrals-webhook/1.0"
+#: Answers recorded per transaction.
+RECORD_BATCH = 200
 
 
 class WebhookDispatcher:
@@ -56,6 +58,9 @@ class WebhookDispatcher:
         #: The last claim took all the capacity there was: more may be due.
         self._saturated = False
         self._worker = Worker("webhook-dispatcher", self._claim, poll_seconds=poll_seconds)
+        #: Answers waiting to be recorded, a batch per transaction (``_record``).
+        self._answers: list[webhooks.Answer] = []
+        self._recorder = Worker("webhook-recorder", self._record, poll_seconds=None)
         self.sent = 0
         #: How long a claimed delivery is held before another replica may send it.
         self.lease_seconds = timeout_seconds + 30
@@ -87,6 +92,7 @@ class WebhookDispatcher:
                 headers={"User-Agent": USER_AGENT},
             )
         self._worker.start()
+        self._recorder.start()
         self._app.handoff.bind(self)
 
     async def stop(self) -> None:
@@ -96,6 +102,8 @@ class WebhookDispatcher:
             task.cancel()
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
+        await self._recorder.stop()
+        await self._record()  # what was answered before the stop (a failure: leases re-offer)
         if self._owns_client and self._client is not None:
             await self._client.aclose()
 
@@ -164,17 +172,17 @@ class WebhookDispatcher:
         )
         if ok:
             self.sent += 1
+        self._answers.append(webhooks.Answer(outgoing.delivery_id, ok, status, error))
+        self._recorder.wake()
+
+    async def _record(self) -> StepResult:
+        """Record the answers gathered so far in one transaction. If that fails, the claims'
+        leases run out and the deliveries are offered again: at least once."""
+        batch, self._answers = self._answers[:RECORD_BATCH], self._answers[RECORD_BATCH:]
+        if not batch:
+            return None
         try:
-            await webhooks.record_delivery(
-                self._app,
-                outgoing.delivery_id,
-                ok=ok,
-                status_code=status,
-                error=error,
-                retry_delay=self.retry_delay,
-            )
+            await webhooks.record_deliveries(self._app, batch, self.retry_delay)
         except Exception as exc:
-            # The claim's lease runs out and the delivery is offered again: at least once.
-            log.error(
-                "webhook.record_failed", delivery_id=outgoing.delivery_id, error=type(exc).__name__
-            )
+            log.error("webhook.record_failed", deliveries=len(batch), error=type(exc).__name__)
+        return bool(self._answers)
