@@ -6,12 +6,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from services.referrals.codes import CodeTable, default_table
 from shared.outbound import OutboundPolicy
 from shared.secretbox import SecretBox
 from shared.uow import UnitOfWork
+
+if TYPE_CHECKING:
+    from services.referrals.usecases.create_queue import CreateQueue
 
 #: The events' ``source``, and the actor of what no person did.
 SOURCE = "referrals"
@@ -79,6 +82,8 @@ class Referrals:
     webhook_retry_hours: float = 24.0
     #: The local dispatcher (bound by ``WebhookDispatcher.start``).
     handoff: Handoff = field(default_factory=Handoff)
+    #: Creates written together (started in ``app.py``); ``None``: each alone.
+    creates: CreateQueue | None = None
 
     @property
     def clock(self) -> Callable[[], datetime]:

@@ -14,7 +14,7 @@ claim transaction. A plan with pain scores goes the claiming way (its Bundle car
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -23,10 +23,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.referrals import db, domain, fhir
 from services.referrals.codes import DiagnosisCode
-from services.referrals.domain import BusinessStatus, TaskStatus
+from services.referrals.domain import (
+    BusinessStatus,
+    DisciplineNotInPlan,
+    PlanNotActive,
+    ReferralAlreadyLive,
+    TaskStatus,
+    UnknownPartner,
+    UnknownPlan,
+)
 from services.referrals.usecases.context import DEADLINES, DISPATCHER, SOURCE, Referrals
 from services.referrals.usecases.lifecycle import referral_payload
 from shared import events
+from shared.auth import Scope
 from shared.ids import new_id
 from shared.outbox import OUTBOX, outbox
 from shared.uow import after_commit
@@ -164,18 +173,74 @@ def _history_row(row: db.Referral, action: str, actor: str, at: datetime) -> dic
 _REFERRAL_COLUMNS = [c.key for c in _referrals.columns if c.key != "report_pdf"]
 
 
-async def insert_referral(
+@dataclass
+class Writes:
+    """What a batch of creates writes, one statement per table at the end."""
+
+    referrals: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    deliveries: list[dict[str, Any]] = field(default_factory=list)
+    #: plan component id -> the partner it now goes to (the last create's wins).
+    components: dict[int, str] = field(default_factory=dict)
+    prepared: list[PreparedWebhook] = field(default_factory=list)
+    #: (plan, partner, discipline) -> the live referral this batch made.
+    live: dict[tuple[str, str, str], str] = field(default_factory=dict)
+
+    async def flush(self, session: AsyncSession, app: Referrals) -> None:
+        if self.referrals:
+            await session.execute(_INSERT_REFERRAL, self.referrals)
+            await session.execute(_INSERT_HISTORY, self.history)
+            after_commit(session, OUTBOX)
+            await session.execute(_INSERT_OUTBOX, self.events)
+        if self.deliveries:
+            await session.execute(_INSERT_DELIVERY, self.deliveries)
+        if self.components:
+            await session.execute(
+                _SET_COMPONENT_PARTNER,
+                [{"component": c, "partner": p} for c, p in self.components.items()],
+            )
+        if self.prepared:
+            handed = list(self.prepared)
+
+            def hand_over() -> None:
+                for prepared in handed:
+                    app.handoff.send(prepared)
+
+            after_commit(session, hand_over)
+
+
+def check(facts: list[Any], plan_id: str, partner_id: str, within: Scope, writes: Writes) -> None:
+    """The rules of a new referral, in the order the caller hears of them."""
+    head = facts[0] if facts else None
+    if head is None or not within.allows(head.location_id):
+        raise UnknownPlan(plan_id)
+    if head.partner_id is None:
+        raise UnknownPartner("partner_id", partner_id)
+    if head.status != "active":
+        raise PlanNotActive(head.id, head.status)
+    discipline = head.partner_discipline
+    if not any(f.component_discipline == discipline for f in facts):
+        have = [f.component_discipline for f in facts if f.component_id is not None]
+        raise DisciplineNotInPlan(head.partner_id, discipline, head.id, have)
+    live = head.live_id or writes.live.get((head.id, head.partner_id, discipline))
+    if live is not None:
+        raise ReferralAlreadyLive(head.partner_id, live, discipline)
+
+
+def add_referral(
     session: AsyncSession,
     app: Referrals,
     facts: list[Any],
+    writes: Writes,
     *,
     reason: str,
     codes: list[DiagnosisCode],
     urgency: str,
     actor: str,
 ) -> Created:
-    """Write the referral (sent at once if the client is known), its history, events and
-    delivery; ``facts`` are :func:`read_facts`' rows, checked by the caller."""
+    """Add the referral (sent at once if the client is known), its history, events and
+    delivery to ``writes``; ``facts`` are :func:`read_facts`' rows, passed :func:`check`."""
     head = facts[0]
     now = app.clock()
     partner = db.Partner(id=head.partner_id, discipline=head.partner_discipline)
@@ -221,9 +286,8 @@ async def insert_referral(
         updated_at=now,
     )
     history = [_history_row(row, "create", actor, now)]
-    outgoing = [_event(row, partner, client)]
+    writes.events.append(_event(row, partner, client))
     deliveries: list[dict[str, Any]] = []
-    prepared: PreparedWebhook | None = None
     if client is not None:
         # issue: the same transition ``lifecycle.issue`` makes.
         move = domain.transition(row.task_status, "issue")
@@ -237,7 +301,7 @@ async def insert_referral(
         row.business_status = after.value if after is not None else None
         row.version += 1
         history.append(_history_row(row, "issue", actor, now))
-        outgoing.append(_event(row, partner, client))
+        writes.events.append(_event(row, partner, client))
         after_commit(session, DEADLINES)
         if head.webhook_url:
             lease = app.handoff.lease_seconds() if not head.scores else None
@@ -257,29 +321,26 @@ async def insert_referral(
             if lease is None:
                 after_commit(session, DISPATCHER)
             else:
-                prepared = PreparedWebhook(
-                    delivery_id=delivery["id"],
-                    referral_id=row.id,
-                    kind="requested",
-                    url=head.webhook_url,
-                    secret_sealed=head.webhook_secret_sealed,
-                    snapshot=_snapshot(row, facts, codes),
+                writes.prepared.append(
+                    PreparedWebhook(
+                        delivery_id=delivery["id"],
+                        referral_id=row.id,
+                        kind="requested",
+                        url=head.webhook_url,
+                        secret_sealed=head.webhook_secret_sealed,
+                        snapshot=_snapshot(row, facts, codes),
+                    )
                 )
-    await session.execute(_INSERT_REFERRAL, [{k: getattr(row, k) for k in _REFERRAL_COLUMNS}])
-    await session.execute(_INSERT_HISTORY, history)
-    after_commit(session, OUTBOX)
-    await session.execute(_INSERT_OUTBOX, outgoing)
-    if deliveries:
-        await session.execute(_INSERT_DELIVERY, deliveries)
+    writes.referrals.append({k: getattr(row, k) for k in _REFERRAL_COLUMNS})
+    writes.history.extend(history)
+    writes.deliveries.extend(deliveries)
+    writes.live[(row.plan_id, row.partner_id, row.discipline)] = row.id
     component = next(f for f in facts if f.component_discipline == head.partner_discipline)
-    if component.component_partner != head.partner_id:
-        await session.execute(
-            _SET_COMPONENT_PARTNER,
-            {"component": component.component_id, "partner": head.partner_id},
-        )
-    if prepared is not None:
-        handed = prepared
-        after_commit(session, lambda: app.handoff.send(handed))
+    if (
+        component.component_partner != head.partner_id
+        or component.component_id in writes.components
+    ):
+        writes.components[component.component_id] = head.partner_id
     return Created(
         referral=row,
         history=[db.ReferralHistory(**h) for h in history],

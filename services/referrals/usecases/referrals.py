@@ -3,24 +3,18 @@ who the client is) and cancel one."""
 
 from __future__ import annotations
 
-from sqlalchemy.exc import IntegrityError
-
 from services.referrals import db, scope
 from services.referrals.codes import DiagnosisCode, InvalidDiagnosisCode
 from services.referrals.domain import (
     ConsentRequired,
     DiagnosisCodeRefused,
-    DisciplineNotInPlan,
-    PlanNotActive,
-    ReferralAlreadyLive,
     TaskStatus,
-    UnknownPartner,
-    UnknownPlan,
 )
 from services.referrals.queries import held
 from services.referrals.schemas import ReferralIn
 from services.referrals.usecases import creating
 from services.referrals.usecases.context import Referrals
+from services.referrals.usecases.create_queue import CreateRequest, create_alone
 from services.referrals.usecases.lifecycle import (
     apply,
     lock_referral,
@@ -43,39 +37,14 @@ async def create_referral(
 ) -> creating.Created:
     """A referral for the partner's discipline of a plan; sent at once if the client's
     details are known, otherwise it waits (draft) for ``booking.client.*``. A plan
-    outside the caller's locations is unknown. (Core statements: ``creating``.)"""
+    outside the caller's locations is unknown. Written with the creates that arrive
+    alongside (``create_queue``), in Core statements (``creating``)."""
     if not data.consent_to_share:
         raise ConsentRequired()
-    codes = _check_codes(app, data.diagnosis_codes)
-    try:
-        async with app.uow.write() as session:
-            facts = await creating.read_facts(session, data.plan_id, data.partner_id)
-            head = facts[0] if facts else None
-            if head is None or not within.allows(head.location_id):
-                raise UnknownPlan(data.plan_id)
-            if head.partner_id is None:
-                raise UnknownPartner("partner_id", data.partner_id)
-            if head.status != "active":
-                raise PlanNotActive(head.id, head.status)
-            discipline = head.partner_discipline
-            if not any(f.component_discipline == discipline for f in facts):
-                have = [f.component_discipline for f in facts if f.component_id is not None]
-                raise DisciplineNotInPlan(head.partner_id, discipline, head.id, have)
-            if head.live_id is not None:
-                raise ReferralAlreadyLive(head.partner_id, head.live_id, discipline)
-            created = await creating.insert_referral(
-                session,
-                app,
-                facts,
-                reason=data.reason,
-                codes=codes,
-                urgency=data.urgency,
-                actor=actor,
-            )
-    except IntegrityError as exc:
-        # Two concurrent requests on PostgreSQL: the partial unique index decided.
-        raise ReferralAlreadyLive() from exc
-    return created
+    request = CreateRequest(data, _check_codes(app, data.diagnosis_codes), actor, within)
+    if app.creates is None:
+        return await create_alone(app, request)
+    return await app.creates.create(app, request)
 
 
 async def cancel_referral(
