@@ -39,15 +39,9 @@ async def held(session: AsyncSession, model: type[M], ident: str) -> M | None:
     return cast("M | None", rows[key])
 
 
-async def preload(session: AsyncSession, model: Any, idents: set[str]) -> None:
-    """Read rows :func:`held` will be asked for, in one statement."""
-    rows: dict[tuple[type[Any], str], Any] = session.info.setdefault(_HELD, {})
-    wanted = sorted(i for i in idents if (model, i) not in rows)
-    if not wanted:
-        return
-    found = {r.id: r for r in (await session.scalars(select(model).where(model.id.in_(wanted))))}
-    for ident in wanted:
-        rows[(model, ident)] = found.get(ident)
+def hold(session: AsyncSession, model: Any, ident: str, row: Any) -> None:
+    """Give :func:`held` a row read with others (a join), so it does not read it again."""
+    session.info.setdefault(_HELD, {})[(model, ident)] = row
 
 
 def plan_progress(plan: db.Plan) -> dict[str, Any]:

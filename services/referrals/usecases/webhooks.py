@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.referrals import db, domain, fhir
 from services.referrals.domain import TaskStatus
-from services.referrals.queries import held, history_of, preload, record_of
+from services.referrals.queries import held, history_of, hold, record_of
 from services.referrals.usecases.context import SYSTEM, Referrals
 from services.referrals.usecases.creating import PreparedWebhook
 from services.referrals.usecases.lifecycle import apply, collect_events, write_events
@@ -144,22 +144,31 @@ async def record_deliveries(
 ) -> None:
     """Partners' answers, in one transaction: each delivered, retried later, or failed.
 
-    Six statements whatever the batch's size: the referrals (locked on PostgreSQL, in id
-    order, before their deliveries: the order every other writer locks them in), the
-    deliveries, their partners and clients, then the changes and the events together.
+    Two reads whatever the batch's size: the referrals with their partners and clients
+    (the referrals locked on PostgreSQL, in id order, before their deliveries: the order
+    every other writer locks them in), then the deliveries; then the changes and the
+    events together.
     """
     ids = [a.delivery_id for a in answers]
     async with app.uow.write() as session:
         lock = session.get_bind().dialect.name == "postgresql"
         referral_ids = select(db.Delivery.referral_id).where(db.Delivery.id.in_(ids))
         of_referrals = (
-            select(db.Referral).where(db.Referral.id.in_(referral_ids)).order_by(db.Referral.id)
+            select(db.Referral, db.Partner, db.Client)
+            .join(db.Partner, db.Partner.id == db.Referral.partner_id)
+            .outerjoin(db.Client, db.Client.id == db.Referral.client_id)
+            .where(db.Referral.id.in_(referral_ids))
+            .order_by(db.Referral.id)
         )
-        referrals = {r.id: r for r in (await session.scalars(_locked(of_referrals, lock))).all()}
+        if lock:
+            of_referrals = of_referrals.with_for_update(of=db.Referral)
+        referrals: dict[str, db.Referral] = {}
+        for referral, partner, client in (await session.execute(of_referrals)).all():
+            referrals[referral.id] = referral
+            hold(session, db.Partner, referral.partner_id, partner)
+            hold(session, db.Client, referral.client_id, client)
         of_deliveries = select(db.Delivery).where(db.Delivery.id.in_(ids)).order_by(db.Delivery.id)
         deliveries = {d.id: d for d in (await session.scalars(_locked(of_deliveries, lock))).all()}
-        await preload(session, db.Partner, {r.partner_id for r in referrals.values()})
-        await preload(session, db.Client, {r.client_id for r in referrals.values()})
         collect_events(session)
         now = app.clock()
         for answer in answers:
