@@ -126,19 +126,6 @@ class Answer:
     error: str | None
 
 
-async def record_delivery(
-    app: Referrals,
-    delivery_id: str,
-    *,
-    ok: bool,
-    status_code: int | None,
-    error: str | None,
-    retry_delay: Callable[[int], float],
-) -> None:
-    """The partner's answer: delivered, another attempt later, or failed for good."""
-    await record_deliveries(app, [Answer(delivery_id, ok, status_code, error)], retry_delay)
-
-
 async def record_deliveries(
     app: Referrals, answers: Sequence[Answer], retry_delay: Callable[[int], float]
 ) -> None:
