@@ -14,8 +14,10 @@ What it does, all on 127.0.0.1 with free ports and a temporary directory:
 4. saturation: creates ``--referrals`` referrals with ``--concurrency`` clients (closed
    loop, each one keep-alive connection), after a few warm-up ones, and waits for every
    delivery: referrals created per second;
-5. offered load: ``--offered-referrals`` more sent at ``--rate`` per second whatever the
-   answers (open loop): the delivery latency a partner sees at that rate;
+5. offered load: once the service is quiet again (the burst's events relayed, answers
+   recorded, deadlines planned), ``--offered-referrals`` more sent at ``--rate`` per
+   second whatever the answers (open loop): the delivery latency a partner sees at that
+   rate;
 6. stops referrals and runs the anchor, a bare FastAPI POST (``bench/_bare_app.py``, the
    same one ``bench/booking.py`` uses) under uvicorn, with the same clients and counts:
    closed loop (median of ``--bare-rounds``) and open loop at ``--rate``;
@@ -419,7 +421,11 @@ async def scenario(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
             timeout,
         )
         offered = None
+        quiet = 0.0
         if args.offered_referrals:
+            # The burst's tail (events to relay, answers to record, deadlines to plan) is
+            # not the steady state at the offered rate: wait for the service to go quiet.
+            quiet = await settle(child)
             log(f"offered load: {args.offered_referrals} referrals at {args.rate:g}/s")
             offered = await measure(
                 receiver,
@@ -451,6 +457,7 @@ async def scenario(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         "validated_bundles": not args.no_validate,
         "saturation": _phase_figures(closed),
         "offered": _phase_figures(offered) if offered else None,
+        "quiet_after_saturation_s": quiet if offered else None,
         "bare": bare,
         "ratio_created_to_bare": round(created_ratio, 3),
         "ratio_delivery_p99_to_bare_post_p99": (
@@ -544,6 +551,7 @@ def report(fig: dict[str, Any]) -> str:
         f"floor created/s >= {targets['created_per_s']:g}: {created}; "
         f"delivery p99 < {targets['delivery_p99_ms']:g} ms at {fig['offered_rate_per_s']}/s: "
         f"{delivery}",
+        f"quiet {fig['quiet_after_saturation_s']}s after the saturation phase; "
         f"checks: {duplicates} duplicate deliveries, receiver problems "
         f"{fig['receiver_problems'] or 'none'}, bare failures {bare['failed']}",
     ]
@@ -566,6 +574,19 @@ def failed(fig: dict[str, Any], strict: bool = False) -> bool:
     )
     missed = not (fig["targets"]["created_met"] and fig["targets"]["delivery_met"])
     return broken or (strict and missed)
+
+
+async def settle(child: Child, timeout: float = 60.0, busy: float = 0.05) -> float:
+    """Wait until ``child`` uses less than ``busy`` of a core over half a second; returns
+    the seconds waited."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        before = child.cpu_seconds()
+        await asyncio.sleep(0.5)
+        after = child.cpu_seconds()
+        if before is None or after is None or (after - before) / 0.5 < busy:
+            break
+    return round(time.perf_counter() - started, 1)
 
 
 async def _wait_delivered(receiver: Receiver, ids: set[str], timeout: float) -> None:
