@@ -21,6 +21,7 @@ from services.referrals.migrate import upgrade
 from services.referrals.settings import ReferralsSettings
 from services.referrals.usecases import Referrals, from_booking, from_reminders
 from services.referrals.usecases.context import DEADLINES, DISPATCHER
+from services.referrals.usecases.create_queue import CreateQueue
 from shared import events
 from shared.auth import Authenticator, remember_key
 from shared.broker import Consumer, jetstream
@@ -136,6 +137,7 @@ def create_app(settings: ReferralsSettings | None = None) -> FastAPI:
         accept_hours=settings.referrals_accept_hours,
         expire_after_hours=settings.referrals_expire_after_hours,
         webhook_retry_hours=settings.referrals_webhook_retry_hours,
+        creates=CreateQueue(),
     )
     dispatcher = WebhookDispatcher(
         referrals,
@@ -179,6 +181,8 @@ def create_app(settings: ReferralsSettings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if settings.migrate_on_start:
             await asyncio.to_thread(upgrade, settings.database_url)
+        assert referrals.creates is not None
+        referrals.creates.start(referrals)
         dispatcher.start()
         messaging.start()
         if deadlines is not None:
@@ -186,6 +190,7 @@ def create_app(settings: ReferralsSettings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await referrals.creates.stop()
             if deadlines is not None:
                 await deadlines.stop()
             await dispatcher.stop()

@@ -38,6 +38,11 @@ EXPIRY = "expire"
 JOB_FUNC = "services.referrals.deadlines:deadline_due"
 #: Referrals planned per transaction.
 PLAN_BATCH = 200
+#: How long a woken planner waits for more referrals to plan with them. The first
+#: deadline is hours away; planning each commit's referral on its own cost a read, a
+#: job store write per job and a write transaction (taking SQLite's one write lock from
+#: the front desk) per referral under load.
+GATHER_SECONDS = 1.0
 
 
 async def deadline_due(kind: str, referral_id: str) -> None:
@@ -94,6 +99,7 @@ class Deadlines:
         lease_ttl_seconds: float,
     ) -> None:
         self._app = app
+        self._gather_seconds = min(GATHER_SECONDS, poll_seconds)
         self.planner = Worker("deadline-planner", self._plan_missing, poll_seconds=poll_seconds)
         self.scheduler = LeasedScheduler(
             key=lease_key,
@@ -133,6 +139,7 @@ class Deadlines:
 
     async def _plan_missing(self) -> StepResult:
         """Put the missing jobs of one batch of referrals in the store; ``True`` if full."""
+        await asyncio.sleep(self._gather_seconds)  # let a burst's referrals come together
         plans = await usecases.unplanned_deadlines(self._app, limit=PLAN_BATCH)
         if not plans:
             return None

@@ -23,12 +23,16 @@ import structlog
 from services.referrals import domain
 from services.referrals.signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, sign
 from services.referrals.usecases import Referrals, webhooks
+from services.referrals.usecases.creating import PreparedWebhook
 from services.referrals.usecases.webhooks import OutgoingWebhook
+from shared.logging import safe_error
 from shared.worker import StepResult, Worker
 
 log = structlog.get_logger(__name__)
 
 USER_AGENT = "clinic-referrals-webhook/1.0"
+#: Answers recorded per transaction.
+RECORD_BATCH = 200
 
 
 class WebhookDispatcher:
@@ -54,7 +58,12 @@ class WebhookDispatcher:
         #: The last claim took all the capacity there was: more may be due.
         self._saturated = False
         self._worker = Worker("webhook-dispatcher", self._claim, poll_seconds=poll_seconds)
+        #: Answers waiting to be recorded, a batch per transaction (``_record``).
+        self._answers: list[webhooks.Answer] = []
+        self._recorder = Worker("webhook-recorder", self._record, poll_seconds=None)
         self.sent = 0
+        #: How long a claimed delivery is held before another replica may send it.
+        self.lease_seconds = timeout_seconds + 30
 
     def wake(self) -> None:
         """A transaction that may have queued a delivery just committed."""
@@ -62,6 +71,14 @@ class WebhookDispatcher:
 
     def retry_delay(self, attempts: int) -> float:
         return domain.retry_delay_seconds(attempts, self._backoff, self._backoff_max)
+
+    def available(self) -> bool:
+        """Free capacity for a delivery handed over by a use case (``context.Handoff``)."""
+        return self._worker.running and len(self._in_flight) < self._concurrency
+
+    def send(self, prepared: PreparedWebhook) -> None:
+        """Send a delivery its use case wrote already claimed (after its commit)."""
+        self._track(asyncio.create_task(self._deliver_prepared(prepared)))
 
     def start(self) -> None:
         if self._client is None:
@@ -75,13 +92,18 @@ class WebhookDispatcher:
                 headers={"User-Agent": USER_AGENT},
             )
         self._worker.start()
+        self._recorder.start()
+        self._app.handoff.bind(self)
 
     async def stop(self) -> None:
+        self._app.handoff.bind(None)
         await self._worker.stop()
         for task in list(self._in_flight):
             task.cancel()
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
+        await self._recorder.stop()
+        await self._record()  # what was answered before the stop (a failure: leases re-offer)
         if self._owns_client and self._client is not None:
             await self._client.aclose()
 
@@ -92,14 +114,28 @@ class WebhookDispatcher:
         if free <= 0:
             return None
         batch = await webhooks.claim_due_deliveries(
-            self._app, free, lease_seconds=self._timeout + 30
+            self._app, free, lease_seconds=self.lease_seconds
         )
         self._saturated = len(batch) == free
         for outgoing in batch:
-            task = asyncio.create_task(self._deliver(outgoing))
-            self._in_flight.add(task)
-            task.add_done_callback(self._finished)
+            self._track(asyncio.create_task(self._deliver(outgoing)))
         return self._saturated
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.add(task)
+        task.add_done_callback(self._finished)
+
+    async def _deliver_prepared(self, prepared: PreparedWebhook) -> None:
+        """Build, sign and send; a delivery that cannot be built is left to its lease (the
+        claiming loop then records why)."""
+        try:
+            outgoing = webhooks.prepared_webhook(self._app, prepared)
+        except Exception as exc:
+            log.error(
+                "webhook.unbuildable", delivery_id=prepared.delivery_id, error=safe_error(exc)
+            )
+            return
+        await self._deliver(outgoing)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
@@ -136,17 +172,17 @@ class WebhookDispatcher:
         )
         if ok:
             self.sent += 1
+        self._answers.append(webhooks.Answer(outgoing.delivery_id, ok, status, error))
+        self._recorder.wake()
+
+    async def _record(self) -> StepResult:
+        """Record the answers gathered so far in one transaction. If that fails, the claims'
+        leases run out and the deliveries are offered again: at least once."""
+        batch, self._answers = self._answers[:RECORD_BATCH], self._answers[RECORD_BATCH:]
+        if not batch:
+            return None
         try:
-            await webhooks.record_delivery(
-                self._app,
-                outgoing.delivery_id,
-                ok=ok,
-                status_code=status,
-                error=error,
-                retry_delay=self.retry_delay,
-            )
+            await webhooks.record_deliveries(self._app, batch, self.retry_delay)
         except Exception as exc:
-            # The claim's lease runs out and the delivery is offered again: at least once.
-            log.error(
-                "webhook.record_failed", delivery_id=outgoing.delivery_id, error=type(exc).__name__
-            )
+            log.error("webhook.record_failed", deliveries=len(batch), error=type(exc).__name__)
+        return bool(self._answers)

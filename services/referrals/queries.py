@@ -39,6 +39,11 @@ async def held(session: AsyncSession, model: type[M], ident: str) -> M | None:
     return cast("M | None", rows[key])
 
 
+def hold(session: AsyncSession, model: Any, ident: str, row: Any) -> None:
+    """Give :func:`held` a row read with others (a join), so it does not read it again."""
+    session.info.setdefault(_HELD, {})[(model, ident)] = row
+
+
 def plan_progress(plan: db.Plan) -> dict[str, Any]:
     """The plan's ``progress`` (events and JSON), from its components' rows."""
     return domain.plan_progress(

@@ -19,6 +19,7 @@ from services.referrals.schemas import (
     ReferralOut,
     ReportOut,
 )
+from services.referrals.usecases.creating import Created
 
 
 def partner_out(row: db.Partner) -> PartnerOut:
@@ -96,7 +97,8 @@ def _codes(row: db.Referral) -> list[CodeOut]:
     return [CodeOut(code=c["code"], description=c["description"]) for c in row.diagnosis_codes]
 
 
-def referral_out(record: ReferralRecord, base_url: str) -> ReferralOut:
+def referral_out(record: ReferralRecord | Created, base_url: str) -> ReferralOut:
+    """A referral with its history and deliveries (a stored one, or one just created)."""
     r = record.referral
     return ReferralOut(
         id=r.id,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.referrals import db, domain
@@ -16,7 +16,7 @@ from services.referrals.usecases.context import DEADLINES, DISPATCHER, SOURCE, R
 from shared import events
 from shared.errors import NotFound
 from shared.ids import new_id
-from shared.outbox import enqueue
+from shared.outbox import OUTBOX, enqueue, outbox
 from shared.uow import after_commit
 
 
@@ -57,15 +57,47 @@ def referral_payload(
     )
 
 
+#: ``session.info`` key of a batch's events, written together by :func:`write_events`.
+_EVENT_BATCH = "referrals.event_batch"
+
+
+def collect_events(session: AsyncSession) -> None:
+    """From now on, this transaction's referral events wait for :func:`write_events`
+    (one statement for a batch's events instead of one each)."""
+    session.info[_EVENT_BATCH] = []
+
+
+async def write_events(session: AsyncSession) -> None:
+    batch: list[events.CloudEvent[Any]] = session.info.pop(_EVENT_BATCH, None) or []
+    if batch:
+        after_commit(session, OUTBOX)
+        await session.execute(
+            insert(outbox),
+            [
+                {
+                    "event_id": e.id,
+                    "subject": e.type,
+                    "payload": e.model_dump_json(),
+                    "created_at": e.time,
+                }
+                for e in batch
+            ],
+        )
+
+
 async def announce(session: AsyncSession, row: db.Referral) -> None:
     """Queue ``referrals.referral.<status>`` for the referral as it is now."""
     partner = await held(session, db.Partner, row.partner_id)
     assert partner is not None
     client = await held(session, db.Client, row.client_id)
-    await enqueue(
-        session,
-        _event(events.referral_subject(row.status), referral_payload(row, partner, client), row.id),
+    event = _event(
+        events.referral_subject(row.status), referral_payload(row, partner, client), row.id
     )
+    batch = session.info.get(_EVENT_BATCH)
+    if batch is not None:
+        batch.append(event)
+        return
+    await enqueue(session, event)
 
 
 async def _announce_plan(session: AsyncSession, plan: db.Plan, event_type: str) -> None:
