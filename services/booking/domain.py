@@ -383,7 +383,7 @@ def choose_for_booking(
 ) -> tuple[str, str]:
     """Pick (therapist, room) for a booking at ``start``, or raise the precise reason."""
     occupied = Interval(start, start + treatment.occupied)
-    seen = Interval(start - timedelta(days=1), start + timedelta(days=1))
+    needed = Interval(start, start + treatment.duration)
     qualified = [t for t in therapists if treatment.modality in t.modalities]
     if therapist_id is not None:
         qualified = [t for t in qualified if t.id == therapist_id]
@@ -391,13 +391,12 @@ def choose_for_booking(
             raise TherapistUnavailable(
                 f"therapist {therapist_id} does not offer {treatment.modality}"
             )
+    # Working spans clipped to the treatment itself: it fits when one of them is all of it
+    # (the spans of the day before are still looked at, for hours past midnight).
     working = [
         t
         for t in qualified
-        if any(
-            span.contains(Interval(start, start + treatment.duration))
-            for span in working_spans(t.hours, location_id, tz, seen)
-        )
+        if any(span.contains(needed) for span in working_spans(t.hours, location_id, tz, needed))
     ]
     if not working:
         raise OutsideWorkingHours(

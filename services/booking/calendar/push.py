@@ -117,6 +117,17 @@ async def sessions_of(
     return (await session.scalars(query)).unique().all()
 
 
+#: Whether any push calendar is linked at all (the ``booking-caldav`` consumer's first look).
+ANY_PUSH_LINK = select(db.CalendarLink.id).where(db.CalendarLink.direction == PUSH).limit(1)
+
+
+async def has_push_links(session: AsyncSession) -> bool:
+    """Whether :func:`mark_session` could have anything to do: with no push link there is
+    no calendar to write to and no ``calendar_pushes`` row (they belong to a link)."""
+    connection = await session.connection()  # Core: no ORM work for one id
+    return (await connection.scalar(ANY_PUSH_LINK)) is not None
+
+
 async def mark_session(session: AsyncSession, data: events.SessionEvent, now: datetime) -> None:
     """``booking.session.*``: the session goes to every push calendar of its therapist
     and its location, and to every calendar that holds it already (so a session moved
