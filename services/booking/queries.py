@@ -10,9 +10,10 @@ from __future__ import annotations
 import secrets
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import bindparam, literal, null, select, union_all
+from sqlalchemy import DateTime, bindparam, literal, null, select, type_coerce, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -191,23 +192,37 @@ LONGEST_SESSION = timedelta(days=1)
 
 _S, _T, _E = db.Session.__table__, db.TimeOff.__table__, db.ExternalBusy.__table__
 
+
+def _plain(column: Any) -> Any:
+    """``column`` read as the driver gives it: naive UTC on SQLite, aware on PostgreSQL
+    (made aware in :func:`staff_calendars`, without ``UtcDateTime``'s call per value:
+    an availability answer reads a thousand rows)."""
+    return type_coerce(column, DateTime())
+
+
 #: Everything that keeps staff and rooms busy in a window, in one statement built once:
 #: live sessions (any location; ``is_session`` 1), then the therapists' time off and the
 #: busy time read from their own calendars (calendar_sync's pull links).
 BUSY = union_all(
-    select(_S.c.therapist_id, _S.c.room_id, _S.c.start_at, _S.c.blocked_until, literal(1)).where(
+    select(
+        _S.c.therapist_id,
+        _S.c.room_id,
+        _plain(_S.c.start_at),
+        _plain(_S.c.blocked_until),
+        literal(1),
+    ).where(
         _S.c.start_at < bindparam("end"),
         _S.c.start_at >= bindparam("reach"),
         _S.c.blocked_until > bindparam("start"),
         _S.c.status.in_(domain.BLOCKING_STATUSES),
         _S.c.id != bindparam("exclude"),
     ),
-    select(_T.c.therapist_id, null(), _T.c.start_at, _T.c.end_at, literal(0)).where(
+    select(_T.c.therapist_id, null(), _plain(_T.c.start_at), _plain(_T.c.end_at), literal(0)).where(
         _T.c.therapist_id.in_(bindparam("ids", expanding=True)),
         _T.c.start_at < bindparam("end"),
         _T.c.end_at > bindparam("start"),
     ),
-    select(_E.c.therapist_id, null(), _E.c.start_at, _E.c.end_at, literal(0)).where(
+    select(_E.c.therapist_id, null(), _plain(_E.c.start_at), _plain(_E.c.end_at), literal(0)).where(
         _E.c.therapist_id.in_(bindparam("ids", expanding=True)),
         _E.c.start_at < bindparam("end"),
         _E.c.end_at > bindparam("start"),
@@ -257,6 +272,8 @@ async def staff_calendars(
         },
     )
     for tid, rid, start, until, is_session in rows:
+        if start.tzinfo is None:  # SQLite stores naive UTC
+            start, until = start.replace(tzinfo=UTC), until.replace(tzinfo=UTC)
         span = domain.Interval(start, until)
         if tid in busy:
             busy[tid].append(span)
