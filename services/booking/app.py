@@ -87,18 +87,20 @@ def caldav_consumer(booking: Booking, common: dict[str, Any]) -> Consumer:
 
     Most clinics link no calendar: then an event has nothing to do, and the consumer says
     so after one read, before opening a write transaction (which on SQLite waits for the
-    bookings' write lock) and without an inbox row (doing nothing twice is harmless). A
-    link created meanwhile is reconciled whole when created, so nothing is missed.
+    bookings' write lock) and without an inbox row (doing nothing twice is harmless); the
+    events of one fetched batch share that read (``push.PushLinkProbe``). A link created
+    meanwhile is reconciled whole when created, so nothing is missed.
     Otherwise the event is applied once, with its inbox row, as a handler would be.
     """
 
     async def no_handler(_session: AsyncSession, _event: CloudEvent[Any]) -> None:
         raise AssertionError("the caldav consumer runs as a task")
 
+    probe = push.PushLinkProbe(booking.uow)
+
     async def on_session(event: CloudEvent[events.SessionEvent], _delivered: int) -> None:
-        async with booking.uow.read() as session:
-            if not await push.has_push_links(session):
-                return
+        if not await probe.any():
+            return
         async with booking.uow.write() as session:
             if await claim(session, consumer.durable, event.id):
                 await push.mark_session(session, event.data, booking.clock())
