@@ -271,6 +271,7 @@ async def staff_calendars(
             "ids": list(busy),
         },
     )
+    local_day: dict[datetime, date] = {}  # sessions share a few start times a day
     for tid, rid, start, until, is_session in rows:
         if start.tzinfo is None:  # SQLite stores naive UTC
             start, until = start.replace(tzinfo=UTC), until.replace(tzinfo=UTC)
@@ -278,7 +279,10 @@ async def staff_calendars(
         if tid in busy:
             busy[tid].append(span)
             if is_session:
-                load[tid][start.astimezone(tz).date()] += 1
+                day = local_day.get(start)
+                if day is None:
+                    day = local_day[start] = start.astimezone(tz).date()
+                load[tid][day] += 1
         if is_session and rid in rooms:
             rooms[rid].append(span)
 
