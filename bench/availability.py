@@ -67,7 +67,8 @@ from tools.kit import ClinicBuilder, Hours  # noqa: E402
 SESSIONS = db.Base.metadata.tables["sessions"]
 CLIENTS = db.Base.metadata.tables["clients"]
 
-TARGET_P99_MS = 50.0
+#: The floor of issue 12: p99 at most 15 ms at 20 therapists and 50,000 sessions.
+TARGET_P99_MS = 15.0
 TIMEZONE = "America/New_York"
 MODALITY = "medical_massage"
 DURATION_MIN = 60
@@ -83,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = arguments(
         __doc__,
         database="BOOKING_DATABASE_URL for the service (default: SQLite file under VAR_DIR)",
-        strict=f"exit 1 if p99 >= {TARGET_P99_MS:.0f} ms",
+        strict=f"exit 1 if p99 > {TARGET_P99_MS:.0f} ms",
     )
     p.add_argument("--sessions", type=int, default=50_000, help="sessions inserted (default 50000)")
     p.add_argument("--therapists", type=int, default=20, help="therapists at the location")
@@ -367,7 +368,7 @@ async def scenario(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         "slots_overlapping_a_session": wrong,
         "inserted_sessions_overlapping": busy.overlaps,
         "target_p99_ms": TARGET_P99_MS,
-        "target_met": summary["p99_ms"] < TARGET_P99_MS and not failures,
+        "target_met": summary["p99_ms"] <= TARGET_P99_MS and not failures,
         "service_log_warnings": service_log_findings(booking.log_text()),
         "machine": machine(),
         "code": code,
@@ -412,7 +413,7 @@ def report(fig: dict[str, Any]) -> str:
         f"{fig['warmup']} warm-up requests",
         table(rows, header),
         "",
-        f"p99 {lat['p99_ms']:.1f} ms (target < {fig['target_p99_ms']:.0f} ms: {verdict}); "
+        f"p99 {lat['p99_ms']:.1f} ms (target <= {fig['target_p99_ms']:.0f} ms: {verdict}); "
         f"slots per response min {slots['min']} / max {slots['max']}; "
         f"{fig['slots_overlapping_a_session']} slots overlapping an existing session; "
         f"{fig['inserted_sessions_overlapping']} overlaps among the inserted sessions",

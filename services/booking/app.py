@@ -34,6 +34,7 @@ from shared.db import create_engine
 from shared.errors import install_error_handlers
 from shared.events import CloudEvent
 from shared.http import install_input_guard
+from shared.inbox import claim
 from shared.outbox import OutboxRelay
 from shared.phones import InvalidPhone
 from shared.process import freeze_startup_heap
@@ -77,19 +78,41 @@ def build_consumers(booking: Booking, settings: BookingSettings) -> list[Consume
         Consumer(purpose="consent", subject=events.CONSENT_CHANGED, handler=on_consent, **common),
     ]
     if settings.calendar_sync_enabled:
-        # Our own session events, to write them into linked CalDAV calendars.
-        async def on_session(session: AsyncSession, event: CloudEvent[events.SessionEvent]) -> None:
-            await push.mark_session(session, event.data, booking.clock())
-
-        consumers.append(
-            Consumer(
-                purpose="caldav",
-                subject="booking.session.*",
-                handler=on_session,
-                **{**common, "stream": events.BOOKING_STREAM},
-            )
-        )
+        consumers.append(caldav_consumer(booking, common))
     return consumers
+
+
+def caldav_consumer(booking: Booking, common: dict[str, Any]) -> Consumer:
+    """Our own session events, to write them into linked CalDAV calendars.
+
+    Most clinics link no calendar: then an event has nothing to do, and the consumer says
+    so after one read, before opening a write transaction (which on SQLite waits for the
+    bookings' write lock) and without an inbox row (doing nothing twice is harmless); the
+    events of one fetched batch share that read (``push.PushLinkProbe``). A link created
+    meanwhile is reconciled whole when created, so nothing is missed.
+    Otherwise the event is applied once, with its inbox row, as a handler would be.
+    """
+
+    async def no_handler(_session: AsyncSession, _event: CloudEvent[Any]) -> None:
+        raise AssertionError("the caldav consumer runs as a task")
+
+    probe = push.PushLinkProbe(booking.uow)
+
+    async def on_session(event: CloudEvent[events.SessionEvent], _delivered: int) -> None:
+        if not await probe.any():
+            return
+        async with booking.uow.write() as session:
+            if await claim(session, consumer.durable, event.id):
+                await push.mark_session(session, event.data, booking.clock())
+
+    consumer: Consumer = Consumer(
+        purpose="caldav",
+        subject="booking.session.*",
+        handler=no_handler,
+        task=on_session,
+        **{**common, "stream": events.BOOKING_STREAM},
+    )
+    return consumer
 
 
 def create_app(settings: BookingSettings | None = None) -> FastAPI:

@@ -401,3 +401,13 @@ class WaitlistOffer(Base):
         Index("ix_waitlist_offers_status_expires", "status", "expires_at"),
         Index("ix_waitlist_offers_client_status", "client_id", "status"),
     )
+
+
+class SetupGeneration(Base):
+    """One row: a random token every change of a set-up table replaces, by trigger
+    (migration 0007). ``setup_cache`` reads it to know whether its copy still holds."""
+
+    __tablename__ = "setup_generation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    token: Mapped[str] = mapped_column(String(64))

@@ -8,6 +8,7 @@ failure is a named exception; its base class (``shared.errors``) says its HTTP s
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -109,12 +110,17 @@ def merge(intervals: Iterable[Interval]) -> list[Interval]:
     return merged
 
 
-def subtract(spans: Sequence[Interval], busy: Sequence[Interval]) -> list[Interval]:
-    """Parts of ``spans`` not covered by ``busy`` (both sorted, ``busy`` merged)."""
+def subtract(
+    spans: Sequence[Interval], busy: Sequence[Interval], ends: Sequence[datetime] | None = None
+) -> list[Interval]:
+    """Parts of ``spans`` not covered by ``busy`` (both sorted, ``busy`` merged); ``ends``
+    are the ends of ``busy`` when the caller has them already."""
     free: list[Interval] = []
+    if ends is None:
+        ends = [b.end for b in busy]
     for span in spans:
         cursor = span.start
-        i = bisect.bisect_left([b.end for b in busy], span.start) if busy else 0
+        i = bisect.bisect_left(ends, span.start)
         while i < len(busy) and busy[i].start < span.end:
             if busy[i].start > cursor:
                 free.append(Interval(cursor, busy[i].start))
@@ -180,8 +186,13 @@ def check_hours_do_not_overlap(hours: Sequence[WeeklyHours]) -> None:
                 )
 
 
+@functools.lru_cache(maxsize=4096)
 def local_datetime(day: date, clock: time, tz: ZoneInfo) -> datetime:
-    """The UTC instant of a wall-clock time on ``day``; a time the DST jump skips moves forward."""
+    """The UTC instant of a wall-clock time on ``day``; a time the DST jump skips moves forward.
+
+    Memoized: every therapist's week has the same few times, and availability asks for
+    them on every day of a window (the conversions were a quarter of an answer's cost).
+    """
     local = datetime.combine(day, clock, tzinfo=tz)
     as_utc = local.astimezone(UTC)
     if as_utc.astimezone(tz).replace(tzinfo=None) != local.replace(tzinfo=None):
@@ -314,10 +325,11 @@ def free_starts_for(
         return []
     busy = merge(therapist.busy)
     busy_starts = [b.start for b in busy]
+    busy_ends = [b.end for b in busy]
     duration, occupied = treatment.duration, treatment.occupied
     starts: list[datetime] = []
     for span in spans:
-        for piece in subtract([span], busy):
+        for piece in subtract([span], busy, busy_ends):
             latest = span.end - duration
             following = bisect.bisect_left(busy_starts, piece.start)
             if following < len(busy_starts):
@@ -349,20 +361,30 @@ def available_slots(
         return []
     window = Interval(earliest, latest)
 
-    candidates: dict[datetime, list[TherapistCalendar]] = defaultdict(list)
-    for therapist in therapists:
+    # The least booked free therapist of each start (as :func:`least_booked` picks: fewest
+    # sessions that local day, ties to the lowest id), kept while the starts come in
+    # rather than gathering every candidate first: a 14-day answer has thousands.
+    best: dict[datetime, tuple[int, TherapistCalendar]] = {}
+    day_of: dict[datetime, date] = {}
+    for therapist in sorted(therapists, key=lambda t: t.id):
+        loads = therapist.load_by_day
         for start in free_starts_for(therapist, treatment, location_id, tz, window, policy.step):
-            candidates[start].append(therapist)
+            day = day_of.get(start)
+            if day is None:
+                day = day_of[start] = start.astimezone(tz).date()
+            load = loads.get(day, 0)
+            held = best.get(start)
+            if held is None or load < held[0]:
+                best[start] = (load, therapist)
 
     room_index = [(room.id, BusyIndex(room.busy)) for room in sorted(rooms, key=lambda r: r.id)]
     slots = []
-    for start in sorted(candidates):
+    for start in sorted(best):
         occupied = Interval(start, start + treatment.occupied)
         room_id = next((rid for rid, busy in room_index if busy.is_free(occupied)), None)
         if room_id is None:
             continue
-        therapist = least_booked(candidates[start], start.astimezone(tz).date())
-        slots.append(Slot(start, start + treatment.duration, therapist.id, room_id))
+        slots.append(Slot(start, start + treatment.duration, best[start][1].id, room_id))
     return slots
 
 
@@ -383,7 +405,7 @@ def choose_for_booking(
 ) -> tuple[str, str]:
     """Pick (therapist, room) for a booking at ``start``, or raise the precise reason."""
     occupied = Interval(start, start + treatment.occupied)
-    seen = Interval(start - timedelta(days=1), start + timedelta(days=1))
+    needed = Interval(start, start + treatment.duration)
     qualified = [t for t in therapists if treatment.modality in t.modalities]
     if therapist_id is not None:
         qualified = [t for t in qualified if t.id == therapist_id]
@@ -391,13 +413,12 @@ def choose_for_booking(
             raise TherapistUnavailable(
                 f"therapist {therapist_id} does not offer {treatment.modality}"
             )
+    # Working spans clipped to the treatment itself: it fits when one of them is all of it
+    # (the spans of the day before are still looked at, for hours past midnight).
     working = [
         t
         for t in qualified
-        if any(
-            span.contains(Interval(start, start + treatment.duration))
-            for span in working_spans(t.hours, location_id, tz, seen)
-        )
+        if any(span.contains(needed) for span in working_spans(t.hours, location_id, tz, needed))
     ]
     if not working:
         raise OutsideWorkingHours(

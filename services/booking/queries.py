@@ -10,21 +10,22 @@ from __future__ import annotations
 import secrets
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select, union_all
+from sqlalchemy import DateTime, bindparam, literal, null, select, type_coerce, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from services.booking import db, domain, hours
+from services.booking import db, domain
 from services.booking.calendar import ical
 from services.booking.scope import get_visible, visible
+from services.booking.setup_cache import LocationInfo, Setup
 from services.booking.usecases import Booking, get_or_404
 from shared.auth import Scope
 from shared.errors import InvalidRequest, NotFound
 from shared.pagination import PageRequest, keyset
 from shared.phones import normalize_phone
-from shared.timeutil import zone
 
 # ---------------------------------------------------------------------------------------
 # Locations, treatments, therapists
@@ -189,9 +190,50 @@ def check_offered(treatment: db.Treatment) -> None:
 LONGEST_SESSION = timedelta(days=1)
 
 
+_S, _T, _E = db.Session.__table__, db.TimeOff.__table__, db.ExternalBusy.__table__
+
+
+def _plain(column: Any) -> Any:
+    """``column`` read as the driver gives it: naive UTC on SQLite, aware on PostgreSQL
+    (made aware in :func:`staff_calendars`, without ``UtcDateTime``'s call per value:
+    an availability answer reads a thousand rows)."""
+    return type_coerce(column, DateTime())
+
+
+#: Everything that keeps staff and rooms busy in a window, in one statement built once:
+#: live sessions (any location; ``is_session`` 1), then the therapists' time off and the
+#: busy time read from their own calendars (calendar_sync's pull links).
+BUSY = union_all(
+    select(
+        _S.c.therapist_id,
+        _S.c.room_id,
+        _plain(_S.c.start_at),
+        _plain(_S.c.blocked_until),
+        literal(1),
+    ).where(
+        _S.c.start_at < bindparam("end"),
+        _S.c.start_at >= bindparam("reach"),
+        _S.c.blocked_until > bindparam("start"),
+        _S.c.status.in_(domain.BLOCKING_STATUSES),
+        _S.c.id != bindparam("exclude"),
+    ),
+    select(_T.c.therapist_id, null(), _plain(_T.c.start_at), _plain(_T.c.end_at), literal(0)).where(
+        _T.c.therapist_id.in_(bindparam("ids", expanding=True)),
+        _T.c.start_at < bindparam("end"),
+        _T.c.end_at > bindparam("start"),
+    ),
+    select(_E.c.therapist_id, null(), _plain(_E.c.start_at), _plain(_E.c.end_at), literal(0)).where(
+        _E.c.therapist_id.in_(bindparam("ids", expanding=True)),
+        _E.c.start_at < bindparam("end"),
+        _E.c.end_at > bindparam("start"),
+    ),
+)
+
+
 async def staff_calendars(
     session: AsyncSession,
-    location: db.Location,
+    setup: Setup,
+    location: LocationInfo,
     window: domain.Interval,
     *,
     modality: str,
@@ -203,102 +245,57 @@ async def staff_calendars(
     location); each week of hours holds on its own dates, and a closure of the location
     blocks everyone there.
 
-    Six queries whatever the size of the clinic: staff with their hours, their versions'
-    dates, rooms, closures, live sessions in the window, and time off plus
-    outside-calendar busy time.
+    Staff, hours, rooms and closures come from ``setup`` (checked against the database in
+    this transaction, ``setup_cache``); sessions, time off and outside busy time from one
+    statement.
     """
-    tz = zone(location.timezone)
-    works_here = select(db.WorkingHours.therapist_id).where(
-        db.WorkingHours.location_id == location.id
-    )
-    staff_query = (
-        select(
-            db.Therapist.id,
-            db.Therapist.modalities,
-            db.WorkingHours.location_id,
-            db.WorkingHours.weekday,
-            db.WorkingHours.start,
-            db.WorkingHours.end,
-            db.WorkingHours.effective_from,
-        )
-        .join(db.WorkingHours, db.WorkingHours.therapist_id == db.Therapist.id)
-        .where(db.Therapist.id.in_(works_here), db.Therapist.active)
-    )
+    tz = location.tz
+    staff = setup.staff(location.id, modality)
     if therapist_id is not None:
-        staff_query = staff_query.where(db.Therapist.id == therapist_id)
-    week: dict[str, list[domain.WeeklyHours]] = defaultdict(list)
-    for tid, modalities, location_id, weekday, opens, closes, since in await session.execute(
-        staff_query
-    ):
-        if modality in modalities:
-            week[tid].append(
-                domain.WeeklyHours(
-                    location_id,
-                    weekday,
-                    time.fromisoformat(opens),
-                    time.fromisoformat(closes),
-                    valid_from=since,
-                )
-            )
-    # Each row holds until the therapist's next version of the week.
-    starts = await hours.version_starts(session, week)
-    week = {tid: hours.bounded(rows, starts[tid]) for tid, rows in week.items()}
-
-    room_ids = sorted(
-        await session.scalars(
-            select(db.Room.id).where(db.Room.location_id == location.id, db.Room.active)
-        )
-    )
+        staff = [t for t in staff if t.id == therapist_id]
     # A closed location blocks every therapist and room there.
-    closed = await hours.closures_between(session, location.id, window.start, window.end)
-    rooms: dict[str, list[domain.Interval]] = {rid: list(closed) for rid in room_ids}
-    busy: dict[str, list[domain.Interval]] = {tid: list(closed) for tid in week}
-    load: dict[str, dict[date, int]] = {tid: defaultdict(int) for tid in week}
-
-    live = select(
-        db.Session.therapist_id, db.Session.room_id, db.Session.start_at, db.Session.blocked_until
-    ).where(
-        db.Session.start_at < window.end,
-        db.Session.start_at >= window.start - LONGEST_SESSION,
-        db.Session.blocked_until > window.start,
-        db.Session.status.in_(domain.BLOCKING_STATUSES),
+    closed = setup.closed(location.id, window.start, window.end)
+    rooms: dict[str, list[domain.Interval]] = {
+        rid: list(closed) for rid in setup.rooms.get(location.id, ())
+    }
+    busy: dict[str, list[domain.Interval]] = {t.id: list(closed) for t in staff}
+    load: dict[str, dict[date, int]] = {t.id: defaultdict(int) for t in staff}
+    connection = await session.connection()
+    rows = await connection.execute(
+        BUSY,
+        {
+            "start": window.start,
+            "end": window.end,
+            "reach": window.start - LONGEST_SESSION,
+            "exclude": exclude_session or "",
+            "ids": list(busy),
+        },
     )
-    if exclude_session is not None:
-        live = live.where(db.Session.id != exclude_session)
-    for tid, rid, start, until in await session.execute(live):
+    local_day: dict[datetime, date] = {}  # sessions share a few start times a day
+    for tid, rid, start, until, is_session in rows:
+        if start.tzinfo is None:  # SQLite stores naive UTC
+            start, until = start.replace(tzinfo=UTC), until.replace(tzinfo=UTC)
         span = domain.Interval(start, until)
         if tid in busy:
             busy[tid].append(span)
-            load[tid][start.astimezone(tz).date()] += 1
-        if rid in rooms:
+            if is_session:
+                day = local_day.get(start)
+                if day is None:
+                    day = local_day[start] = start.astimezone(tz).date()
+                load[tid][day] += 1
+        if is_session and rid in rooms:
             rooms[rid].append(span)
 
-    if busy:
-        off = select(db.TimeOff.therapist_id, db.TimeOff.start_at, db.TimeOff.end_at).where(
-            db.TimeOff.therapist_id.in_(busy),
-            db.TimeOff.start_at < window.end,
-            db.TimeOff.end_at > window.start,
-        )
-        # Busy time read from the therapist's own calendar (calendar_sync's pull links).
-        outside = select(
-            db.ExternalBusy.therapist_id, db.ExternalBusy.start_at, db.ExternalBusy.end_at
-        ).where(
-            db.ExternalBusy.therapist_id.in_(busy),
-            db.ExternalBusy.start_at < window.end,
-            db.ExternalBusy.end_at > window.start,
-        )
-        for tid, start, end in await session.execute(union_all(off, outside)):
-            busy[tid].append(domain.Interval(start, end))
-
+    only = frozenset({modality})
     therapists = [
         domain.TherapistCalendar(
-            id=tid,
-            modalities=frozenset({modality}),
-            hours=week[tid],
-            busy=busy[tid],
-            load_by_day=dict(load[tid]),
+            id=t.id,
+            modalities=only,
+            hours=list(t.hours),
+            busy=busy[t.id],
+            load_by_day=dict(load[t.id]),
         )
-        for tid in sorted(week)
+        for t in staff
     ]
     return therapists, [domain.RoomCalendar(rid, spans) for rid, spans in rooms.items()]
 
@@ -321,26 +318,28 @@ async def availability(
     if end - start > timedelta(days=MAX_AVAILABILITY_DAYS):
         raise InvalidRequest(None, f"ask for at most {MAX_AVAILABILITY_DAYS} days at a time")
     async with app.uow.read() as session:
-        location = await get_visible(session, db.Location, location_id, "location", scope)
-        treatment: db.Treatment = await get_or_404(session, db.Treatment, service_id, "service")
-        check_offered(treatment)
+        setup = await app.setup.current(session)
+        location = setup.location(location_id, scope)
+        treatment = setup.treatment(service_id)
+        if not treatment.active:
+            raise domain.NotOffered(f"service {treatment.id} is retired and no longer offered")
         if therapist_id is not None:
-            await get_visible(session, db.Therapist, therapist_id, "therapist", scope)
+            setup.therapist(therapist_id, scope)
         window = domain.Interval(start, end)
         # Busy spans that start before the window can still reach into it.
         lookup = domain.Interval(start - timedelta(days=1), end + timedelta(days=1))
         therapists, rooms = await staff_calendars(
-            session, location, lookup, modality=treatment.modality, therapist_id=therapist_id
+            session, setup, location, lookup, modality=treatment.modality, therapist_id=therapist_id
         )
     return domain.available_slots(
-        treatment_of(treatment),
+        treatment.rule,
         location.id,
-        zone(location.timezone),
+        location.tz,
         window,
         therapists,
         rooms,
         now=app.clock(),
-        policy=policy_of(location),
+        policy=location.policy,
     )
 
 

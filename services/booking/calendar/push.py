@@ -25,7 +25,7 @@ from services.booking.calendar.caldav import CalendarUnavailable, describe
 from services.booking.calendar.context import LOCATION, PUSH, THERAPIST, SyncContext
 from shared import events
 from shared.secretbox import SecretUnavailable
-from shared.uow import after_commit
+from shared.uow import UnitOfWork, after_commit
 from shared.worker import Worker
 
 log = structlog.get_logger(__name__)
@@ -115,6 +115,46 @@ async def sessions_of(
         db.Session.start_at < window.end,
     )
     return (await session.scalars(query)).unique().all()
+
+
+#: Whether any push calendar is linked at all (the ``booking-caldav`` consumer's first look).
+ANY_PUSH_LINK = select(db.CalendarLink.id).where(db.CalendarLink.direction == PUSH).limit(1)
+
+
+async def has_push_links(session: AsyncSession) -> bool:
+    """Whether :func:`mark_session` could have anything to do: with no push link there is
+    no calendar to write to and no ``calendar_pushes`` row (they belong to a link)."""
+    connection = await session.connection()  # Core: no ORM work for one id
+    return (await connection.scalar(ANY_PUSH_LINK)) is not None
+
+
+class PushLinkProbe:
+    """Whether any push link exists, asked by every ``booking.session.*`` event and read
+    once for all the events that asked together (a fetched batch is worked on at once).
+
+    One read answers the events that asked before it began; an event asking while a read
+    runs waits for the next one. So each answer was read after its event arrived, hence
+    after its session committed: a link created later is reconciled whole when created,
+    which writes that session too. Nothing is cached beyond the read.
+    """
+
+    def __init__(self, uow: UnitOfWork) -> None:
+        self._uow = uow
+        self._next: asyncio.Task[bool] | None = None
+        self._reads: set[asyncio.Task[bool]] = set()
+
+    async def any(self) -> bool:
+        if self._next is None:
+            self._next = asyncio.ensure_future(self._read())
+            self._reads.add(self._next)
+            self._next.add_done_callback(self._reads.discard)
+        return await asyncio.shield(self._next)
+
+    async def _read(self) -> bool:
+        await asyncio.sleep(0)  # the other events of the same batch ask meanwhile
+        self._next = None  # who asks from here on gets the next read
+        async with self._uow.read() as session:
+            return await has_push_links(session)
 
 
 async def mark_session(session: AsyncSession, data: events.SessionEvent, now: datetime) -> None:

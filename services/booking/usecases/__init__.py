@@ -17,12 +17,13 @@ use cases in ``services.booking.calendar.links``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.booking.setup_cache import SetupCache
 from shared.errors import NotFound
 from shared.uow import UnitOfWork
 
@@ -50,6 +51,8 @@ class Booking:
     manage_url: Callable[[str], str | None] = no_manage_link
     #: How long a waitlist offer stays open (``WAITLIST_OFFER_SECONDS``).
     offer_ttl: timedelta = timedelta(minutes=15)
+    #: The set-up as this process last read it, checked in every transaction that uses it.
+    setup: SetupCache = field(default_factory=SetupCache)
 
     def clock(self) -> datetime:
         return self.uow.clock()

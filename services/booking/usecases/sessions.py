@@ -17,20 +17,22 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.booking import db, domain, hours, queries
+from services.booking import db, domain, queries
 from services.booking.schemas import SessionIn
-from services.booking.scope import get_visible
+from services.booking.scope import get_visible, visible
+from services.booking.setup_cache import TOKEN, LocationInfo, Setup, TreatmentInfo
 from services.booking.usecases import SOURCE, Booking, get_or_404
 from services.booking.usecases.clients import client_ref
 from services.booking.waitlist import offers as waitlist
 from shared import events
 from shared.auth import EVERYTHING, Scope
+from shared.errors import NotFound
 from shared.ids import new_id
 from shared.outbox import enqueue
-from shared.timeutil import zone
 
 
 def session_event(row: db.Session, **extra: Any) -> events.SessionEvent:
@@ -93,22 +95,25 @@ async def replay_idempotent(
 async def _place(
     session: AsyncSession,
     app: Booking,
+    setup: Setup,
     *,
-    location: db.Location,
-    treatment: db.Treatment,
+    location: LocationInfo,
+    treatment: TreatmentInfo,
     start: datetime,
     therapist_id: str | None,
     exclude_session: str | None = None,
 ) -> tuple[str, str]:
     """Choose therapist and room for ``start`` inside the write transaction."""
-    domain.check_booking_window(start, app.clock(), queries.policy_of(location))
-    queries.check_offered(treatment)
+    domain.check_booking_window(start, app.clock(), location.policy)
+    if not treatment.active:
+        raise domain.NotOffered(f"service {treatment.id} is retired and no longer offered")
     end = start + timedelta(minutes=treatment.duration_minutes)
-    if await hours.closures_between(session, location.id, start, end):
+    if setup.closed(location.id, start, end):
         raise domain.LocationClosed(f"location {location.id} is closed at that time")
     lookup = domain.Interval(start - timedelta(days=1), start + timedelta(days=1))
     therapists, rooms = await queries.staff_calendars(
         session,
+        setup,
         location,
         lookup,
         modality=treatment.modality,
@@ -116,7 +121,7 @@ async def _place(
         exclude_session=exclude_session,
     )
     if therapist_id is not None and not therapists:
-        therapist = await get_or_404(session, db.Therapist, therapist_id, "therapist")
+        therapist = setup.therapist(therapist_id)
         if not therapist.active:
             raise domain.TherapistUnavailable(f"therapist {therapist_id} is no longer active")
         if treatment.modality not in therapist.modalities:
@@ -127,9 +132,9 @@ async def _place(
             f"therapist {therapist_id} does not work at location {location.id}"
         )
     return domain.choose_for_booking(
-        queries.treatment_of(treatment),
+        treatment.rule,
         location.id,
-        zone(location.timezone),
+        location.tz,
         start,
         therapists,
         rooms,
@@ -147,49 +152,94 @@ def overlap_error(exc: IntegrityError) -> domain.SlotTaken | None:
     return None
 
 
+_C = db.Client.__table__
+#: The client a booking is for, with the set-up token read in the same statement.
+CLIENT_AND_SETUP = select(
+    _C.c.id,
+    _C.c.first_name,
+    _C.c.phone,
+    _C.c.sms_consent,
+    _C.c.language,
+    TOKEN.scalar_subquery().label("setup_token"),
+)
+INSERT_SESSION = insert(db.Session)
+
+
 async def book_in(
     session: AsyncSession, app: Booking, data: SessionIn, *, scope: Scope
 ) -> db.Session:
     """Book a session inside the caller's write transaction: choose therapist and room if
     not given, check again, write with its event. ``POST /v1/sessions`` and a claimed
-    waitlist offer both book through here."""
-    location = await get_visible(session, db.Location, data.location_id, "location", scope)
-    treatment: db.Treatment = await get_or_404(session, db.Treatment, data.service_id, "service")
-    client = await get_visible(session, db.Client, data.client_id, "client", scope)
+    waitlist offer both book through here.
+
+    The hot path of the service: Core statements built once, the set-up from the
+    process's copy (checked in this transaction, ``setup_cache``), so a booking runs four
+    statements: client with set-up token, busy time, the session, its event."""
+    query = CLIENT_AND_SETUP.where(_C.c.id == data.client_id)
+    if not scope.everything:
+        query = query.where(visible(db.Client, scope))
+    connection = await session.connection()
+    client = (await connection.execute(query)).first()
+    setup = await app.setup.current(session, client.setup_token if client else None)
+    location = setup.location(data.location_id, scope)
+    treatment = setup.treatment(data.service_id)
+    if client is None:
+        raise NotFound("client", data.client_id)
     therapist_id, room_id = await _place(
         session,
         app,
+        setup,
         location=location,
         treatment=treatment,
         start=data.start,
         therapist_id=data.therapist_id,
     )
     now = app.clock()
-    row = db.Session(
-        id=new_id(),
-        client_id=client.id,
-        treatment_id=treatment.id,
-        location_id=location.id,
-        therapist_id=therapist_id,
-        room_id=room_id,
-        # The event is built from these; setting them saves reloading after flush.
-        client=client,
-        treatment=treatment,
-        location=location,
-        therapist=await get_or_404(session, db.Therapist, therapist_id, "therapist"),
-        start_at=data.start,
-        end_at=data.start + timedelta(minutes=treatment.duration_minutes),
-        blocked_until=data.start
-        + timedelta(minutes=treatment.duration_minutes + treatment.buffer_minutes),
-        status=domain.BOOKED,
+    duration = timedelta(minutes=treatment.duration_minutes)
+    values: dict[str, Any] = {
+        "id": new_id(),
+        "client_id": client.id,
+        "treatment_id": treatment.id,
+        "location_id": location.id,
+        "therapist_id": therapist_id,
+        "room_id": room_id,
+        "start_at": data.start,
+        "end_at": data.start + duration,
+        "blocked_until": data.start + duration + timedelta(minutes=treatment.buffer_minutes),
+        "status": domain.BOOKED,
+        "version": 1,
+        "cancel_reason": None,
+        "late_cancel": False,
+        "created_at": now,
+        "updated_at": now,
+    }
+    await connection.execute(INSERT_SESSION, values)
+    event = events.SessionEvent(
+        session_id=values["id"],
         version=1,
-        late_cancel=False,
-        created_at=now,
-        updated_at=now,
+        status=domain.BOOKED,
+        start=values["start_at"],
+        end=values["end_at"],
+        reason=None,
+        late_cancel=None,
+        client=events.ClientRef(
+            id=client.id,
+            first_name=client.first_name,
+            phone=client.phone,
+            sms_consent=client.sms_consent,
+            language=client.language,
+        ),
+        therapist=setup.therapists[therapist_id].ref,
+        location=location.ref,
+        service=treatment.ref,
+        room_id=room_id,
+        manage_url=app.manage_url(values["id"]),
     )
-    session.add(row)
-    await announce_session(app, session, row, events.SESSION_BOOKED)
-    return row
+    await enqueue(
+        session, events.make_event(events.SESSION_BOOKED, SOURCE, event, subject=values["id"])
+    )
+    # What the answer is rendered from: the row as written (not in the ORM session).
+    return db.Session(**values)
 
 
 async def book(
@@ -284,21 +334,24 @@ async def reschedule(
 
     async def move(session: AsyncSession, row: db.Session) -> dict[str, Any]:
         previous = row.start_at
-        location = row.location
+        setup = await app.setup.current(session)
+        location = setup.locations[row.location_id]
         if location_id is not None and location_id != row.location_id:
-            location = await get_visible(session, db.Location, location_id, "location", scope)
+            location = setup.location(location_id, scope)
         keep = not any_therapist and location.id == row.location_id
         therapist, room_id = await _place(
             session,
             app,
+            setup,
             location=location,
-            treatment=row.treatment,
+            treatment=setup.treatments[row.treatment_id],
             start=start,
             therapist_id=therapist_id or (row.therapist_id if keep else None),
             exclude_session=row.id,
         )
         if location.id != row.location_id:
-            row.location, row.location_id = location, location.id
+            moved_to = await get_or_404(session, db.Location, location.id, "location")
+            row.location, row.location_id = moved_to, location.id
         duration = timedelta(minutes=row.treatment.duration_minutes)
         if therapist != row.therapist_id:
             row.therapist = await get_or_404(session, db.Therapist, therapist, "therapist")
