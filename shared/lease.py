@@ -78,6 +78,8 @@ class Lease:
         self._renewed_at = 0.0
         self._kv: KeyValue | None = None
         self._per_message_ttl = True
+        #: Another holder's revision as last seen, and since when (see _take_if_stale).
+        self._seen: tuple[int, float] | None = None
 
     @property
     def held(self) -> bool:
@@ -129,10 +131,47 @@ class Lease:
             # NotFound: nats-py's create found the key held, then looked it up just as its
             # TTL ran out. Either way someone held it a moment ago: try again next round.
             self.revision = None
-            return False
+            if not await self._take_if_stale(kv):
+                return False
+        self._seen = None
         self._renewed_at = time.monotonic()
         self.lost.clear()
         log.info("lease.acquired", key=self.key, holder=self.holder)
+        return True
+
+    async def _take_if_stale(self, kv: KeyValue) -> bool:
+        """Take the lease from a holder that stopped renewing: its revision unchanged for a
+        whole TTL here. The server's own expiry of the key can come late: after a NATS node
+        is lost, a re-elected stream leader was seen to drop an expired key more than a
+        minute after its TTL, and no replica became the scheduler meanwhile. A live holder
+        renews every third of a TTL and steps down after half a TTL without renewing, so a
+        revision that stood still for a whole TTL has no live holder; the compare-and-set
+        on that revision lets one standby only take it."""
+        try:
+            entry = await kv.get(self.key)
+        except nats.js.errors.KeyNotFoundError:
+            return False  # gone now: the next round creates it
+        if entry.revision is None:
+            return False
+        now = time.monotonic()
+        if self._seen is None or self._seen[0] != entry.revision:
+            self._seen = (entry.revision, now)
+            return False
+        if now - self._seen[1] < self.ttl_seconds:
+            return False
+        try:
+            ack = await self._js.publish(
+                f"$KV.{self.bucket}.{self.key}",
+                self.holder.encode(),
+                headers={"Nats-Expected-Last-Subject-Sequence": str(entry.revision)},
+                msg_ttl=self._ttl(),
+            )
+        except nats.js.errors.APIError as exc:
+            if exc.err_code in WRONG_LAST_SEQUENCE:
+                return False  # renewed, or another standby was first
+            raise
+        log.warning("lease.taken_from_stale", key=self.key, stale_revision=entry.revision)
+        self.revision = ack.seq
         return True
 
     async def acquire(self) -> None:

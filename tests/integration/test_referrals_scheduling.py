@@ -3,6 +3,8 @@ applied once, against a real nats-server."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -56,6 +58,38 @@ async def test_a_holder_that_stops_renewing_loses_the_lease_after_its_ttl(nats_u
         # `dead` never renews (a crashed process): the key lapses and the standby takes it.
         await eventually(standby.try_acquire, timeout=10, what="the lease to lapse")
         assert not await dead.renew(), "the old holder must learn it lost the lease"
+    finally:
+        await standby.release()
+        await nc.close()
+
+
+async def test_a_standby_takes_a_lease_whose_holder_stopped_even_if_the_key_never_expires(
+    nats_url: str,
+) -> None:
+    # After a NATS node's loss the server was seen to drop an expired lease key more than
+    # a minute late, and no replica became the scheduler meanwhile. Here the dead holder's
+    # key carries no TTL at all: the standby takes it once it stood still for a whole TTL,
+    # and never from a holder that keeps renewing.
+    nc = await nats.connect(nats_url)
+    key = f"test-{uuid.uuid4().hex[:8]}"
+    js = nc.jetstream()
+    alive = Lease(js, bucket="leases", key=key, ttl_seconds=1)
+    standby = Lease(js, bucket="leases", key=key, ttl_seconds=1)
+    try:
+        assert await alive.try_acquire()
+        for _ in range(8):  # 2.4 s, renewing as a live holder does
+            await asyncio.sleep(alive.renew_every_seconds)
+            assert await alive.renew()
+            assert not await standby.try_acquire()
+        await alive.release()
+
+        kv = await js.key_value("leases")
+        await kv.put(key, b"a crashed holder")  # no TTL: only the standby's watch ends it
+        started = time.monotonic()
+        await eventually(standby.try_acquire, timeout=10, what="the stale lease taken")
+        assert time.monotonic() - started >= 1.0, "not before a whole TTL without renewal"
+        assert (await kv.get(key)).value == standby.holder.encode()
+        assert await standby.renew()
     finally:
         await standby.release()
         await nc.close()
