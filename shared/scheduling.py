@@ -481,8 +481,11 @@ class LeasedScheduler:
             scheduler_, self.scheduler = self.scheduler, None
             if scheduler_ is not None:
                 await scheduler_.stop()
-            for task in list(self._running_now.values()):
+            running = list(self._running_now.values())
+            for task in running:
                 task.cancel()  # as the executor does with the store's running jobs
+            if running:  # nothing of this scheduler's may outlive its stop
+                await asyncio.gather(*running, return_exceptions=True)
             engine, self._engine = self._engine, None
             if engine is not None:
                 engine.dispose()
