@@ -22,6 +22,7 @@ import uuid
 import nats.errors
 import nats.js.errors
 import structlog
+from nats.js.api import PubAck
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
@@ -160,12 +161,7 @@ class Lease:
         if now - self._seen[1] < self.ttl_seconds:
             return False
         try:
-            ack = await self._js.publish(
-                f"$KV.{self.bucket}.{self.key}",
-                self.holder.encode(),
-                headers={"Nats-Expected-Last-Subject-Sequence": str(entry.revision)},
-                msg_ttl=self._ttl(),
-            )
+            ack = await self._write_after(entry.revision)
         except nats.js.errors.APIError as exc:
             if exc.err_code in WRONG_LAST_SEQUENCE:
                 return False  # renewed, or another standby was first
@@ -184,18 +180,22 @@ class Lease:
                 log.warning("lease.unavailable", key=self.key, error=type(exc).__name__)
             await asyncio.sleep(self.renew_every_seconds)
 
+    async def _write_after(self, revision: int) -> PubAck:
+        """Write the key as ours (with its TTL) only if ``revision`` is still its latest."""
+        return await self._js.publish(
+            f"$KV.{self.bucket}.{self.key}",
+            self.holder.encode(),
+            headers={"Nats-Expected-Last-Subject-Sequence": str(revision)},
+            msg_ttl=self._ttl(),
+        )
+
     async def renew(self, *, again: bool = True) -> bool:
         """Extend the lease; ``False`` means it was lost (expired, or taken by another)."""
         if self.revision is None:
             return False
         await self._bucket()
         try:
-            ack = await self._js.publish(
-                f"$KV.{self.bucket}.{self.key}",
-                self.holder.encode(),
-                headers={"Nats-Expected-Last-Subject-Sequence": str(self.revision)},
-                msg_ttl=self._ttl(),
-            )
+            ack = await self._write_after(self.revision)
         except nats.js.errors.APIError as exc:
             if exc.err_code in WRONG_LAST_SEQUENCE:
                 if again and await self._still_ours():
