@@ -240,9 +240,28 @@ class GatedScheduler(AsyncIOScheduler):
         self.gate = gate
         self._processing: asyncio.Task[None] | None = None
         self._again = False
+        self._held = threading.local()  # wake-ups held back in this thread, see ``holding``
         super().__init__(**options)
 
+    @contextlib.contextmanager
+    def holding_wakeups(self) -> Iterator[None]:
+        """Wake-ups asked for in this block wait for its end: jobs added in a transaction
+        are only visible once it commits, and a pass run before that (the loop does not
+        wait for a job store thread) found no jobs and set no timer: they waited for the
+        next add, a whole test's time for a referral's deadlines."""
+        self._held.pending = False
+        self._held.active = True
+        try:
+            yield
+        finally:
+            self._held.active = False
+        if self._held.pending:
+            self.wakeup()
+
     def wakeup(self) -> None:
+        if getattr(self._held, "active", False):
+            self._held.pending = True
+            return
         loop = self._eventloop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._schedule_processing)
@@ -548,11 +567,12 @@ class LeasedScheduler:
 
         def in_one_transaction(scheduler: GatedScheduler) -> None:
             store = scheduler._lookup_jobstore("default")
-            if isinstance(store, ChunkedJobStore):
-                with store.one_transaction():
+            with scheduler.holding_wakeups():  # woken once committed
+                if isinstance(store, ChunkedJobStore):
+                    with store.one_transaction():
+                        work(scheduler)
+                else:
                     work(scheduler)
-            else:
-                work(scheduler)
 
         if self.gate.enabled:
             async with self.gate.exclusive():

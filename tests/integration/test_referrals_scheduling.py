@@ -4,16 +4,21 @@ applied once, against a real nats-server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import nats
 import pytest
 
 from shared import events
+from shared.gate import Gate
 from shared.lease import Lease
+from shared.scheduling import ChunkedJobStore, JobSpec, JobStoreConfig, LeasedScheduler
 from tests.referrals_support import (
     client_event,
     known_client,
@@ -135,6 +140,58 @@ async def test_the_standby_takes_over_the_job_store_and_runs_the_pending_deadlin
         assert row["reminded_at"] is not None
         assert row["business_status"] == "reminder-sent"
         assert not deadlines_a.fired
+
+
+DEADLINE = f"{__name__}:unbound_deadline"
+
+
+async def unbound_deadline(name: str) -> None:
+    """What the stored jobs name; the scheduler runs the test's handler instead."""
+
+
+async def test_jobs_stored_while_a_commit_is_slow_still_run_on_time(
+    tmp_path: Path, nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A job store outside the gate (referrals' own SQLite file, or PostgreSQL) is written
+    # on a thread. The scheduler's pass used to run before that transaction committed,
+    # found no jobs, set no timer, and a referral's deadlines waited for the next add.
+    committed = ChunkedJobStore.one_transaction
+
+    @contextlib.contextmanager
+    def slow_commit(store: ChunkedJobStore) -> Iterator[None]:
+        with committed(store):
+            yield
+            time.sleep(0.3)  # a busy disk: the commit comes late
+
+    monkeypatch.setattr(ChunkedJobStore, "one_transaction", slow_commit)
+    fired: list[str] = []
+
+    async def deadline(name: str) -> None:
+        fired.append(name)
+
+    nc = await nats.connect(nats_url)
+    connected = asyncio.Event()
+    connected.set()
+    scheduler = LeasedScheduler(
+        key=f"test-{uuid.uuid4().hex[:8]}",
+        gate=Gate(enabled=False),
+        jetstream=nc.jetstream,
+        connected=connected,
+        lease_ttl_seconds=5,
+        lease_bucket="leases",
+        store=JobStoreConfig(sqlite_url(tmp_path, "jobs")),
+        handlers={DEADLINE: deadline},
+    )
+    scheduler.start()
+    try:
+        await asyncio.wait_for(scheduler.became_active.wait(), 10)
+        soon = datetime.now(UTC) + timedelta(seconds=0.5)
+        jobs = [JobSpec(DEADLINE, id=n, run_date=soon, args=(n,)) for n in "ab"]
+        assert await scheduler.add_jobs(jobs)
+        await eventually(lambda: _value(sorted(fired) == ["a", "b"]), timeout=5, what="jobs run")
+    finally:
+        await scheduler.stop()
+        await nc.close()
 
 
 async def test_a_session_counts_once_however_often_booking_says_so(
