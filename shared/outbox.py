@@ -32,7 +32,7 @@ from shared.db import UtcDateTime, transaction
 from shared.events import CloudEvent
 from shared.timeutil import utcnow
 from shared.uow import after_commit
-from shared.worker import Worker
+from shared.worker import IDLE_POLL_SECONDS, Worker
 
 log = structlog.get_logger(__name__)
 
@@ -90,7 +90,13 @@ class OutboxRelay:
         self._sessions = sessions
         self._publish = publish
         self._batch_size = batch_size
-        self.worker = Worker("outbox-relay", self._step, poll_seconds=poll_seconds)
+        # Every commit with events wakes the relay; the poll only finds what a crash left.
+        self.worker = Worker(
+            "outbox-relay",
+            self._step,
+            poll_seconds=poll_seconds,
+            idle_poll_seconds=max(poll_seconds, IDLE_POLL_SECONDS),
+        )
         self.published = 0
 
     def wake(self) -> None:

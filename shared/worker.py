@@ -21,13 +21,18 @@ log = structlog.get_logger(__name__)
 #: wait for a wake-up or the poll.
 StepResult = bool | float | None
 Step = Callable[[], Awaitable[StepResult]]
+#: The longest a quiet safety-net poll waits between looks (see ``idle_poll_seconds``).
+IDLE_POLL_SECONDS = 30.0
 
 
 class Worker:
     """A background task around ``step``.
 
     ``poll_seconds`` is how long it waits without a wake-up (``None``: only a wake-up or
-    the step's own answer runs it again). A step that raises is retried after
+    the step's own answer runs it again). With ``idle_poll_seconds`` the wait doubles after
+    each poll that no wake-up cut short, up to that long, and is back to ``poll_seconds``
+    at the next wake-up: for a loop every commit wakes, whose poll is only a safety net, a
+    quiet service stops looking every few seconds. A step that raises is retried after
     ``backoff_seconds``, doubling to ``backoff_max_seconds``; the worker never dies of it.
     """
 
@@ -37,12 +42,16 @@ class Worker:
         step: Step,
         *,
         poll_seconds: float | None = 1.0,
+        idle_poll_seconds: float | None = None,
         backoff_seconds: float = 0.2,
         backoff_max_seconds: float = 5.0,
     ) -> None:
         self.name = name
         self._step = step
         self.poll_seconds = poll_seconds
+        self._idle_poll = idle_poll_seconds
+        #: The wait of the next poll (``poll_seconds`` stretched while nothing wakes it).
+        self._poll: float | None = poll_seconds
         self._backoff = backoff_seconds
         self._backoff_max = backoff_max_seconds
         self._wakeup = asyncio.Event()
@@ -90,10 +99,18 @@ class Worker:
                 await asyncio.sleep(delay)
                 continue
             if answer is True:
+                self._poll = self.poll_seconds
                 await asyncio.sleep(0)  # let the rest of the loop in between batches
                 continue
-            timeout = self.poll_seconds
+            timeout = self._poll
             if isinstance(answer, int | float) and not isinstance(answer, bool):
                 timeout = max(0.0, answer) if timeout is None else min(timeout, max(0.0, answer))
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._wakeup.wait(), timeout=timeout)
+                self._poll = self.poll_seconds
+            except TimeoutError:
+                self._stretch_poll()
+
+    def _stretch_poll(self) -> None:
+        if self._idle_poll is not None and self._poll is not None:
+            self._poll = min(self._poll * 2, max(self._idle_poll, self._poll))

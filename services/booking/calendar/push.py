@@ -26,7 +26,7 @@ from services.booking.calendar.context import LOCATION, PUSH, THERAPIST, SyncCon
 from shared import events
 from shared.secretbox import SecretUnavailable
 from shared.uow import UnitOfWork, after_commit
-from shared.worker import Worker
+from shared.worker import IDLE_POLL_SECONDS, Worker
 
 log = structlog.get_logger(__name__)
 
@@ -202,7 +202,10 @@ class PushWorker:
     def __init__(self, ctx: SyncContext) -> None:
         self.ctx = ctx
         self.worker = Worker(
-            "calendar-push", self._round, poll_seconds=ctx.timings.push_poll_seconds
+            "calendar-push",
+            self._round,
+            poll_seconds=ctx.timings.push_poll_seconds,
+            idle_poll_seconds=max(ctx.timings.push_poll_seconds, IDLE_POLL_SECONDS),
         )
         self._link_tasks: dict[str, asyncio.Task[None]] = {}
 

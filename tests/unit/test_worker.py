@@ -1,0 +1,50 @@
+"""The background loop's poll: a quiet service stops looking every few seconds, and a
+wake-up (a commit) still runs the step at once."""
+
+from __future__ import annotations
+
+import asyncio
+
+from shared.worker import Worker
+
+
+async def test_a_quiet_worker_stretches_its_poll_and_a_wake_up_brings_it_back() -> None:
+    looks: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def look() -> None:
+        looks.append(loop.time())
+
+    worker = Worker("relay", look, poll_seconds=0.05, idle_poll_seconds=0.4)
+    worker.start()
+    try:
+        await asyncio.sleep(1.6)
+        quiet = len(looks)
+        # Unstretched it would have looked 32 times; stretched 0.05, 0.1, 0.2, 0.4, 0.4 ...
+        assert 4 <= quiet <= 10, f"{quiet} looks in 1.6 s"
+        assert looks[-1] - looks[-2] >= 0.35, "the wait grows to the idle poll"
+
+        woken_at = loop.time()
+        worker.wake()
+        await asyncio.sleep(0.3)
+        after = [t for t in looks if t >= woken_at]
+        assert after and after[0] - woken_at < 0.1, "a wake-up runs the step at once"
+        assert len(after) >= 3, "and the poll is back to its short wait"
+    finally:
+        await worker.stop()
+
+
+async def test_without_an_idle_poll_the_poll_stays_as_set() -> None:
+    looks = 0
+
+    async def look() -> None:
+        nonlocal looks
+        looks += 1
+
+    worker = Worker("planner", look, poll_seconds=0.05)
+    worker.start()
+    try:
+        await asyncio.sleep(0.8)
+    finally:
+        await worker.stop()
+    assert looks >= 12, "a planner keeps its poll (another replica may have left work)"
