@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import quote, urlsplit, urlunsplit
 
-import httpx
-
 from shared.outbound import OutboundPolicy, OutboundRefused
 
 #: An ICS feed bigger than this is refused (a calendar, not a download service).
@@ -155,6 +153,8 @@ async def fetch_ics(
 ) -> bytes:
     """GET an ICS feed (following redirects, each hop checked against the outbound policy),
     with basic auth when credentials are set."""
+    import httpx  # here: a booking process without ICS links never loads it
+
     auth = (
         httpx.BasicAuth(credentials.username, credentials.password or "")
         if credentials.username is not None

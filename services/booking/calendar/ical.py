@@ -18,15 +18,18 @@ import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
-
-import icalendar
-import recurring_ical_events
 
 from services.booking import db, domain
 from shared.timeutil import zone
 from shared.validation import one_line
+
+if TYPE_CHECKING:
+    import icalendar
+
+# icalendar and recurring_ical_events are imported where used (a few MB a booking process
+# carries only once a feed is read or a calendar linked).
 
 PRODID = "-//Clinic Backbone//Booking//EN"
 UID_DOMAIN = "booking.clinic-backbone"
@@ -42,6 +45,8 @@ def client_label(client: db.Client) -> str:
 
 def session_vevent(row: db.Session, room_name: str, stamp: datetime) -> icalendar.Event:
     """One session as a VEVENT, in its location's zone."""
+    import icalendar
+
     tz = zone(row.location.timezone)
     event = icalendar.Event()
     event.add("uid", session_uid(row.id))
@@ -57,6 +62,8 @@ def session_vevent(row: db.Session, room_name: str, stamp: datetime) -> icalenda
 
 
 def time_off_vevent(entry: db.TimeOff, stamp: datetime) -> icalendar.Event:
+    import icalendar
+
     event = icalendar.Event()
     event.add("uid", f"timeoff-{entry.id}@{UID_DOMAIN}")
     event.add("dtstamp", stamp)
@@ -75,6 +82,8 @@ def feed(
     time_off: Iterable[db.TimeOff] = (),
 ) -> bytes:
     """The whole feed, with a VTIMEZONE for every zone it uses."""
+    import icalendar
+
     cal = icalendar.Calendar()
     cal.add("prodid", PRODID)
     cal.add("version", "2.0")
@@ -111,6 +120,8 @@ def session_id_of(uid: str) -> str | None:
 @functools.lru_cache(maxsize=64)
 def vtimezone(tzid: str) -> bytes:
     """The VTIMEZONE of an IANA zone, serialized once: building it takes milliseconds."""
+    import icalendar
+
     return bytes(icalendar.Timezone.from_tzinfo(zone(tzid)).to_ical())
 
 
@@ -175,6 +186,9 @@ def capped_busy_spans(
     """:func:`busy_spans`, and whether the expansion was cut at ``limit`` spans (the
     earliest ``limit`` are kept; recurrences are expanded lazily, in order, so a runaway
     series costs no more than the limit)."""
+    import icalendar
+    import recurring_ical_events
+
     spans: set[BusySpan] = set()
     # A floating or all-day event may sit up to a day off UTC: ask wide, then clip exactly.
     wide_start, wide_end = window.start - timedelta(days=1), window.end + timedelta(days=1)
@@ -237,6 +251,8 @@ def expected_state(row: db.Session) -> EventState:
 
 def our_events(resources: Iterable[tuple[str, bytes | str]]) -> list[FoundEvent]:
     """Our session events among ``(href, iCalendar text)`` resources; others are skipped."""
+    import icalendar
+
     found = []
     for href, text in resources:
         try:
