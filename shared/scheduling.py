@@ -39,10 +39,8 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.util import datetime_to_utc_timestamp
 from nats.js.client import JetStreamContext
 from sqlalchemy import Connection, Engine, create_engine, event, select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from shared.db import sync_url
+from shared.db import sync_url, upsert_insert
 from shared.gate import Gate
 from shared.lease import DEFAULT_BUCKET, Lease
 
@@ -105,7 +103,7 @@ class ChunkedJobStore(SQLAlchemyJobStore):
         if connection is None:
             super().add_job(job)
             return
-        insert = sqlite_insert if self.engine.dialect.name == "sqlite" else postgresql_insert
+        insert = upsert_insert(self.engine.dialect.name)
         row = {
             "id": job.id,
             "next_run_time": datetime_to_utc_timestamp(job.next_run_time),

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# isort: off
+import shared.lean  # noqa: F401  (first: keeps unused modules out, see there)
+# isort: on
+
 import logging
 import sys
 

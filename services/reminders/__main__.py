@@ -3,6 +3,10 @@ scheduler; ``… migrate`` only migrates the database."""
 
 from __future__ import annotations
 
+# isort: off
+import shared.lean  # noqa: F401  (first: keeps unused modules out, see there)
+# isort: on
+
 import sys
 
 from services.reminders.app import create_app

@@ -16,7 +16,6 @@ from typing import Any
 
 import structlog
 from sqlalchemy import and_, func, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.booking import db, domain, queries
@@ -24,6 +23,7 @@ from services.booking.calendar import ical
 from services.booking.calendar.caldav import CalendarUnavailable, describe
 from services.booking.calendar.context import LOCATION, PUSH, THERAPIST, SyncContext
 from shared import events
+from shared.db import upsert_insert
 from shared.secretbox import SecretUnavailable
 from shared.uow import UnitOfWork, after_commit
 from shared.worker import IDLE_POLL_SECONDS, Worker
@@ -74,7 +74,7 @@ async def mark_for_push(
     The push worker is woken once the transaction commits.
     """
     dialect = session.get_bind().dialect.name
-    insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    insert_ = upsert_insert(dialect)
     statement = insert_(db.CalendarPush).values(
         link_id=link_id,
         session_id=session_id,
