@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.reminders import db, domain
+from services.reminders.batch import enqueue_all
 from services.reminders.context import Reminders
 from services.reminders.facts import message_by_key
 from shared import events
@@ -149,19 +150,50 @@ async def claim(
         return True
     row = _row(planned, to, now, status="submitting", body=body)
     row.attempts = 0
+    if await app.batch.coalesced("claims", _insert_claims).run((row, question)):
+        return True
+    log.info("job.claimed_elsewhere", key=planned.key)
+    return False
 
-    async def write(session: AsyncSession) -> None:
-        session.add(row)
-        await enqueue(session, due_event(row.id))
+
+Question = Callable[[AsyncSession], Awaitable[None]]
+
+
+async def _insert_claims(
+    session: AsyncSession, claims: list[tuple[db.Message, Question | None]]
+) -> list[bool]:
+    """The ledger rows of the claims waiting at once, their ``reminders.due`` messages and
+    questions: one flush (an executemany) and one outbox insert. A key claimed elsewhere
+    fails the whole savepoint; then each claim is tried in a savepoint of its own, so one
+    lost claim is never another's."""
+    try:
+        async with session.begin_nested():
+            await _add_claims(session, claims)
+        return [True] * len(claims)
+    except IntegrityError:
+        if len(claims) == 1:
+            return [False]
+    won: list[bool] = []
+    for claim in claims:
+        try:
+            async with session.begin_nested():
+                await _add_claims(session, [claim])
+            won.append(True)
+        except IntegrityError:
+            won.append(False)
+    return won
+
+
+async def _add_claims(
+    session: AsyncSession, claims: list[tuple[db.Message, Question | None]]
+) -> None:
+    session.add_all([row for row, _ in claims])
+    await session.flush()
+    await enqueue_all(session, [due_event(row.id) for row, _ in claims])
+    for _, question in claims:
         if question is not None:
             await question(session)
-
-    try:
-        await app.batch.run(write)
-    except IntegrityError:
-        log.info("job.claimed_elsewhere", key=planned.key)
-        return False
-    return True
+    await session.flush()
 
 
 def due_event(message_id: str) -> events.CloudEvent[events.SmsDue]:
