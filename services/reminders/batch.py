@@ -87,7 +87,7 @@ class GroupCommit:
         """The :class:`Coalesced` writer called ``name`` (made with ``apply`` on first use)."""
         found = self._coalesced.get(name)
         if found is None:
-            found = self._coalesced[name] = Coalesced(self, apply)
+            found = self._coalesced[name] = Coalesced(self, apply, name)
         return found
 
     async def _step(self) -> bool:
@@ -104,6 +104,7 @@ class GroupCommit:
 
     async def _apply(self, batch: list[tuple[Write, asyncio.Future[Any]]]) -> None:
         results: list[Any] = []
+
         try:
             async with self._transaction() as session:
                 for write, _ in batch:
@@ -139,8 +140,12 @@ class Coalesced(Generic[I, R]):
     item fail the others: conditional updates and inserts of new rows only)."""
 
     def __init__(
-        self, group: GroupCommit, apply: Callable[[AsyncSession, list[I]], Awaitable[list[R]]]
+        self,
+        group: GroupCommit,
+        apply: Callable[[AsyncSession, list[I]], Awaitable[list[R]]],
+        name: str = "",
     ) -> None:
+        self.name = name
         self._group = group
         self._apply = apply
         self._pending: list[tuple[I, asyncio.Future[R]]] = []

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,6 +22,11 @@ from shared.ids import new_id
 from shared.outbox import enqueue
 
 log = structlog.get_logger(__name__)
+
+
+#: The question a text asks, opened with its claim: a row (added unless its key has one),
+#: or a function adding it.
+Question = db.Question | Callable[[AsyncSession], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,7 @@ async def claim(
     body: str,
     existing: db.Message | None,
     to: Recipient,
-    question: Callable[[AsyncSession], Awaitable[None]] | None = None,
+    question: Question | None = None,
 ) -> bool:
     """Write the ledger row and its ``reminders.due`` message in one transaction: the row
     is the right to send the message once, the queue message has one replica send it.
@@ -145,8 +150,7 @@ async def claim(
             if not getattr(result, "rowcount", 0):
                 return False
             await enqueue(session, due_event(existing.id))
-            if question is not None:
-                await question(session)
+            await _open_questions(session, [question])
         return True
     row = _row(planned, to, now, status="submitting", body=body)
     row.attempts = 0
@@ -154,9 +158,6 @@ async def claim(
         return True
     log.info("job.claimed_elsewhere", key=planned.key)
     return False
-
-
-Question = Callable[[AsyncSession], Awaitable[None]]
 
 
 async def _insert_claims(
@@ -190,10 +191,26 @@ async def _add_claims(
     session.add_all([row for row, _ in claims])
     await session.flush()
     await enqueue_all(session, [due_event(row.id) for row, _ in claims])
-    for _, question in claims:
-        if question is not None:
-            await question(session)
+    await _open_questions(session, [question for _, question in claims])
     await session.flush()
+
+
+async def _open_questions(session: AsyncSession, questions: list[Question | None]) -> None:
+    """Once per ledger key (a reconciled send asks nothing new): one look for the rows."""
+    rows = [q for q in questions if isinstance(q, db.Question)]
+    if rows:
+        asked = set(
+            await session.scalars(
+                select(db.Question.id).where(db.Question.id.in_({q.id for q in rows}))
+            )
+        )
+        for row in rows:
+            if row.id not in asked:
+                asked.add(row.id)
+                session.add(row)
+    for question in questions:
+        if question is not None and not isinstance(question, db.Question):
+            await question(session)
 
 
 def due_event(message_id: str) -> events.CloudEvent[events.SmsDue]:

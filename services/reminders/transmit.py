@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -49,28 +50,57 @@ class Unresolved(Exception):
 
 async def send_due(app: Reminders, event: events.CloudEvent[events.SmsDue], delivered: int) -> None:
     """The ``reminders.due`` task: send the claimed row once, unless it is settled."""
-    row = await app.batch.coalesced("due", _read_due).run(event.data.message_id)
-    if row is None or row.status != "submitting" or row.key in app.in_flight:
+
+    out = await app.batch.coalesced("due", _read_due).run(event.data.message_id)
+    if out is None or out.key in app.in_flight:
         return  # settled, or this process is still sending it (a slow first delivery)
-    await transmit(app, outgoing_of(row, reconcile=event.data.reconcile or delivered > 1))
+    out.reconcile = event.data.reconcile or delivered > 1
+    await transmit(app, out)
 
 
-async def _read_due(session: AsyncSession, ids: list[str]) -> list[db.Message | None]:
+async def _read_due(session: AsyncSession, ids: list[str]) -> list[Outgoing | None]:
     """The rows of a pulled batch of due texts, in one ``SELECT ... IN`` (a read per text
-    was a connection and a round trip each)."""
-    found = await session.scalars(
-        select(db.Message)
-        .where(db.Message.id.in_(set(ids)))
-        .execution_options(populate_existing=True)
+    was a connection and a round trip each); Core rows, no ORM objects to build."""
+    t = MESSAGES
+    found = await session.execute(
+        select(
+            t.c.id,
+            t.c.key,
+            t.c.phone,
+            t.c.body,
+            t.c.session_id,
+            t.c.rule,
+            t.c.created_at,
+            t.c.deadline_at,
+            t.c.sending_by,
+            t.c.status,
+        ).where(t.c.id.in_(set(ids)))
     )
-    rows = {row.id: row for row in found}
-    return [rows.get(message_id) for message_id in ids]
+    rows = {
+        row.id: None
+        if row.status != "submitting"
+        else Outgoing(
+            message_id=row.id,
+            key=row.key or "",
+            phone=row.phone,
+            body=row.body,
+            session_id=row.session_id,
+            rule=row.rule or "",
+            created_at=row.created_at,
+            deadline=row.deadline_at,
+            leased_by=row.sending_by,
+        )
+        for row in found
+    }
+    # A copy each: the same text twice in a pull is two senders' own state.
+    return [copy.copy(rows.get(message_id)) for message_id in ids]
 
 
 async def transmit(app: Reminders, out: Outgoing) -> None:
     """Send a claimed message once: look first when an earlier attempt may have gone.
     Raises :class:`Unresolved` when that could not be told (the queue retries), and
     :class:`~shared.broker.Deferred` while another process holds the row's send lease."""
+
     if not await take_lease(app, out):
         return
     if out.leased_by not in (None, app.instance):
