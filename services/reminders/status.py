@@ -204,14 +204,6 @@ async def apply_early(session: AsyncSession, sids: list[str], now: datetime) -> 
     await enqueue_all(session, announced)
 
 
-async def apply_early_statuses(
-    session: AsyncSession, message_id: str, sid: str, now: datetime
-) -> None:
-    """Once a send is recorded: the callbacks for it that came first."""
-    _ = message_id
-    await apply_early(session, [sid], now)
-
-
 async def record_status(app: Reminders, sid: str, status: str, error_code: int | None) -> None:
     """A status callback: move the message forward (never back); keep it if it came early.
     Applied with the callbacks that arrive meanwhile, in one write."""
