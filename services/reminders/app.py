@@ -169,7 +169,7 @@ def bootstrap(settings: RemindersSettings) -> Runtime:
                 max_deliver=settings.sms_queue_max_deliver,
                 ack_wait_seconds=settings.sms_queue_ack_wait_seconds,
                 retry_base_seconds=settings.retry_base_seconds,
-                batch_size=settings.sms_concurrency,
+                batch_size=settings.sms_pull_batch,
             )
         ]
     )

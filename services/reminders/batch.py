@@ -8,6 +8,12 @@ function of the session) to :meth:`GroupCommit.run` and waits: writes queued mea
 are applied together, committed once, and every caller gets its own result. If the
 batch fails as a whole (one write hit a constraint), each write is retried alone, so one
 caller's failure is never another's.
+
+Group commit saves commits, not statements: a thousand lease takes in one transaction are
+still a thousand UPDATEs, each a round trip to the driver's thread. :class:`Coalesced`
+goes one step further for writes of one kind that cannot fail one another (the send
+leases, the send results, the status callbacks): the items queued by concurrent callers
+are written by one bulk write (an ``IN`` or an executemany) in the next group commit.
 """
 
 from __future__ import annotations
@@ -15,16 +21,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import structlog
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.events import CloudEvent
+from shared.outbox import OUTBOX, outbox
+from shared.timeutil import utcnow
+from shared.uow import after_commit
 from shared.worker import Worker
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+I = TypeVar("I")  # noqa: E741 - an item
+R = TypeVar("R")
 Write = Callable[[AsyncSession], Awaitable[Any]]
 Transaction = Callable[[], contextlib.AbstractAsyncContextManager[AsyncSession]]
 
@@ -39,6 +52,7 @@ class GroupCommit:
         self._worker = Worker("group-commit", self._step, poll_seconds=None)
         self._applying = False
         self.batches = 0
+        self._coalesced: dict[str, Coalesced[Any, Any]] = {}
 
     def start(self) -> None:
         self._worker.start()
@@ -67,6 +81,15 @@ class GroupCommit:
         self._worker.wake()
         return await future
 
+    def coalesced(
+        self, name: str, apply: Callable[[AsyncSession, list[I]], Awaitable[list[R]]]
+    ) -> Coalesced[I, R]:
+        """The :class:`Coalesced` writer called ``name`` (made with ``apply`` on first use)."""
+        found = self._coalesced.get(name)
+        if found is None:
+            found = self._coalesced[name] = Coalesced(self, apply, name)
+        return found
+
     async def _step(self) -> bool:
         """One batch; ``True`` (again at once) while more writes wait."""
         if self._pending:
@@ -81,6 +104,7 @@ class GroupCommit:
 
     async def _apply(self, batch: list[tuple[Write, asyncio.Future[Any]]]) -> None:
         results: list[Any] = []
+
         try:
             async with self._transaction() as session:
                 for write, _ in batch:
@@ -104,3 +128,89 @@ class GroupCommit:
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
+
+
+class Coalesced(Generic[I, R]):
+    """Items of concurrent callers, written together by ``apply(session, items)`` (one
+    result per item, in order) as one write of the next group commit.
+
+    A flush task, not a caller, hands the bulk write to the group commit and resolves
+    every item once it committed, so a cancelled caller leaves no other one waiting. If
+    the bulk write fails, every item in it gets the error (so ``apply`` must not let one
+    item fail the others: conditional updates and inserts of new rows only)."""
+
+    def __init__(
+        self,
+        group: GroupCommit,
+        apply: Callable[[AsyncSession, list[I]], Awaitable[list[R]]],
+        name: str = "",
+    ) -> None:
+        self.name = name
+        self._group = group
+        self._apply = apply
+        self._pending: list[tuple[I, asyncio.Future[R]]] = []
+        self._scheduled = False  # a flush whose write has not taken its items yet
+        self._flushes: set[asyncio.Task[None]] = set()
+
+    async def run(self, item: I) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if not self._scheduled:
+            self._scheduled = True
+            task = asyncio.create_task(self._flush(), name="coalesced-flush")
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+        return await future
+
+    async def _flush(self) -> None:
+        taken: list[tuple[I, asyncio.Future[R]]] = []
+
+        async def write(session: AsyncSession) -> list[R]:
+            if not taken:  # the first run; a retry alone writes the same items again
+                taken.extend(self._pending)
+                self._pending.clear()
+                self._scheduled = False
+            return await self._apply(session, [item for item, _ in taken])
+
+        try:
+            results = await self._group.run(write)
+        except BaseException as exc:
+            if not taken:  # never ran: whoever flushes next takes these items
+                self._scheduled = False
+            for _, future in taken:
+                if not future.done():
+                    if isinstance(exc, asyncio.CancelledError):
+                        future.cancel()
+                    else:
+                        future.set_exception(exc)
+            if self._pending and not self._scheduled:
+                self._scheduled = True
+                task = asyncio.create_task(self._flush(), name="coalesced-flush")
+                self._flushes.add(task)
+                task.add_done_callback(self._flushes.discard)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, future), result in zip(taken, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+
+async def enqueue_all(session: AsyncSession, items: list[CloudEvent[Any]]) -> None:
+    """``shared.outbox.enqueue`` for many events: one executemany, the relay woken once."""
+    if not items:
+        return
+    after_commit(session, OUTBOX)
+    now = utcnow()
+    await session.execute(
+        insert(outbox),
+        [
+            {
+                "event_id": e.id,
+                "subject": e.type,
+                "payload": e.model_dump_json(),
+                "created_at": now,
+            }
+            for e in items
+        ],
+    )

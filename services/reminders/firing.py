@@ -4,12 +4,10 @@ which queues the text for a sender (``transmit``). A job that ran too late to ru
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.reminders import db, domain, keywords, texts
 from services.reminders.consent import consent_of
@@ -18,7 +16,6 @@ from services.reminders.facts import client_location, message_by_key, state_of
 from services.reminders.jobs import session_job_id
 from services.reminders.ledger import Recipient, claim, record_skip, skip
 from services.reminders.planning import deferred, job_for, referral_job, referral_plan, reschedule
-from services.reminders.questions import ask
 from services.reminders.rules import load_rules
 from services.reminders.waitlist import waitlist_job_missed
 
@@ -132,26 +129,23 @@ async def _fire_session_job(app: Reminders, session_id: str, rule_name: str) -> 
 
 def _question(
     app: Reminders, planned: domain.Planned, to: Recipient, start: datetime
-) -> Callable[[AsyncSession], Awaitable[None]] | None:
-    """The question a text asks (C, or 0-10), opened in the transaction that claims it."""
+) -> db.Question | None:
+    """The question a text asks (C, or 0-10), opened in the transaction that claims it
+    (as a row, so the claims waiting together open theirs in one insert)."""
     kind = keywords.question_of(planned.kind)
     if kind is None:
         return None
     now = app.now()
-
-    async def open_question(session: AsyncSession) -> None:
-        await ask(
-            session,
-            key=planned.key,
-            phone=to.phone,
-            kind=kind,
-            asked_at=now,
-            closes_at=keywords.question_closes(kind, now, start, None),
-            client_id=to.client_id,
-            session_id=to.session_id,
-        )
-
-    return open_question
+    return db.Question(
+        id=planned.key,
+        phone=to.phone,
+        kind=kind,
+        client_id=to.client_id,
+        session_id=to.session_id,
+        offer_id=None,
+        asked_at=now,
+        closes_at=keywords.question_closes(kind, now, start, None),
+    )
 
 
 async def send_referral_update(app: Reminders, notice_id: str) -> None:

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.reminders import db, domain
+from services.reminders.batch import enqueue_all
 from services.reminders.context import Reminders
 from services.reminders.facts import message_by_key
 from shared import events
@@ -21,6 +22,11 @@ from shared.ids import new_id
 from shared.outbox import enqueue
 
 log = structlog.get_logger(__name__)
+
+
+#: The question a text asks, opened with its claim: a row (added unless its key has one),
+#: or a function adding it.
+Question = db.Question | Callable[[AsyncSession], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -112,7 +118,7 @@ async def claim(
     body: str,
     existing: db.Message | None,
     to: Recipient,
-    question: Callable[[AsyncSession], Awaitable[None]] | None = None,
+    question: Question | None = None,
 ) -> bool:
     """Write the ledger row and its ``reminders.due`` message in one transaction: the row
     is the right to send the message once, the queue message has one replica send it.
@@ -144,24 +150,67 @@ async def claim(
             if not getattr(result, "rowcount", 0):
                 return False
             await enqueue(session, due_event(existing.id))
-            if question is not None:
-                await question(session)
+            await _open_questions(session, [question])
         return True
     row = _row(planned, to, now, status="submitting", body=body)
     row.attempts = 0
+    if await app.batch.coalesced("claims", _insert_claims).run((row, question)):
+        return True
+    log.info("job.claimed_elsewhere", key=planned.key)
+    return False
 
-    async def write(session: AsyncSession) -> None:
-        session.add(row)
-        await enqueue(session, due_event(row.id))
-        if question is not None:
-            await question(session)
 
+async def _insert_claims(
+    session: AsyncSession, claims: list[tuple[db.Message, Question | None]]
+) -> list[bool]:
+    """The ledger rows of the claims waiting at once, their ``reminders.due`` messages and
+    questions: one flush (an executemany) and one outbox insert. A key claimed elsewhere
+    fails the whole savepoint; then each claim is tried in a savepoint of its own, so one
+    lost claim is never another's."""
     try:
-        await app.batch.run(write)
+        async with session.begin_nested():
+            await _add_claims(session, claims)
+        return [True] * len(claims)
     except IntegrityError:
-        log.info("job.claimed_elsewhere", key=planned.key)
-        return False
-    return True
+        if len(claims) == 1:
+            return [False]
+    won: list[bool] = []
+    for claim in claims:
+        try:
+            async with session.begin_nested():
+                await _add_claims(session, [claim])
+            won.append(True)
+        except IntegrityError:
+            won.append(False)
+    return won
+
+
+async def _add_claims(
+    session: AsyncSession, claims: list[tuple[db.Message, Question | None]]
+) -> None:
+    session.add_all([row for row, _ in claims])
+    await session.flush()
+    await enqueue_all(session, [due_event(row.id) for row, _ in claims])
+    await _open_questions(session, [question for _, question in claims])
+    await session.flush()
+
+
+async def _open_questions(session: AsyncSession, questions: list[Question | None]) -> None:
+    """Once per ledger key (a reconciled send asks nothing new): one look for the rows."""
+    rows = [q for q in questions if isinstance(q, db.Question)]
+    if rows:
+        asked = set(
+            await session.scalars(
+                select(db.Question.id).where(db.Question.id.in_({q.id for q in rows}))
+            )
+        )
+        for row in rows:
+            if row.id not in asked:
+                asked.add(row.id)
+                session.add(row)
+    for question in questions:
+        if question is not None and not isinstance(question, db.Question):
+            await question(session)
 
 
 def due_event(message_id: str) -> events.CloudEvent[events.SmsDue]:

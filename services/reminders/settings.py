@@ -48,6 +48,11 @@ class RemindersSettings(ServiceSettings):
     sms_rate_per_second: float = Field(default=10.0, ge=0)
     #: Create calls in flight at once.
     sms_concurrency: int = Field(default=32, ge=1)
+    #: Due texts a sender takes from the ``reminders.due`` queue at once. The next pull
+    #: waits for the whole batch, so a batch must hold seconds of sending at the rate
+    #: limit (512 at 50/s: ~10 s) for the wait at its end to cost little of the rate;
+    #: their leases and results are each written in one statement, whatever the size.
+    sms_pull_batch: int = Field(default=512, ge=1)
     #: Attempts for one message when Twilio answers 429, 5xx or times out.
     sms_max_attempts: int = Field(default=5, ge=1)
     #: First pause between attempts; doubles each time (with jitter).

@@ -19,18 +19,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import timedelta
+import copy
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import or_, select, update
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.reminders import db, domain
+from services.reminders.batch import enqueue_all
 from services.reminders.consent import set_consent
 from services.reminders.context import Reminders
 from services.reminders.ledger import Outgoing, outgoing_of
 from services.reminders.sender import UNSUBSCRIBED, Accepted, SendFailed
-from services.reminders.status import STATUS_RANK, apply_early_statuses, sms_event
+from services.reminders.status import MESSAGES, STATUS_RANK, apply_early, sms_event
 from shared import events
 from shared.broker import Deferred
 from shared.outbox import enqueue
@@ -47,17 +50,57 @@ class Unresolved(Exception):
 
 async def send_due(app: Reminders, event: events.CloudEvent[events.SmsDue], delivered: int) -> None:
     """The ``reminders.due`` task: send the claimed row once, unless it is settled."""
-    async with app.uow.read() as session:
-        row = await session.get(db.Message, event.data.message_id)
-    if row is None or row.status != "submitting" or row.key in app.in_flight:
+
+    out = await app.batch.coalesced("due", _read_due).run(event.data.message_id)
+    if out is None or out.key in app.in_flight:
         return  # settled, or this process is still sending it (a slow first delivery)
-    await transmit(app, outgoing_of(row, reconcile=event.data.reconcile or delivered > 1))
+    out.reconcile = event.data.reconcile or delivered > 1
+    await transmit(app, out)
+
+
+async def _read_due(session: AsyncSession, ids: list[str]) -> list[Outgoing | None]:
+    """The rows of a pulled batch of due texts, in one ``SELECT ... IN`` (a read per text
+    was a connection and a round trip each); Core rows, no ORM objects to build."""
+    t = MESSAGES
+    found = await session.execute(
+        select(
+            t.c.id,
+            t.c.key,
+            t.c.phone,
+            t.c.body,
+            t.c.session_id,
+            t.c.rule,
+            t.c.created_at,
+            t.c.deadline_at,
+            t.c.sending_by,
+            t.c.status,
+        ).where(t.c.id.in_(set(ids)))
+    )
+    rows = {
+        row.id: None
+        if row.status != "submitting"
+        else Outgoing(
+            message_id=row.id,
+            key=row.key or "",
+            phone=row.phone,
+            body=row.body,
+            session_id=row.session_id,
+            rule=row.rule or "",
+            created_at=row.created_at,
+            deadline=row.deadline_at,
+            leased_by=row.sending_by,
+        )
+        for row in found
+    }
+    # A copy each: the same text twice in a pull is two senders' own state.
+    return [copy.copy(rows.get(message_id)) for message_id in ids]
 
 
 async def transmit(app: Reminders, out: Outgoing) -> None:
     """Send a claimed message once: look first when an earlier attempt may have gone.
     Raises :class:`Unresolved` when that could not be told (the queue retries), and
     :class:`~shared.broker.Deferred` while another process holds the row's send lease."""
+
     if not await take_lease(app, out):
         return
     if out.leased_by not in (None, app.instance):
@@ -99,28 +142,14 @@ async def transmit(app: Reminders, out: Outgoing) -> None:
 async def take_lease(app: Reminders, out: Outgoing) -> bool:
     """Take the row's send lease: free, lapsed, or already ours, and still held by whom
     ``out`` saw (so two replicas reading the same row cannot both take it). False when
-    the row was settled meanwhile; :class:`Deferred` while another process holds it."""
+    the row was settled meanwhile; :class:`Deferred` while another process holds it.
+
+    The leases of every send waiting at once are taken together (one conditional
+    ``UPDATE ... RETURNING`` per holder seen, in the next group commit)."""
     now = app.now()
     lease = timedelta(seconds=app.settings.sms_send_lease_seconds)
-
-    async def write(session: AsyncSession) -> bool:
-        result = await session.execute(
-            update(db.Message)
-            .where(
-                db.Message.id == out.message_id,
-                db.Message.status == "submitting",
-                db.Message.sending_by.is_not_distinct_from(out.leased_by),
-                or_(
-                    db.Message.sending_until.is_(None),
-                    db.Message.sending_until < now,
-                    db.Message.sending_by == app.instance,
-                ),
-            )
-            .values(sending_by=app.instance, sending_until=now + lease)
-        )
-        return bool(getattr(result, "rowcount", 0))
-
-    if await app.batch.run(write):
+    ask = _LeaseAsk(out.message_id, out.leased_by, app.instance, now, now + lease)
+    if await app.batch.coalesced("leases", _take_leases).run(ask):
         return True
     async with app.uow.read() as session:
         row = await session.get(db.Message, out.message_id)
@@ -129,6 +158,49 @@ async def take_lease(app: Reminders, out: Outgoing) -> bool:
     until = row.sending_until or now + lease
     log.info("sms.leased_elsewhere", key=out.key)
     raise Deferred(max((until - now).total_seconds(), 0.0) + 1.0)
+
+
+@dataclass(frozen=True)
+class _LeaseAsk:
+    message_id: str
+    seen: str | None  # who held the lease as the sender read the row
+    instance: str  # who asks
+    now: datetime
+    until: datetime
+
+
+async def _take_leases(session: AsyncSession, asks: list[_LeaseAsk]) -> list[bool]:
+    """The leases for ``asks``; a row asked for twice is won once (the second copy waits)."""
+    groups: dict[tuple[str | None, str], list[_LeaseAsk]] = {}
+    for ask in asks:
+        groups.setdefault((ask.seen, ask.instance), []).append(ask)
+    won: set[tuple[str, str]] = set()
+    for (seen, instance), group in groups.items():
+        ids = {ask.message_id for ask in group}
+        now = max(ask.now for ask in group)  # the latest clock read: lapsed is lapsed
+        until = max(ask.until for ask in group)
+        result = await session.execute(
+            update(MESSAGES)
+            .where(
+                MESSAGES.c.id.in_(ids),
+                MESSAGES.c.status == "submitting",
+                MESSAGES.c.sending_by.is_not_distinct_from(seen),
+                or_(
+                    MESSAGES.c.sending_until.is_(None),
+                    MESSAGES.c.sending_until < now,
+                    MESSAGES.c.sending_by == instance,
+                ),
+            )
+            .values(sending_by=instance, sending_until=until)
+            .returning(MESSAGES.c.id)
+        )
+        won.update((message_id, instance) for message_id in result.scalars())
+    taken: list[bool] = []
+    for ask in asks:
+        key = (ask.message_id, ask.instance)
+        taken.append(key in won)
+        won.discard(key)
+    return taken
 
 
 async def _renew_lease(app: Reminders, message_id: str) -> None:
@@ -166,22 +238,39 @@ async def _release_lease(app: Reminders, message_id: str) -> None:
 
 
 async def _finish_accepted(app: Reminders, out: Outgoing, accepted: Accepted) -> None:
-    now = app.now()
+    await app.batch.coalesced("results", _record_accepted).run((out, accepted, app.now()))
+    log.info("sms.sent", key=out.key, sid=accepted.sid, attempts=accepted.attempts)
 
-    async def write(session: AsyncSession) -> None:
-        await session.execute(
-            update(db.Message)
-            .where(db.Message.id == out.message_id)
-            .values(
-                provider_sid=accepted.sid,
-                status=accepted.status if accepted.status in STATUS_RANK else "queued",
-                attempts=db.Message.attempts + accepted.attempts,
-                submitted_at=now,
-                updated_at=now,
-            )
-        )
-        await enqueue(
-            session,
+
+async def _record_accepted(
+    session: AsyncSession, sent: list[tuple[Outgoing, Accepted, datetime]]
+) -> list[None]:
+    """The provider's answers for a batch of sends: one executemany, their ``sms.sent``
+    events, and the callbacks that came before them."""
+    await session.execute(
+        update(MESSAGES)
+        .where(MESSAGES.c.id == bindparam("b_id"))
+        .values(
+            provider_sid=bindparam("b_sid"),
+            status=bindparam("b_status"),
+            attempts=MESSAGES.c.attempts + bindparam("b_attempts"),
+            submitted_at=bindparam("b_now"),
+            updated_at=bindparam("b_now"),
+        ),
+        [
+            {
+                "b_id": out.message_id,
+                "b_now": now,
+                "b_sid": accepted.sid,
+                "b_status": accepted.status if accepted.status in STATUS_RANK else "queued",
+                "b_attempts": accepted.attempts,
+            }
+            for out, accepted, now in sent
+        ],
+    )
+    await enqueue_all(
+        session,
+        [
             events.make_event(
                 events.SMS_SENT,
                 domain.SOURCE,
@@ -192,12 +281,12 @@ async def _finish_accepted(app: Reminders, out: Outgoing, accepted: Accepted) ->
                     provider_sid=accepted.sid,
                 ),
                 subject=out.message_id,
-            ),
-        )
-        await apply_early_statuses(session, out.message_id, accepted.sid, now)
-
-    await app.batch.run(write)
-    log.info("sms.sent", key=out.key, sid=accepted.sid, attempts=accepted.attempts)
+            )
+            for out, accepted, now in sent
+        ],
+    )
+    await apply_early(session, [accepted.sid for _, accepted, _ in sent], sent[-1][2])
+    return [None] * len(sent)
 
 
 async def _finish_failed(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import uuid
@@ -18,8 +19,9 @@ import pytest_asyncio
 from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 
-from services.reminders import db, transmit
+from services.reminders import db, domain, transmit
 from services.reminders.app import Runtime, create_app
+from services.reminders.ledger import Recipient, claim
 from services.reminders.links import AFTERCARE, Links
 from services.reminders.settings import SANDBOX_AUTH_TOKEN
 from shared import events
@@ -392,6 +394,42 @@ async def test_a_copy_of_a_text_still_being_sent_waits_and_never_sends_twice(
     assert len(await reminders.sandbox.to(b.phone)) == 1
     [logged] = await log_of(reminders.http, session_id=b.session_id)
     assert logged["attempts"] == 1
+
+
+async def test_claims_written_together_lose_only_the_key_already_claimed(
+    reminders: Reminders,
+) -> None:
+    # Claims waiting at the same moment are written together (one flush, one savepoint);
+    # a key another claim holds already must not take the others down with it: those
+    # texts go out, once each, and the key claimed before is not sent a second time.
+    app = reminders.runtime.reminders
+    start = app.now() + timedelta(days=30)
+    clients = [Booking() for _ in range(5)]
+
+    def planned(b: Booking) -> domain.Planned:
+        return domain.Planned(
+            rule="bulk",
+            kind="reminder",
+            key=f"{b.session_id}:bulk",
+            due=start,
+            run_at=start,
+            deadline=start + timedelta(hours=1),
+        )
+
+    def to(b: Booking) -> Recipient:
+        return Recipient(phone=b.phone, client_id=None)
+
+    first = clients[0]
+    assert await claim(app, planned(first), "Your reminder", None, to(first))
+    await reminders.sandbox.wait_for(first.phone, 1)
+    won = await asyncio.gather(
+        *(claim(app, planned(b), "Your reminder", None, to(b)) for b in clients)
+    )
+    assert won == [False, True, True, True, True]
+    for b in clients:
+        await reminders.sandbox.wait_for(b.phone, 1, status="delivered")
+    for b in clients:
+        assert len(await reminders.sandbox.to(b.phone)) == 1
 
 
 async def test_the_same_event_twice_sends_once(on_sqlite: Reminders) -> None:
