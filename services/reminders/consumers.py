@@ -27,6 +27,9 @@ log = structlog.get_logger(__name__)
 
 #: The referral statuses the client hears about.
 REFERRAL_UPDATES = frozenset({"accepted", "scheduled"})
+#: Events fetched, and applied in one transaction, at once by the sessions and clients
+#: consumers.
+CONSUMER_BATCH = 64
 #: ``session.info`` key: the (model, id) pairs a batch's prepare found absent.
 _ABSENT = "reminders.absent"
 
@@ -248,6 +251,8 @@ def build_consumers(settings: RemindersSettings) -> list[Consumer]:
         "service": "reminders",
         "max_deliver": settings.max_deliver,
         "retry_base_seconds": settings.retry_base_seconds,
+        # A fetch's events share one transaction: a larger batch, fewer commits.
+        "batch_size": CONSUMER_BATCH,
     }
     return [
         Consumer(

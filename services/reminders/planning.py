@@ -27,8 +27,9 @@ log = structlog.get_logger(__name__)
 
 #: Job store writes in one go: each blocks the event loop on SQLite.
 JOBS_PER_PASS = 200
-#: Sessions (and referral updates) planned per step.
-PLAN_BATCH = 50
+#: Sessions (and referral updates) planned per step: their jobs are stored in one
+#: statement, so a larger pass only spreads its fixed reads over more sessions.
+PLAN_BATCH = 200
 
 
 _sessions = cast(Table, db.Session.__table__)
