@@ -7,9 +7,10 @@ waits: the first of them applies every event queued by then (inbox rows claimed 
 statements, an optional ``prepare`` loading the rows the handlers will read, then each
 handler in order) in one ``uow.write()``, commits once, runs the after-commit hooks once,
 and answers every task; each task then acks its own message. Should the batch fail as a
-whole, each of its events is applied again alone, in a transaction of its own, so one bad
-event neither rolls back nor redelivers its batch-mates: only its own task sees the error
-(and retries or dead-letters as before).
+whole, the event whose handler raised is applied again alone and the others again
+together (each alone when the failure was not a handler's: the claim, the prepare or the
+commit), so one bad event neither rolls back nor redelivers its batch-mates: only its own
+task sees the error (and retries or dead-letters as before).
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class InboxBatch:
         await future
 
     async def _apply(self, batch: list[tuple[CloudEvent[Any], asyncio.Future[None]]]) -> None:
+        culprit: CloudEvent[Any] | None = None
         try:
             async with self._uow.write() as session:
                 fresh = await claim_many(session, self.name, [event.id for event, _ in batch])
@@ -95,14 +97,21 @@ class InboxBatch:
                 if self._prepare is not None and todo:
                     await self._prepare(session, todo)
                 for event in todo:
+                    culprit = event
                     await self._handler(session, event)
+                culprit = None
         except Exception as exc:
             if len(batch) == 1:
                 batch[0][1].set_exception(exc)
                 return
-            log.info("inbox_batch.apply_alone", consumer=self.name, size=len(batch))
-            for item in batch:
-                await self._apply([item])
+            log.info("inbox_batch.retry", consumer=self.name, size=len(batch))
+            if culprit is not None:
+                # The others again together, then the one whose handler raised alone.
+                await self._apply([item for item in batch if item[0] is not culprit])
+                await self._apply([item for item in batch if item[0] is culprit])
+            else:  # the claim, the prepare or the commit failed: each alone
+                for item in batch:
+                    await self._apply([item])
             return
         except BaseException:  # cancelled (the service stops): nothing was committed
             for _, future in batch:
