@@ -25,6 +25,7 @@ from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from faststream.nats.subscriber.usecases.stream_pull_subscriber import PullStreamSubscriber
 from faststream.security import SASLPlaintext
+from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.client import JetStreamContext
 from pydantic import ValidationError
@@ -354,10 +355,30 @@ def register_consumer(broker: NatsBroker, consumer: Consumer[Any], uow: UnitOfWo
     )
     if type(subscriber) is not PullStreamSubscriber:  # pragma: no cover - a FastStream upgrade
         raise TypeError(f"expected FastStream's PullStreamSubscriber, got {type(subscriber)}")
-    subscriber.__class__ = QuietPullSubscriber  # same slots: only _consume_pull differs
+
+    class Direct(QuietPullSubscriber):
+        """Hands each fetched message straight to ``consume_raw``: FastStream's per-message
+        pipeline (middlewares, dependency solving, log context) cost as much CPU as
+        applying the event; nothing of it is used here."""
+
+        __slots__ = ()
+
+        async def _consume_pull(self, cb: Any) -> None:
+            await super()._consume_pull(consume_raw)
+
+    subscriber.__class__ = Direct  # same slots: only _consume_pull differs
+
+    async def consume_raw(raw: Msg) -> None:
+        try:
+            await consume_msg(raw)
+        except Exception as exc:  # e.g. the DLQ publish failed: redelivered after ack wait
+            log.warning("event.unsettled", consumer=consumer.durable, error=safe_error(exc))
 
     async def consume(message: NatsMessage) -> None:
-        raw = message.raw_message
+        """What FastStream would call (it documents the subscriber); fetches bypass it."""
+        await consume_msg(message.raw_message)
+
+    async def consume_msg(raw: Msg) -> None:
         meta = raw.metadata
         js = jetstream(broker)
         try:
@@ -376,7 +397,7 @@ def register_consumer(broker: NatsBroker, consumer: Consumer[Any], uow: UnitOfWo
                 stream_seq=meta.sequence.stream,
                 error=f"malformed event: {safe_error(exc)}",
             )
-            await message.reject()
+            await raw.term()
             return
         try:
             if consumer.task is not None:
@@ -385,7 +406,7 @@ def register_consumer(broker: NatsBroker, consumer: Consumer[Any], uow: UnitOfWo
             else:
                 await batch.apply(event)
         except Deferred as deferred:
-            await message.nack(delay=deferred.seconds)  # not a failure: someone else has it
+            await raw.nak(delay=deferred.seconds)  # not a failure: someone else has it
             return
         except Exception as exc:
             delivered = meta.num_delivered
@@ -398,7 +419,7 @@ def register_consumer(broker: NatsBroker, consumer: Consumer[Any], uow: UnitOfWo
                     stream_seq=meta.sequence.stream,
                     error=safe_error(exc),
                 )
-                await message.reject()
+                await raw.term()
             else:
                 log.warning(
                     "event.retry",
@@ -407,9 +428,9 @@ def register_consumer(broker: NatsBroker, consumer: Consumer[Any], uow: UnitOfWo
                     delivered=delivered,
                     error=type(exc).__name__,
                 )
-                await message.nack(delay=consumer.retry_delay(delivered))
+                await raw.nak(delay=consumer.retry_delay(delivered))
             return
-        await message.ack()
+        await raw.ack()
 
     subscriber(consume)
 

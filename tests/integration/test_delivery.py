@@ -451,7 +451,8 @@ async def test_a_pull_ending_in_the_builtin_timeout_error_is_no_error(
         assert subscriber.tasks == loops, "the pull task was restarted"
         noisy = [r for r in caplog.records if r.levelno >= logging.INFO]
         assert not noisy, [r.getMessage()[:100] for r in noisy]
-        assert {r.getMessage() for r in caplog.records} >= {"Received", "Processed"}  # DEBUG
+        # Fetched messages bypass FastStream's per-message pipeline: no line at any level.
+        assert not {r.getMessage() for r in caplog.records} & {"Received", "Processed"}
     finally:
         await broker.stop()
         await engine.dispose()
