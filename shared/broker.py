@@ -2,7 +2,8 @@
 
 A consumer here is a durable pull consumer named ``<service>-<purpose>``. Its handler runs
 inside one database transaction together with an inbox row, so an event applied once is
-never applied twice. A handler that raises is NACKed with a growing delay; on the last
+never applied twice; the events of one fetched batch share that transaction
+(:mod:`shared.consuming`), each acked once it has committed. A handler that raises is NACKed with a growing delay; on the last
 delivery, or at once when the message cannot even be parsed, the raw message goes to
 ``dlq.<stream>.<consumer>`` with the error, and the consumer carries on.
 """
@@ -24,11 +25,13 @@ from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from faststream.nats.subscriber.usecases.stream_pull_subscriber import PullStreamSubscriber
 from faststream.security import SASLPlaintext
+from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.client import JetStreamContext
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.consuming import InboxBatch, Prepare
 from shared.events import (
     DLQ_STREAM,
     STREAM_SUBJECTS,
@@ -39,7 +42,6 @@ from shared.events import (
     dlq_subject,
     parse_event,
 )
-from shared.inbox import claim
 from shared.logging import safe_error, scrub
 from shared.natsauth import parse_servers
 from shared.uow import UnitOfWork
@@ -194,8 +196,13 @@ class Consumer(Generic[P]):
     #: Instead of a handler inside a transaction with an inbox row: a task run outside
     #: one, for work that talks to the outside world (it must be safe to repeat).
     task: Task[P] | None = None
-    #: Messages fetched, and worked on concurrently, at once.
+    #: Messages fetched, and worked on concurrently, at once; a handler's batch shares
+    #: one transaction.
     batch_size: int = 16
+    #: Loads, in the batch's transaction before its handlers run, what they will read.
+    prepare: Prepare | None = None
+    #: Set by :func:`register_consumer`: its transactions and events applied so far.
+    inbox_batch: InboxBatch | None = field(default=None, repr=False)
 
     @staticmethod
     def of(
@@ -205,6 +212,7 @@ class Consumer(Generic[P]):
         max_deliver: int = DEFAULT_MAX_DELIVER,
         ack_wait_seconds: float = 30.0,
         retry_base_seconds: float = 1.0,
+        prepare: Prepare | None = None,
     ) -> Consumer[M]:
         """The consumer of a subscription declared in ``shared.events``.
 
@@ -222,6 +230,7 @@ class Consumer(Generic[P]):
             ack_wait_seconds=ack_wait_seconds,
             retry_base_seconds=retry_base_seconds,
             payload=subscription.payload,
+            prepare=prepare,
         )
 
     @staticmethod
@@ -329,8 +338,12 @@ async def dead_letter(
 def register_consumer(broker: NatsBroker, consumer: Consumer[Any], uow: UnitOfWork) -> None:
     """Attach ``consumer`` to the broker: parse, apply once, ack; or retry; or dead-letter.
 
-    The handler runs in ``uow.write()``: its after-commit hooks (the outbox relay, a
-    planner) run once its transaction has committed, before the ack."""
+    The handler runs in ``uow.write()``, with the other events of its fetched batch: their
+    after-commit hooks (the outbox relay, a planner) run once the transaction has
+    committed, before the acks. An event that fails is applied again alone, so only its
+    own message is retried or dead-lettered."""
+    batch = InboxBatch(consumer.durable, uow, consumer.handler, consumer.prepare)
+    consumer.inbox_batch = batch
     subscriber = broker.subscriber(
         consumer.subject,
         stream=JStream(consumer.stream, declare=False),
@@ -342,10 +355,30 @@ def register_consumer(broker: NatsBroker, consumer: Consumer[Any], uow: UnitOfWo
     )
     if type(subscriber) is not PullStreamSubscriber:  # pragma: no cover - a FastStream upgrade
         raise TypeError(f"expected FastStream's PullStreamSubscriber, got {type(subscriber)}")
-    subscriber.__class__ = QuietPullSubscriber  # same slots: only _consume_pull differs
+
+    class Direct(QuietPullSubscriber):
+        """Hands each fetched message straight to ``consume_raw``: FastStream's per-message
+        pipeline (middlewares, dependency solving, log context) cost as much CPU as
+        applying the event; nothing of it is used here."""
+
+        __slots__ = ()
+
+        async def _consume_pull(self, cb: Any) -> None:
+            await super()._consume_pull(consume_raw)
+
+    subscriber.__class__ = Direct  # same slots: only _consume_pull differs
+
+    async def consume_raw(raw: Msg) -> None:
+        try:
+            await consume_msg(raw)
+        except Exception as exc:  # e.g. the DLQ publish failed: redelivered after ack wait
+            log.warning("event.unsettled", consumer=consumer.durable, error=safe_error(exc))
 
     async def consume(message: NatsMessage) -> None:
-        raw = message.raw_message
+        """What FastStream would call (it documents the subscriber); fetches bypass it."""
+        await consume_msg(message.raw_message)
+
+    async def consume_msg(raw: Msg) -> None:
         meta = raw.metadata
         js = jetstream(broker)
         try:
@@ -364,18 +397,16 @@ def register_consumer(broker: NatsBroker, consumer: Consumer[Any], uow: UnitOfWo
                 stream_seq=meta.sequence.stream,
                 error=f"malformed event: {safe_error(exc)}",
             )
-            await message.reject()
+            await raw.term()
             return
         try:
             if consumer.task is not None:
                 async with _in_progress(raw, consumer.ack_wait_seconds):
                     await consumer.task(event, meta.num_delivered)
             else:
-                async with uow.write() as session:
-                    if await claim(session, consumer.durable, event.id):
-                        await consumer.handler(session, event)
+                await batch.apply(event)
         except Deferred as deferred:
-            await message.nack(delay=deferred.seconds)  # not a failure: someone else has it
+            await raw.nak(delay=deferred.seconds)  # not a failure: someone else has it
             return
         except Exception as exc:
             delivered = meta.num_delivered
@@ -388,7 +419,7 @@ def register_consumer(broker: NatsBroker, consumer: Consumer[Any], uow: UnitOfWo
                     stream_seq=meta.sequence.stream,
                     error=safe_error(exc),
                 )
-                await message.reject()
+                await raw.term()
             else:
                 log.warning(
                     "event.retry",
@@ -397,9 +428,9 @@ def register_consumer(broker: NatsBroker, consumer: Consumer[Any], uow: UnitOfWo
                     delivered=delivered,
                     error=type(exc).__name__,
                 )
-                await message.nack(delay=consumer.retry_delay(delivered))
+                await raw.nak(delay=consumer.retry_delay(delivered))
             return
-        await message.ack()
+        await raw.ack()
 
     subscriber(consume)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import Column, MetaData, String, Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -29,12 +31,27 @@ async def claim(session: AsyncSession, consumer: str, event_id: str) -> bool:
 
     Runs in the handler's transaction: if the handler fails, the claim rolls back with it.
     """
-    seen = await session.scalar(
-        select(inbox.c.event_id).where(inbox.c.consumer == consumer, inbox.c.event_id == event_id)
+    return event_id in await claim_many(session, consumer, [event_id])
+
+
+async def claim_many(session: AsyncSession, consumer: str, event_ids: Sequence[str]) -> set[str]:
+    """Record that ``consumer`` applies ``event_ids`` now; returns those it had not applied.
+
+    Two statements for a whole batch (one read, one multi-row insert) instead of two per
+    event: a fetched batch is claimed in the transaction that applies it. An id given
+    twice is claimed once."""
+    ids = list(dict.fromkeys(event_ids))
+    if not ids:
+        return set()
+    seen = set(
+        await session.scalars(
+            select(inbox.c.event_id).where(inbox.c.consumer == consumer, inbox.c.event_id.in_(ids))
+        )
     )
-    if seen is not None:
-        return False
-    await session.execute(
-        insert(inbox).values(consumer=consumer, event_id=event_id, applied_at=utcnow())
-    )
-    return True
+    fresh = [i for i in ids if i not in seen]
+    if fresh:
+        now = utcnow()
+        await session.execute(
+            insert(inbox), [{"consumer": consumer, "event_id": i, "applied_at": now} for i in fresh]
+        )
+    return set(fresh)

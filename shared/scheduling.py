@@ -81,43 +81,61 @@ class ChunkedJobStore(SQLAlchemyJobStore):
     def __init__(self, *args: Any, max_due: int = 200, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_due = max_due
+        self._upsert: Any = None
         self._local = threading.local()  # the batch's connection, for its own thread only
 
     @contextlib.contextmanager
     def one_transaction(self) -> Iterator[None]:
         """Adds and removes made in this block share one transaction (a plan pass stores
         hundreds of jobs: one commit each was a fifth of the planner's time). An add is an
-        upsert then, since a failed insert would abort PostgreSQL's whole transaction."""
+        upsert then, since a failed insert would abort PostgreSQL's whole transaction; the
+        adds wait in a list and go as one statement of many rows (built once per store),
+        before any remove and at the end."""
         with self.engine.begin() as connection:
             self._local.connection = connection
+            self._local.rows = []
             try:
                 yield
+                self._write_added()
             finally:
                 self._local.connection = None
+                self._local.rows = []
 
     def _batch(self) -> Connection | None:
-        return getattr(self._local, "connection", None)
+        connection: Connection | None = getattr(self._local, "connection", None)
+        if connection is not None:
+            self._write_added()  # a remove or a look after an add sees it
+        return connection
 
-    def add_job(self, job: Job) -> None:
-        connection = self._batch()
-        if connection is None:
-            super().add_job(job)
+    def _write_added(self) -> None:
+        rows = getattr(self._local, "rows", None)
+        if not rows:
             return
-        insert = upsert_insert(self.engine.dialect.name)
-        row = {
-            "id": job.id,
-            "next_run_time": datetime_to_utc_timestamp(job.next_run_time),
-            "job_state": pickle.dumps(job.__getstate__(), self.pickle_protocol),
-        }
-        statement = insert(self.jobs_t).values(**row)
-        connection.execute(
-            statement.on_conflict_do_update(
+        self._local.rows = []
+        if self._upsert is None:
+            insert = upsert_insert(self.engine.dialect.name)
+            statement = insert(self.jobs_t)
+            self._upsert = statement.on_conflict_do_update(
                 index_elements=[self.jobs_t.c.id],
                 set_={
                     "next_run_time": statement.excluded.next_run_time,
                     "job_state": statement.excluded.job_state,
                 },
             )
+        # One row per id, the last added (PostgreSQL's upsert of many rows may not touch
+        # a row twice).
+        self._local.connection.execute(self._upsert, list({r["id"]: r for r in rows}.values()))
+
+    def add_job(self, job: Job) -> None:
+        if getattr(self._local, "connection", None) is None:
+            super().add_job(job)
+            return
+        self._local.rows.append(
+            {
+                "id": job.id,
+                "next_run_time": datetime_to_utc_timestamp(job.next_run_time),
+                "job_state": pickle.dumps(job.__getstate__(), self.pickle_protocol),
+            }
         )
 
     def remove_job(self, job_id: str) -> None:

@@ -4,11 +4,12 @@ planning and the planner is woken once the consumer's transaction commits."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.reminders import db
@@ -26,6 +27,45 @@ log = structlog.get_logger(__name__)
 
 #: The referral statuses the client hears about.
 REFERRAL_UPDATES = frozenset({"accepted", "scheduled"})
+#: Events fetched, and applied in one transaction, at once by the sessions and clients
+#: consumers.
+CONSUMER_BATCH = 64
+#: ``session.info`` key: the (model, id) pairs a batch's prepare found absent.
+_ABSENT = "reminders.absent"
+
+
+async def prepare_batch(session: AsyncSession, batch: Sequence[events.CloudEvent[Any]]) -> None:
+    """Load the clients and sessions a batch of events names, one query per table, so each
+    handler finds its rows in the session (and knows, without asking, which are new)."""
+    client_ids: set[str] = set()
+    session_ids: set[str] = set()
+    for event in batch:
+        data = event.data
+        if isinstance(data, events.SessionEvent):
+            client_ids.add(data.client.id)
+            session_ids.add(data.session_id)
+        elif isinstance(data, events.ClientEvent):
+            client_ids.add(data.client.id)
+    absent: set[tuple[type, str]] = set()
+    if client_ids:
+        clients = await session.scalars(select(db.Client).where(db.Client.id.in_(client_ids)))
+        absent.update((db.Client, key) for key in client_ids - {row.id for row in clients})
+    if session_ids:
+        rows = await session.scalars(select(db.Session).where(db.Session.id.in_(session_ids)))
+        absent.update((db.Session, key) for key in session_ids - {row.id for row in rows})
+    session.info[_ABSENT] = absent
+
+
+async def _row(session: AsyncSession, model: type[Any], key: str) -> Any:
+    """``session.get``, minus the query for a row the batch's prepare found absent."""
+    if (model, key) in session.info.get(_ABSENT, ()):
+        return None
+    return await session.get(model, key)
+
+
+def _added(session: AsyncSession, row: Any) -> None:
+    session.add(row)
+    session.info.get(_ABSENT, set()).discard((type(row), row.id))
 
 
 async def _learn_client(
@@ -39,9 +79,10 @@ async def _learn_client(
 ) -> None:
     """Keep the newest facts; a language only from an event that carries one (booking's
     client events do not), so such an event never erases it."""
-    row = await session.get(db.Client, client_id)
+    row = await _row(session, db.Client, client_id)
     if row is None:
-        session.add(
+        _added(
+            session,
             db.Client(
                 id=client_id,
                 first_name=first_name,
@@ -49,7 +90,7 @@ async def _learn_client(
                 sms_consent=consent,
                 language=language,
                 as_of=at,
-            )
+            ),
         )
     elif row.as_of <= at:
         row.first_name, row.phone, row.sms_consent, row.as_of = first_name, phone, consent, at
@@ -67,13 +108,13 @@ async def apply_session_event(
     await _learn_client(
         session, client.id, client.first_name, client.phone, client.sms_consent, at, client.language
     )
-    row = await session.get(db.Session, data.session_id)
+    row = await _row(session, db.Session, data.session_id)
     if row is not None and data.version <= row.version:
         log.info("session.stale_event", session=data.session_id, version=data.version)
         return
     if row is None:
         row = db.Session(id=data.session_id, change_seq=0, planned_seq=0, planned_jobs=[])
-        session.add(row)
+        _added(session, row)
     row.client_id = client.id
     row.version = data.version
     row.status = data.status
@@ -210,6 +251,8 @@ def build_consumers(settings: RemindersSettings) -> list[Consumer]:
         "service": "reminders",
         "max_deliver": settings.max_deliver,
         "retry_base_seconds": settings.retry_base_seconds,
+        # A fetch's events share one transaction: a larger batch, fewer commits.
+        "batch_size": CONSUMER_BATCH,
     }
     return [
         Consumer(
@@ -217,6 +260,7 @@ def build_consumers(settings: RemindersSettings) -> list[Consumer]:
             stream=events.BOOKING_STREAM,
             subject="booking.session.>",
             handler=apply_session_event,
+            prepare=prepare_batch,
             **common,
         ),
         Consumer(
@@ -224,6 +268,7 @@ def build_consumers(settings: RemindersSettings) -> list[Consumer]:
             stream=events.BOOKING_STREAM,
             subject="booking.client.>",
             handler=apply_client_event,
+            prepare=prepare_batch,
             **common,
         ),
         Consumer(

@@ -8,9 +8,10 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
+from typing import cast
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.reminders import db, domain
@@ -26,8 +27,22 @@ log = structlog.get_logger(__name__)
 
 #: Job store writes in one go: each blocks the event loop on SQLite.
 JOBS_PER_PASS = 200
-#: Sessions (and referral updates) planned per step.
-PLAN_BATCH = 50
+#: Sessions (and referral updates) planned per step: their jobs are stored in one
+#: statement, so a larger pass only spreads its fixed reads over more sessions.
+PLAN_BATCH = 200
+
+
+_sessions = cast(Table, db.Session.__table__)
+_MARK_PLANNED = (
+    update(_sessions)
+    .where(_sessions.c.id == bindparam("b_id"), _sessions.c.change_seq == bindparam("b_seq"))
+    .values(plan_pending=False, planned_seq=bindparam("b_seq"), planned_jobs=bindparam("b_jobs"))
+)
+_NOTE_JOBS = (
+    update(_sessions)
+    .where(_sessions.c.id == bindparam("b_id"), _sessions.c.change_seq != bindparam("b_seq"))
+    .values(planned_jobs=bindparam("b_jobs"))
+)
 
 
 def job_for(session_id: str, planned: domain.Planned) -> JobSpec:
@@ -126,18 +141,13 @@ async def plan_pending(app: Reminders, limit: int = PLAN_BATCH) -> int:
         return 0
     await _drop_sent_meanwhile(app, job_keys)
     async with app.uow.write() as session:
-        for session_id, seq, wanted in done:
-            result = await session.execute(
-                update(db.Session)
-                .where(db.Session.id == session_id, db.Session.change_seq == seq)
-                .values(plan_pending=False, planned_seq=seq, planned_jobs=wanted)
-            )
-            if not getattr(result, "rowcount", 0):
-                await session.execute(
-                    update(db.Session)
-                    .where(db.Session.id == session_id)
-                    .values(planned_jobs=wanted)
-                )
+        if done:
+            params = [{"b_id": sid, "b_seq": seq, "b_jobs": wanted} for sid, seq, wanted in done]
+            # Two statements of many rows for the whole pass (one per session was the
+            # planner's largest cost): planned where nothing changed meanwhile; where a
+            # change came in, only the jobs now stored (it stays pending).
+            await session.execute(_MARK_PLANNED, params)
+            await session.execute(_NOTE_JOBS, params)
         if notices:
             await session.execute(
                 update(db.ReferralNotice)
