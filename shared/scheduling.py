@@ -25,7 +25,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
@@ -139,13 +139,27 @@ class ChunkedJobStore(SQLAlchemyJobStore):
         )
 
     def remove_job(self, job_id: str) -> None:
+        """In a batch, a job already gone is not an error: a scheduler's pass removes the
+        jobs it started, and one raise would roll back every removal of the pass."""
         connection = self._batch()
         if connection is None:
             super().remove_job(job_id)
             return
-        result = connection.execute(self.jobs_t.delete().where(self.jobs_t.c.id == job_id))
-        if result.rowcount == 0:
-            raise JobLookupError(job_id)
+        connection.execute(self.jobs_t.delete().where(self.jobs_t.c.id == job_id))
+
+    def update_job(self, job: Job) -> None:
+        connection = self._batch()
+        if connection is None:
+            super().update_job(job)
+            return
+        connection.execute(
+            self.jobs_t.update()
+            .where(self.jobs_t.c.id == job.id)
+            .values(
+                next_run_time=datetime_to_utc_timestamp(job.next_run_time),
+                job_state=pickle.dumps(job.__getstate__(), self.pickle_protocol),
+            )
+        )
 
     def remove_many(self, job_ids: Sequence[str]) -> None:
         """Remove these jobs if stored, in one statement (missing ones are fine)."""
@@ -297,10 +311,20 @@ class GatedScheduler(AsyncIOScheduler):
                 if not self.running or self._eventloop is None:
                     return
                 self._stop_timer()
-                wait_seconds = self._process_jobs()
+                wait_seconds = self._process_jobs_in_one_transaction()
                 self._start_timer(wait_seconds)
             if not self._again:
                 return
+
+    def _process_jobs_in_one_transaction(self) -> float | None:
+        """One pass; the jobs it starts leave the store in one transaction, not one each
+        (a fifth of a 2,000-text burst's loop time went to those commits). The jobs it
+        hands to the executor only start once this returns, so after the commit."""
+        store = self._lookup_jobstore("default")
+        if not isinstance(store, ChunkedJobStore):
+            return cast(float | None, self._process_jobs())
+        with store.one_transaction():
+            return cast(float | None, self._process_jobs())
 
     async def stop(self) -> None:
         """Shut down without waiting for running jobs (they check the lease themselves)."""
