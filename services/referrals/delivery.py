@@ -88,6 +88,13 @@ class WebhookDispatcher:
         self._track(asyncio.create_task(self._deliver_prepared(prepared)))
 
     def start(self) -> None:
+        self.open()
+        self._worker.start()
+        self._recorder.start()
+        self._app.handoff.bind(self)
+
+    def open(self) -> None:
+        """The HTTP session (``start`` opens it; alone, it sends without the loops)."""
         if self._client is None and self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._concurrency * 2),
@@ -95,9 +102,6 @@ class WebhookDispatcher:
                 headers={"User-Agent": USER_AGENT},
                 cookie_jar=aiohttp.DummyCookieJar(),
             )
-        self._worker.start()
-        self._recorder.start()
-        self._app.handoff.bind(self)
 
     async def stop(self) -> None:
         self._app.handoff.bind(None)
