@@ -97,7 +97,9 @@ class WebhookDispatcher:
         """The HTTP session (``start`` opens it; alone, it sends without the loops)."""
         if self._client is None and self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._concurrency * 2),
+                # No DNS cache: a connection resolves afresh, as httpx's did (the policy
+                # resolved the name just before; a kept-alive connection is reused).
+                connector=aiohttp.TCPConnector(limit=self._concurrency * 2, use_dns_cache=False),
                 timeout=aiohttp.ClientTimeout(total=self._timeout),
                 headers={"User-Agent": USER_AGENT},
                 cookie_jar=aiohttp.DummyCookieJar(),
