@@ -28,8 +28,12 @@ from typing import Any
 
 #: Shapes remembered per kind before the memory starts over (a handful exist in practice).
 MAX_SHAPES = 512
-#: Strings whose class is remembered (the constant parts of every Bundle repeat).
+#: Strings whose class is remembered: those seen in two Bundles (the constant parts every
+#: Bundle repeats), and the last few seen in one. A client's name, phone or birth date
+#: is in the Bundles of that client's referrals only, so it stays among those few, not
+#: for the process's life.
 MAX_STRINGS = 4096
+MAX_FRESH = 256
 
 _ODD_SPACE = re.compile(r"[^\S \t\r\n]")
 
@@ -90,10 +94,14 @@ class ShapeValidator:
         self._checks: tuple[Check, ...] | None = None
         self._shapes: set[Any] = set()
         self._strings: dict[str, tuple[Any, ...]] = {}
+        #: string -> (its class, the Bundle it was first seen in)
+        self._fresh: dict[str, tuple[tuple[Any, ...], int]] = {}
+        self._checked = 0
         self.validated = 0
 
     def check(self, resource: dict[str, Any]) -> None:
         """Raise what ``validate`` raises for an invalid resource."""
+        self._checked += 1
         shape = self._shape(resource)
         if shape in self._shapes:
             return
@@ -126,15 +134,24 @@ class ShapeValidator:
         known = self._strings.get(text)
         if known is not None:
             return known
+        fresh = self._fresh.get(text)
+        if fresh is not None:
+            known, first_in = fresh
+            if first_in != self._checked:  # a second Bundle: a string every Bundle repeats
+                del self._fresh[text]
+                if len(self._strings) >= MAX_STRINGS:
+                    self._strings.clear()
+                self._strings[text] = known
+            return known
         if self._checks is None:
             self._checks = _fhir_checks()
         flags: list[Any] = [str, len(text) == 0, len(text) > 1024 * 1024]
         flags.append(bool(_ODD_SPACE.search(text)))
         flags.extend(bool(check(text)) for check in self._checks)
         known = tuple(flags)
-        if len(self._strings) >= MAX_STRINGS:
-            self._strings.clear()
-        self._strings[text] = known
+        if len(self._fresh) >= MAX_FRESH:
+            self._fresh.clear()
+        self._fresh[text] = (known, self._checked)
         return known
 
 

@@ -111,3 +111,15 @@ def test_a_refused_shape_is_not_remembered() -> None:
         with pytest.raises(ValidationError):
             validator.check(bad)
     assert len(seen) == 2
+
+
+def test_a_client_s_details_are_not_kept_for_the_process_s_life() -> None:
+    validator, _ = counting()
+    first = referral(0)
+    assert first.patient is not None
+    for n in range(400):
+        validator.check(bundle_of(referral(n)))
+    remembered = set(validator._strings) | set(validator._fresh)
+    assert first.patient.first_name not in remembered
+    assert f"{first.patient.first_name} {first.patient.last_name}" not in remembered
+    assert "Clinic" in validator._strings  # what every Bundle repeats is remembered
