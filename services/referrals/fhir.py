@@ -2,7 +2,8 @@
 (with the plan's pain scores as Observations, ``services.referrals.observations``).
 
 Built as plain JSON, then validated through ``fhir.resources.R4B`` (R4 lives there; the
-package's default classes are R5 and refuse R4-shaped JSON). What leaves for a partner is
+package's default classes are R5 and refuse R4-shaped JSON); the webhook Bundle once per
+shape (``fhir_check``). What leaves for a partner is
 only what it needs: the client's name, date of birth and phone, the reason, the codes and
 the plan's summary.
 """
@@ -16,6 +17,7 @@ from typing import Any
 
 from services.referrals.codes import ICD10_CM_SYSTEM, DiagnosisCode
 from services.referrals.domain import TaskStatus
+from services.referrals.fhir_check import ShapeValidator
 from services.referrals.observations import PainScore, observation_json
 
 #: Our own code systems and identifier namespaces.
@@ -326,10 +328,19 @@ def bundle(
             *observations,
         ],
     }
+    # Refuses what is not valid R4 (the JSON is ours as built): validated with
+    # fhir.resources once per shape (``fhir_check``), not once per Bundle.
+    _BUNDLES.check(resource)
+    return resource
+
+
+def _validate_bundle(resource: dict[str, Any]) -> None:
     from fhir.resources.R4B.bundle import Bundle
 
-    Bundle.model_validate(resource)  # refuses what is not valid R4; the JSON is ours as built
-    return resource
+    Bundle.model_validate(resource)
+
+
+_BUNDLES = ShapeValidator(_validate_bundle)
 
 
 def to_bytes(resource: dict[str, Any]) -> bytes:

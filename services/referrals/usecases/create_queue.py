@@ -3,8 +3,8 @@
 Under load the front desk's creates arrive side by side. Each alone is a transaction of
 its own: on SQLite the one write lock, a BEGIN and a COMMIT, and each statement's round
 trips to the driver's thread. Here a create waits for the batch being written: the
-creates queued meanwhile are read one by one in the next transaction (each plan locked on
-PostgreSQL, in plan order), checked against each other too (two for one partner and plan
+creates queued meanwhile are read together in the next transaction (one statement; the
+plans locked first on PostgreSQL, in plan order), checked against each other too (two for one partner and plan
 in one batch: the second is refused as it would be after the first), and written with
 one statement per table; each caller gets its own answer or its own refusal. If the
 batch fails as a whole (a constraint another replica's commit tripped), each create is
@@ -149,10 +149,11 @@ async def _write(app: Any, requests: list[CreateRequest]) -> list[Outcome]:
     order = sorted(range(len(requests)), key=lambda i: requests[i].data.plan_id)
     async with app.uow.write() as session:
         writes = creating.Writes()
-        for i in order:
+        keys = [(requests[i].data.plan_id, requests[i].data.partner_id) for i in order]
+        read = await creating.read_batch_facts(session, keys)
+        for i, facts in zip(order, read, strict=True):
             request = requests[i]
             data = request.data
-            facts = await creating.read_facts(session, data.plan_id, data.partner_id)
             try:
                 creating.check(facts, data.plan_id, data.partner_id, request.within, writes)
             except DomainError as exc:
