@@ -8,6 +8,7 @@ from pydantic import TypeAdapter
 
 from services.booking import db, domain, queries
 from services.booking.api.common import ApiContext, aware, session_out
+from services.booking.availability import search as find_slots
 from services.booking.schemas import CancelIn, RescheduleIn, SessionIn, SessionOut, SlotOut
 from services.booking.usecases import sessions
 from shared.auth import Scope
@@ -36,7 +37,7 @@ def router(ctx: ApiContext) -> APIRouter:
         end: Instant,
         therapist_id: str | None = None,
     ) -> Response:
-        slots = await queries.availability(
+        slots = await find_slots(
             booking,
             service_id=service_id,
             location_id=location_id,

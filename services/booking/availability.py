@@ -1,0 +1,390 @@
+"""Availability: the free starts of a treatment at a location, with the therapist and room
+a booking would get (``GET /v1/availability``, the client's reschedule page).
+
+Why its own module: an answer reads a thousand sessions and tests thousands of starts, so
+it works on integers (microseconds since the epoch) instead of datetimes and dataclasses,
+reads only the four columns it needs through a covering index (migration 0008), and keeps
+the query (:func:`search`) apart from the pure computation (:func:`slots`). The rules are
+the booking's (``domain.choose_for_booking``): a start is offered when a qualified
+therapist works at the location for the whole treatment, neither the therapist (at any
+location: sessions, time off, their own calendar's busy time) nor a room of the location is
+held during the treatment plus its buffer, and the location is not closed; among free
+therapists the least booked that local day is proposed (ties to the lowest id), and the
+first free room by id.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import String, bindparam, literal, null, select, type_coerce, union_all
+
+from services.booking import db, domain
+from services.booking.usecases import Booking
+from shared.auth import Scope
+from shared.errors import InvalidRequest
+
+#: The longest window one request may ask for.
+MAX_AVAILABILITY_DAYS = 62
+#: No stored session lasts longer than this (treatment plus buffer); it bounds the index
+#: range read for sessions that start before a window and reach into it.
+LONGEST_SESSION = timedelta(days=1)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_NAIVE = EPOCH.replace(tzinfo=None)
+US = timedelta(microseconds=1)
+#: A span as two instants in microseconds since the epoch, ``[start, end)``.
+Span = tuple[int, int]
+
+
+def micros(at: datetime) -> int:
+    """An aware instant as microseconds since the epoch (exact)."""
+    return (at - EPOCH) // US
+
+
+def instant(us: int) -> datetime:
+    """The aware UTC instant of ``us`` (exact: whole seconds, then the microseconds)."""
+    seconds, rest = divmod(us, 1_000_000)
+    at = datetime.fromtimestamp(seconds, UTC)
+    return at.replace(microsecond=rest) if rest else at
+
+
+def local_date(us: int, tz: ZoneInfo) -> date:
+    """The local date of ``us`` (zone offsets are whole seconds, so the second decides)."""
+    return datetime.fromtimestamp(us // 1_000_000, tz).date()
+
+
+# ---------------------------------------------------------------------------------------
+# The query
+
+
+_S, _T, _E = db.Session.__table__, db.TimeOff.__table__, db.ExternalBusy.__table__
+
+
+def _raw(column: Any) -> Any:
+    """The column as the driver gives it (SQLite: its text; PostgreSQL: a datetime), turned
+    into microseconds once per distinct value by :class:`_Instants`."""
+    return type_coerce(column, String())
+
+
+#: What keeps staff and rooms busy in a range, in one statement: live sessions at any
+#: location (the covering index ``ix_sessions_window`` answers it without the table), then
+#: the therapists' time off and the busy time read from their own calendars.
+BUSY = union_all(
+    select(
+        _S.c.therapist_id, _S.c.room_id, _raw(_S.c.start_at), _raw(_S.c.blocked_until), literal(1)
+    ).where(
+        _S.c.start_at >= bindparam("reach"),
+        _S.c.start_at < bindparam("end"),
+        _S.c.blocked_until > bindparam("start"),
+        _S.c.status.in_(domain.BLOCKING_STATUSES),
+    ),
+    select(_T.c.therapist_id, null(), _raw(_T.c.start_at), _raw(_T.c.end_at), literal(0)).where(
+        _T.c.therapist_id.in_(bindparam("ids", expanding=True)),
+        _T.c.start_at < bindparam("end"),
+        _T.c.end_at > bindparam("start"),
+    ),
+    select(_E.c.therapist_id, null(), _raw(_E.c.start_at), _raw(_E.c.end_at), literal(0)).where(
+        _E.c.therapist_id.in_(bindparam("ids", expanding=True)),
+        _E.c.start_at < bindparam("end"),
+        _E.c.end_at > bindparam("start"),
+    ),
+)
+
+
+class _Instants(dict[Any, int]):
+    """Driver values to microseconds, each distinct value converted once (sessions share a
+    few start times a day)."""
+
+    def __missing__(self, raw: Any) -> int:
+        at = datetime.fromisoformat(raw) if isinstance(raw, str) else raw
+        us = (at - _EPOCH_NAIVE) // US if at.tzinfo is None else (at - EPOCH) // US
+        self[raw] = us
+        return us
+
+
+@dataclass
+class Staff:
+    """A therapist as the search sees them: weekly hours and merged busy spans."""
+
+    id: str
+    hours: tuple[domain.WeeklyHours, ...]
+    busy: list[Span]
+    #: Sessions (at any location) per local day: the least booked is proposed.
+    load: dict[date, int]
+
+
+async def search(
+    app: Booking,
+    *,
+    service_id: str,
+    location_id: str,
+    start: datetime,
+    end: datetime,
+    therapist_id: str | None = None,
+    scope: Scope,
+) -> list[domain.Slot]:
+    """The free slots of ``[start, end)``, checked like a booking (see the module)."""
+    if end <= start:
+        raise InvalidRequest(None, "end must be after start")
+    if end - start > timedelta(days=MAX_AVAILABILITY_DAYS):
+        raise InvalidRequest(None, f"ask for at most {MAX_AVAILABILITY_DAYS} days at a time")
+    now = app.clock()
+    async with app.uow.read() as session:
+        setup = await app.setup.current(session)
+        location = setup.location(location_id, scope)
+        treatment = setup.treatment(service_id)
+        if not treatment.active:
+            raise domain.NotOffered(f"service {treatment.id} is retired and no longer offered")
+        if therapist_id is not None:
+            setup.therapist(therapist_id, scope)
+        rule, policy, tz = treatment.rule, location.policy, location.tz
+        bookable = bookable_window(rule, policy, now, start, end)
+        if bookable is None:
+            return []
+        earliest, latest = bookable
+        staff_info = setup.staff(location.id, rule.modality)
+        if therapist_id is not None:
+            staff_info = [t for t in staff_info if t.id == therapist_id]
+        room_ids = setup.rooms.get(location.id, ())
+        if not staff_info or not room_ids:
+            return []
+        # Read whole local days (a day's load counts all its sessions, at any location)
+        # and past the last start's buffer.
+        lo = domain.local_datetime(earliest.astimezone(tz).date(), MIDNIGHT, tz)
+        day_after = latest.astimezone(tz).date() + timedelta(days=1)
+        hi = max(latest + rule.occupied, domain.local_datetime(day_after, MIDNIGHT, tz))
+        closed = [(micros(c.start), micros(c.end)) for c in setup.closed(location.id, lo, hi)]
+        rows = await (await session.connection()).execute(
+            BUSY,
+            {
+                "start": lo,
+                "end": hi,
+                "reach": lo - LONGEST_SESSION,
+                "ids": [t.id for t in staff_info],
+            },
+        )
+        staff, rooms = _calendars(rows.all(), staff_info, room_ids, closed, tz)
+    return slots(rule, location.id, tz, earliest, latest, staff, rooms, policy.step)
+
+
+MIDNIGHT = datetime.min.time()
+
+
+def bookable_window(
+    rule: domain.Treatment,
+    policy: domain.BookingPolicy,
+    now: datetime,
+    start: datetime,
+    end: datetime,
+) -> tuple[datetime, datetime] | None:
+    """``[start, end)`` cut to the location's notice and horizon (None: nothing left)."""
+    earliest = max(start, now + policy.min_notice)
+    latest = min(end, now + policy.horizon + rule.duration)
+    return (earliest, latest) if earliest < latest else None
+
+
+def _calendars(
+    rows: Sequence[Any],
+    staff_info: Sequence[Any],
+    room_ids: Sequence[str],
+    closed: list[Span],
+    tz: ZoneInfo,
+) -> tuple[list[Staff], list[tuple[str, list[Span]]]]:
+    """Rows of :data:`BUSY` to each therapist's and room's busy spans (closures included)."""
+    busy: dict[str, list[Span]] = {t.id: list(closed) for t in staff_info}
+    load: dict[str, dict[date, int]] = {t.id: {} for t in staff_info}
+    held: dict[str, list[Span]] = {rid: list(closed) for rid in room_ids}
+    us = _Instants()
+    day_of: dict[int, date] = {}
+    for tid, rid, raw_start, raw_until, is_session in rows:
+        span = (us[raw_start], us[raw_until])
+        spans = busy.get(tid)
+        if spans is not None:
+            spans.append(span)
+            if is_session:
+                day = day_of.get(span[0])
+                if day is None:
+                    day = day_of[span[0]] = local_date(span[0], tz)
+                counts = load[tid]
+                counts[day] = counts.get(day, 0) + 1
+        if is_session:
+            room = held.get(rid)
+            if room is not None:
+                room.append(span)
+    staff = [Staff(t.id, t.hours, merge(busy[t.id]), load[t.id]) for t in staff_info]
+    return staff, [(rid, merge(held[rid])) for rid in room_ids]
+
+
+# ---------------------------------------------------------------------------------------
+# The computation (no I/O)
+
+
+def merge(spans: Iterable[Span]) -> list[Span]:
+    """Sorted, non-overlapping cover of ``spans`` (touching spans join)."""
+    ordered = sorted(spans)
+    # Usual case: one therapist's (or room's) sessions never overlap; nothing to join.
+    if all(a[1] < b[0] for a, b in itertools.pairwise(ordered)):
+        return ordered
+    out: list[Span] = []
+    for s, e in ordered:
+        if out and s <= out[-1][1]:
+            if e > out[-1][1]:
+                out[-1] = (out[-1][0], e)
+        else:
+            out.append((s, e))
+    return out
+
+
+class _Grid:
+    """The first start on the location's wall-clock grid (:00, :15, … of the local day) at
+    or after an instant, as ``domain``'s rule; memoized, pieces share their starts."""
+
+    def __init__(self, step: timedelta, tz: ZoneInfo) -> None:
+        self.step_minutes = int(step.total_seconds() // 60)
+        self.step = step // US
+        self.tz = tz
+        self._first: dict[int, int] = {}
+
+    def first(self, us: int) -> int:
+        found = self._first.get(us)
+        if found is None:
+            local = instant(us).astimezone(self.tz)
+            offset = (-(local.hour * 60 + local.minute)) % self.step_minutes
+            found = us + offset * 60_000_000 - local.second * 1_000_000 - local.microsecond
+            if found < us:
+                found += self.step
+            self._first[us] = found
+        return found
+
+
+def free_starts(
+    working: Sequence[Span],
+    busy: Sequence[Span],
+    busy_starts: Sequence[int],
+    duration: int,
+    occupied: int,
+    grid: _Grid,
+) -> Iterable[int]:
+    """Grid starts when the treatment fits in ``working`` and its time plus buffer misses
+    every ``busy`` span (the buffer may run past closing, not into a booking)."""
+    step = grid.step
+    out: list[range] = []
+    for w0, w1 in working:
+        cursor = w0
+        i = bisect.bisect_right(busy_starts, w0) - 1
+        if i >= 0 and busy[i][1] > cursor:
+            cursor = busy[i][1]
+        i += 1
+        n = len(busy)
+        while cursor < w1:
+            nxt = busy_starts[i] if i < n else None
+            last = w1 - duration
+            if nxt is not None and nxt - occupied < last:
+                last = nxt - occupied
+            if cursor <= last:
+                first = grid.first(cursor)
+                if first <= last:
+                    out.append(range(first, last + 1, step))
+            if nxt is None or nxt >= w1:
+                break
+            cursor = max(cursor, busy[i][1])
+            i += 1
+    return [s for r in out for s in r]
+
+
+def working_spans(
+    hours: Sequence[domain.WeeklyHours], location_id: str, tz: ZoneInfo, start: int, end: int
+) -> list[Span]:
+    """Merged spans in ``[start, end)`` when ``hours`` put the therapist at the location."""
+    window = domain.Interval(instant(start), instant(end))
+    return [
+        (micros(iv.start), micros(iv.end))
+        for iv in domain.working_spans(hours, location_id, tz, window)
+    ]
+
+
+def slots(
+    rule: domain.Treatment,
+    location_id: str,
+    tz: ZoneInfo,
+    earliest: datetime,
+    latest: datetime,
+    staff: Sequence[Staff],
+    rooms: Sequence[tuple[str, list[Span]]],
+    step: timedelta,
+) -> list[domain.Slot]:
+    """One slot per free start in ``[earliest, latest)``: the least booked free therapist
+    that local day (ties to the lowest id) and the first free room by id."""
+    start, end = micros(earliest), micros(latest)
+    duration, occupied = rule.duration // US, rule.occupied // US
+    grid = _Grid(step, tz)
+    hours_memo: dict[tuple[domain.WeeklyHours, ...], list[Span]] = {}
+    day_of: dict[int, date] = {}
+    best: dict[int, tuple[int, str]] = {}
+    for therapist in sorted(staff, key=lambda t: t.id):
+        working = hours_memo.get(therapist.hours)
+        if working is None:
+            working = hours_memo[therapist.hours] = working_spans(
+                therapist.hours, location_id, tz, start, end
+            )
+        if not working:
+            continue
+        busy = therapist.busy
+        loads = therapist.load
+        for s in free_starts(working, busy, [b[0] for b in busy], duration, occupied, grid):
+            day = day_of.get(s)
+            if day is None:
+                day = day_of[s] = local_date(s, tz)
+            load = loads.get(day, 0)
+            held = best.get(s)
+            if held is None or load < held[0]:
+                best[s] = (load, therapist.id)
+
+    indexed = [(rid, [b[0] for b in spans], [b[1] for b in spans]) for rid, spans in rooms]
+    indexed.sort()
+    out = []
+    for s in sorted(best):
+        until = s + occupied
+        for rid, starts, ends in indexed:
+            i = bisect.bisect_right(ends, s)
+            if i == len(starts) or starts[i] >= until:
+                out.append(domain.Slot(instant(s), instant(s + duration), best[s][1], rid))
+                break
+    return out
+
+
+def available_slots(
+    treatment: domain.Treatment,
+    location_id: str,
+    tz: ZoneInfo,
+    window: domain.Interval,
+    therapists: Sequence[domain.TherapistCalendar],
+    rooms: Sequence[domain.RoomCalendar],
+    *,
+    now: datetime,
+    policy: domain.BookingPolicy = domain.BookingPolicy(),
+) -> list[domain.Slot]:
+    """:func:`slots` over the domain's calendars (what the booking check reads too): the
+    rules stated once, on the shapes ``domain.choose_for_booking`` takes."""
+    bookable = bookable_window(treatment, policy, now, window.start, window.end)
+    if bookable is None:
+        return []
+    staff = [
+        Staff(
+            t.id,
+            tuple(t.hours),
+            merge((micros(b.start), micros(b.end)) for b in t.busy),
+            dict(t.load_by_day),
+        )
+        for t in therapists
+        if treatment.modality in t.modalities
+    ]
+    held = [(r.id, merge((micros(b.start), micros(b.end)) for b in r.busy)) for r in rooms]
+    return slots(treatment, location_id, tz, *bookable, staff, held, policy.step)
