@@ -1,0 +1,117 @@
+"""Availability against the booking check: a start is offered exactly when a booking there
+would succeed, with the therapist and room the booking would get (``choose_for_booking``).
+
+Random calendars (busy spans at odd minutes and seconds, touching, overlapping and empty spans,
+time off across days, closures, hours at two locations, a DST change), every quarter hour
+of the window checked.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from services.booking import availability, domain
+from services.booking.domain import (
+    BookingPolicy,
+    Interval,
+    RoomCalendar,
+    TherapistCalendar,
+    Treatment,
+    WeeklyHours,
+)
+
+NY = ZoneInfo("America/New_York")
+NO_NOTICE = BookingPolicy(min_notice=timedelta(0), horizon=timedelta(days=3650))
+LONG_AGO = datetime(2020, 1, 1, tzinfo=UTC)
+
+
+def random_calendar(
+    rng: random.Random, day0: datetime
+) -> tuple[list[TherapistCalendar], list[RoomCalendar]]:
+    def span() -> Interval:
+        start = day0 + timedelta(
+            minutes=rng.randrange(0, 4 * 24 * 60), seconds=rng.choice([0, 0, 0, 30])
+        )
+        return Interval(start, start + timedelta(minutes=rng.choice([0, rng.randrange(5, 200)])))
+
+    therapists = []
+    for n in range(rng.randrange(1, 5)):
+        hours = [
+            WeeklyHours(
+                rng.choice(["downtown", "downtown", "uptown"]),
+                weekday,
+                time(rng.randrange(6, 12), rng.choice([0, 15, 30, 45, 10])),
+                time(rng.randrange(13, 22), rng.choice([0, 30, 50])),
+            )
+            for weekday in range(7)
+            if rng.random() < 0.8
+        ]
+        busy = [span() for _ in range(rng.randrange(0, 12))]
+        if busy and rng.random() < 0.3:  # a span touching another
+            busy.append(Interval(busy[0].end, busy[0].end + timedelta(minutes=40)))
+        load = {
+            (day0 + timedelta(days=d)).astimezone(NY).date(): rng.randrange(0, 3) for d in range(4)
+        }
+        therapists.append(
+            TherapistCalendar(
+                f"t{n}", frozenset({"medical_massage"}), hours, busy, load_by_day=load
+            )
+        )
+    rooms = [
+        RoomCalendar(f"r{n}", [span() for _ in range(rng.randrange(0, 10))])
+        for n in range(rng.randrange(1, 4))
+    ]
+    return therapists, rooms
+
+
+def booked_as(
+    treatment: Treatment,
+    start: datetime,
+    therapists: list[TherapistCalendar],
+    rooms: list[RoomCalendar],
+) -> tuple[str, str] | None:
+    try:
+        return domain.choose_for_booking(treatment, "downtown", NY, start, therapists, rooms)
+    except (domain.OutsideWorkingHours, domain.SlotTaken, domain.NoRoomFree):
+        return None
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_start_is_offered_exactly_when_a_booking_there_would_succeed(seed: int) -> None:
+    rng = random.Random(seed)
+    # Around the autumn change for some seeds (2026-11-01 in New York).
+    day0 = datetime(2026, 10, 30 if seed % 3 == 0 else 20, tzinfo=NY).astimezone(UTC)
+    treatment = Treatment("t", "medical_massage", rng.choice([30, 45, 60, 90]), rng.choice([0, 15]))
+    therapists, rooms = random_calendar(rng, day0)
+    window = Interval(
+        day0 + timedelta(minutes=rng.randrange(0, 600)),
+        day0 + timedelta(days=3, minutes=rng.randrange(0, 600)),
+    )
+    offered = {
+        s.start: (s.therapist_id, s.room_id, s.end)
+        for s in availability.available_slots(
+            treatment, "downtown", NY, window, therapists, rooms, now=LONG_AGO, policy=NO_NOTICE
+        )
+    }
+    expected = {}
+    at = window.start.replace(minute=0, second=0, microsecond=0)  # New York: whole hours off UTC
+    while at + treatment.duration <= window.end:
+        if at >= window.start:
+            chosen = booked_as(treatment, at, therapists, rooms)
+            if chosen is not None:
+                expected[at] = (*chosen, at + treatment.duration)
+        at += timedelta(minutes=15)
+    assert offered == expected
+
+
+def test_instants_round_trip_to_the_microsecond() -> None:
+    for at in (
+        datetime(2026, 11, 30, 14, 0, tzinfo=UTC),
+        datetime(2026, 11, 30, 14, 0, 0, 500_001, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+    ):
+        assert availability.instant(availability.micros(at)) == at
