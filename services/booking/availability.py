@@ -23,6 +23,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from pydantic_core import to_json
 from sqlalchemy import String, bindparam, literal, null, select, type_coerce, union_all
 
 from services.booking import db, domain
@@ -41,6 +42,8 @@ _EPOCH_NAIVE = EPOCH.replace(tzinfo=None)
 US = timedelta(microseconds=1)
 #: A span as two instants in microseconds since the epoch, ``[start, end)``.
 Span = tuple[int, int]
+#: A free start (microseconds), the therapist and the room a booking there would get.
+Offer = tuple[int, str, str]
 
 
 def micros(at: datetime) -> int:
@@ -120,7 +123,19 @@ class Staff:
     load: dict[date, int]
 
 
-async def search(
+async def search(app: Booking, **query: Any) -> list[domain.Slot]:
+    """The free slots of ``[start, end)``, checked like a booking (see the module)."""
+    duration, found = await _search(app, **query)
+    return as_slots(found, duration)
+
+
+async def search_json(app: Booking, **query: Any) -> bytes:
+    """:func:`search`'s answer as the API sends it (``list[SlotOut]``)."""
+    duration, found = await _search(app, **query)
+    return as_json(found, duration)
+
+
+async def _search(
     app: Booking,
     *,
     service_id: str,
@@ -129,8 +144,7 @@ async def search(
     end: datetime,
     therapist_id: str | None = None,
     scope: Scope,
-) -> list[domain.Slot]:
-    """The free slots of ``[start, end)``, checked like a booking (see the module)."""
+) -> tuple[timedelta, list[Offer]]:
     if end <= start:
         raise InvalidRequest(None, "end must be after start")
     if end - start > timedelta(days=MAX_AVAILABILITY_DAYS):
@@ -147,14 +161,14 @@ async def search(
         rule, policy, tz = treatment.rule, location.policy, location.tz
         bookable = bookable_window(rule, policy, now, start, end)
         if bookable is None:
-            return []
+            return rule.duration, []
         earliest, latest = bookable
         staff_info = setup.staff(location.id, rule.modality)
         if therapist_id is not None:
             staff_info = [t for t in staff_info if t.id == therapist_id]
         room_ids = setup.rooms.get(location.id, ())
         if not staff_info or not room_ids:
-            return []
+            return rule.duration, []
         # Read whole local days (a day's load counts all its sessions, at any location)
         # and past the last start's buffer.
         lo = domain.local_datetime(earliest.astimezone(tz).date(), MIDNIGHT, tz)
@@ -171,7 +185,7 @@ async def search(
             },
         )
         staff, rooms = _calendars(rows.all(), staff_info, room_ids, closed, tz)
-    return slots(rule, location.id, tz, earliest, latest, staff, rooms, policy.step)
+    return rule.duration, offers(rule, location.id, tz, earliest, latest, staff, rooms, policy.step)
 
 
 MIDNIGHT = datetime.min.time()
@@ -310,7 +324,7 @@ def working_spans(
     ]
 
 
-def slots(
+def offers(
     rule: domain.Treatment,
     location_id: str,
     tz: ZoneInfo,
@@ -319,9 +333,10 @@ def slots(
     staff: Sequence[Staff],
     rooms: Sequence[tuple[str, list[Span]]],
     step: timedelta,
-) -> list[domain.Slot]:
-    """One slot per free start in ``[earliest, latest)``: the least booked free therapist
-    that local day (ties to the lowest id) and the first free room by id."""
+) -> list[Offer]:
+    """One offer ``(start, therapist, room)`` per free start in ``[earliest, latest)``, by
+    start: the least booked free therapist that local day (ties to the lowest id) and the
+    first free room by id."""
     start, end = micros(earliest), micros(latest)
     duration, occupied = rule.duration // US, rule.occupied // US
     grid = _Grid(step, tz)
@@ -349,15 +364,53 @@ def slots(
 
     indexed = [(rid, [b[0] for b in spans], [b[1] for b in spans]) for rid, spans in rooms]
     indexed.sort()
-    out = []
+    out: list[Offer] = []
     for s in sorted(best):
         until = s + occupied
         for rid, starts, ends in indexed:
             i = bisect.bisect_right(ends, s)
             if i == len(starts) or starts[i] >= until:
-                out.append(domain.Slot(instant(s), instant(s + duration), best[s][1], rid))
+                out.append((s, best[s][1], rid))
                 break
     return out
+
+
+def as_slots(found: Sequence[Offer], duration: timedelta) -> list[domain.Slot]:
+    length = duration // US
+    return [domain.Slot(instant(s), instant(s + length), tid, rid) for s, tid, rid in found]
+
+
+def as_json(found: Sequence[Offer], duration: timedelta) -> bytes:
+    """The answer's JSON, byte for byte what pydantic writes for ``list[domain.Slot]``
+    (a test holds them equal), without building hundreds of datetimes and dataclasses."""
+    length = duration // US
+    stamps: dict[int, str] = {}
+    names: dict[str, str] = {}
+
+    def stamp(us: int) -> str:
+        found = stamps.get(us)
+        if found is None:
+            found = stamps[us] = _iso(us)
+        return found
+
+    def name(ident: str) -> str:
+        found = names.get(ident)
+        if found is None:
+            found = names[ident] = to_json(ident).decode()
+        return found
+
+    parts = [
+        f'{{"start":"{stamp(s)}","end":"{stamp(s + length)}",'
+        f'"therapist_id":{name(tid)},"room_id":{name(rid)}}}'
+        for s, tid, rid in found
+    ]
+    return ("[" + ",".join(parts) + "]").encode()
+
+
+def _iso(us: int) -> str:
+    """RFC 3339 in UTC as pydantic writes it: ``Z``, microseconds only when not zero."""
+    text = instant(us).isoformat()[:-6]  # drop "+00:00"
+    return text + "Z"
 
 
 def available_slots(
@@ -387,4 +440,5 @@ def available_slots(
         if treatment.modality in t.modalities
     ]
     held = [(r.id, merge((micros(b.start), micros(b.end)) for b in r.busy)) for r in rooms]
-    return slots(treatment, location_id, tz, *bookable, staff, held, policy.step)
+    found = offers(treatment, location_id, tz, *bookable, staff, held, policy.step)
+    return as_slots(found, treatment.duration)

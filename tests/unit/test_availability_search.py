@@ -13,6 +13,7 @@ from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from pydantic import TypeAdapter
 
 from services.booking import availability, domain
 from services.booking.domain import (
@@ -115,3 +116,17 @@ def test_instants_round_trip_to_the_microsecond() -> None:
         datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
     ):
         assert availability.instant(availability.micros(at)) == at
+
+
+def test_the_json_answer_is_what_pydantic_writes_for_the_slots() -> None:
+    slots_json = TypeAdapter(list[domain.Slot])
+    found = [
+        (availability.micros(datetime(2026, 11, 30, 14, 0, tzinfo=UTC)), "t-1", "r-1"),
+        (availability.micros(datetime(2026, 11, 30, 14, 0, 7, 250, tzinfo=UTC)), 't"2', "r-é"),
+        (availability.micros(datetime(1999, 1, 2, 3, 4, 5, tzinfo=UTC)), "t-1", "r-1"),
+    ]
+    for duration in (timedelta(minutes=60), timedelta(minutes=45, microseconds=1)):
+        assert availability.as_json(found, duration) == slots_json.dump_json(
+            availability.as_slots(found, duration)
+        )
+    assert availability.as_json([], timedelta(minutes=60)) == b"[]"
