@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -285,9 +286,9 @@ def free_starts(
     duration: int,
     occupied: int,
     grid: _Grid,
-) -> Iterable[int]:
+) -> list[range]:
     """Grid starts when the treatment fits in ``working`` and its time plus buffer misses
-    every ``busy`` span (the buffer may run past closing, not into a booking)."""
+    every ``busy`` span (the buffer may run past closing, not into a booking), as runs."""
     step = grid.step
     out: list[range] = []
     for w0, w1 in working:
@@ -310,7 +311,32 @@ def free_starts(
                 break
             cursor = max(cursor, busy[i][1])
             i += 1
-    return [s for r in out for s in r]
+    return out
+
+
+class _Days:
+    """Local dates of instants, memoized; a run of starts is split by local date."""
+
+    def __init__(self, tz: ZoneInfo) -> None:
+        self.tz = tz
+        self._seen: dict[int, tuple[date, timedelta | None]] = {}
+
+    def _local(self, us: int) -> tuple[date, timedelta | None]:
+        found = self._seen.get(us)
+        if found is None:
+            # Zone offsets are whole seconds: the second decides the date.
+            local = datetime.fromtimestamp(us // 1_000_000, self.tz)
+            found = self._seen[us] = (local.date(), local.utcoffset())
+        return found
+
+    def split(self, starts: range) -> list[tuple[date, range]]:
+        """``starts`` (less than a day of one working span) by local date. The same date and
+        offset at both ends: no clock change between (two in one day never happen), so
+        one date throughout; otherwise each start on its own."""
+        first, last = self._local(starts[0]), self._local(starts[-1])
+        if first == last:
+            return [(first[0], starts)]
+        return [(self._local(s)[0], range(s, s + 1)) for s in starts]
 
 
 def working_spans(
@@ -322,6 +348,10 @@ def working_spans(
         (micros(iv.start), micros(iv.end))
         for iv in domain.working_spans(hours, location_id, tz, window)
     ]
+
+
+def _worst_first(run: tuple[int, str, range]) -> tuple[int, str]:
+    return run[0], run[1]
 
 
 def offers(
@@ -341,9 +371,10 @@ def offers(
     duration, occupied = rule.duration // US, rule.occupied // US
     grid = _Grid(step, tz)
     hours_memo: dict[tuple[domain.WeeklyHours, ...], list[Span]] = {}
-    day_of: dict[int, date] = {}
-    best: dict[int, tuple[int, str]] = {}
-    for therapist in sorted(staff, key=lambda t: t.id):
+    days = _Days(tz)
+    # Each local day's runs of free starts, with the therapist's load that day.
+    by_day: dict[date, list[tuple[int, str, range]]] = defaultdict(list)
+    for therapist in staff:
         working = hours_memo.get(therapist.hours)
         if working is None:
             working = hours_memo[therapist.hours] = working_spans(
@@ -351,16 +382,16 @@ def offers(
             )
         if not working:
             continue
-        busy = therapist.busy
-        loads = therapist.load
-        for s in free_starts(working, busy, [b[0] for b in busy], duration, occupied, grid):
-            day = day_of.get(s)
-            if day is None:
-                day = day_of[s] = local_date(s, tz)
-            load = loads.get(day, 0)
-            held = best.get(s)
-            if held is None or load < held[0]:
-                best[s] = (load, therapist.id)
+        busy, loads = therapist.busy, therapist.load
+        for run in free_starts(working, busy, [b[0] for b in busy], duration, occupied, grid):
+            for day, part in days.split(run):
+                by_day[day].append((loads.get(day, 0), therapist.id, part))
+    # Per day, the most loaded (then highest id) first: each better therapist overwrites.
+    best: dict[int, str] = {}
+    for runs in by_day.values():
+        runs.sort(key=_worst_first, reverse=True)
+        for _, tid, part in runs:
+            best.update(dict.fromkeys(part, tid))
 
     indexed = [(rid, [b[0] for b in spans], [b[1] for b in spans]) for rid, spans in rooms]
     indexed.sort()
@@ -370,7 +401,7 @@ def offers(
         for rid, starts, ends in indexed:
             i = bisect.bisect_right(ends, s)
             if i == len(starts) or starts[i] >= until:
-                out.append((s, best[s][1], rid))
+                out.append((s, best[s], rid))
                 break
     return out
 
@@ -385,32 +416,35 @@ def as_json(found: Sequence[Offer], duration: timedelta) -> bytes:
     (a test holds them equal), without building hundreds of datetimes and dataclasses."""
     length = duration // US
     stamps: dict[int, str] = {}
-    names: dict[str, str] = {}
-
-    def stamp(us: int) -> str:
-        found = stamps.get(us)
-        if found is None:
-            found = stamps[us] = _iso(us)
-        return found
-
-    def name(ident: str) -> str:
-        found = names.get(ident)
-        if found is None:
-            found = names[ident] = to_json(ident).decode()
-        return found
-
-    parts = [
-        f'{{"start":"{stamp(s)}","end":"{stamp(s + length)}",'
-        f'"therapist_id":{name(tid)},"room_id":{name(rid)}}}'
-        for s, tid, rid in found
-    ]
+    tails: dict[tuple[str, str], str] = {}
+    parts = []
+    for s, tid, rid in found:
+        start = stamps.get(s)
+        if start is None:
+            start = stamps[s] = _iso(s)
+        end = stamps.get(s + length)
+        if end is None:
+            end = stamps[s + length] = _iso(s + length)
+        tail = tails.get((tid, rid))
+        if tail is None:
+            tail = tails[tid, rid] = (
+                f'"therapist_id":{to_json(tid).decode()},"room_id":{to_json(rid).decode()}}}'
+            )
+        parts.append(f'{{"start":"{start}","end":"{end}",{tail}')
     return ("[" + ",".join(parts) + "]").encode()
+
+
+_UNIX_DAY = date(1970, 1, 1).toordinal()
 
 
 def _iso(us: int) -> str:
     """RFC 3339 in UTC as pydantic writes it: ``Z``, microseconds only when not zero."""
-    text = instant(us).isoformat()[:-6]  # drop "+00:00"
-    return text + "Z"
+    seconds, micro = divmod(us, 1_000_000)
+    days, second = divmod(seconds, 86_400)
+    hour, second = divmod(second, 3600)
+    minute, second = divmod(second, 60)
+    text = f"{date.fromordinal(_UNIX_DAY + days).isoformat()}T{hour:02d}:{minute:02d}:{second:02d}"
+    return f"{text}.{micro:06d}Z" if micro else text + "Z"
 
 
 def available_slots(
