@@ -16,11 +16,14 @@ first free room by id.
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from itertools import compress
+from operator import itemgetter, lt
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -212,40 +215,56 @@ def _calendars(
     closed: list[Span],
     tz: ZoneInfo,
 ) -> tuple[list[Staff], list[tuple[str, list[Span]]]]:
-    """Rows of :data:`BUSY` to each therapist's and room's busy spans (closures included)."""
-    busy: dict[str, list[Span]] = {t.id: list(closed) for t in staff_info}
-    load: dict[str, dict[date, int]] = {t.id: {} for t in staff_info}
-    held: dict[str, list[Span]] = {rid: list(closed) for rid in room_ids}
-    us = _Instants()
-    day_of: dict[int, date] = {}
-    for tid, rid, raw_start, raw_until, is_session in rows:
-        span = (us[raw_start], us[raw_until])
-        spans = busy.get(tid)
-        if spans is not None:
-            spans.append(span)
-            if is_session:
-                day = day_of.get(span[0])
-                if day is None:
-                    day = day_of[span[0]] = local_date(span[0], tz)
-                counts = load[tid]
-                counts[day] = counts.get(day, 0) + 1
-        if is_session:
-            room = held.get(rid)
-            if room is not None:
-                room.append(span)
-    staff = [Staff(t.id, t.hours, merge(busy[t.id]), load[t.id]) for t in staff_info]
-    return staff, [(rid, merge(held[rid])) for rid in room_ids]
+    """Rows of :data:`BUSY` to each therapist's and room's busy spans (closures included)
+    and each therapist's sessions per local day; column-wise, a thousand rows an answer."""
+    by_therapist: dict[str, list[Span]] = defaultdict(list)
+    by_room: dict[str, list[Span]] = defaultdict(list)
+    loads: dict[str, dict[date, int]] = defaultdict(dict)
+    if rows:
+        tids, rids, raw_starts, raw_ends, is_session = zip(*rows, strict=True)
+        instants = _Instants().__getitem__
+        spans = list(zip(map(instants, raw_starts), map(instants, raw_ends), strict=True))
+        for tid, span in zip(tids, spans, strict=True):
+            by_therapist[tid].append(span)
+        held = list(compress(spans, is_session))
+        for rid, span in zip(compress(rids, is_session), held, strict=True):
+            by_room[rid].append(span)
+        days = map(_LocalDays(tz).__getitem__, map(itemgetter(0), held))
+        for (tid, day), count in Counter(
+            zip(compress(tids, is_session), days, strict=True)
+        ).items():
+            loads[tid][day] = count
+    staff = [
+        Staff(t.id, t.hours, merge(closed + by_therapist.get(t.id, [])), loads.get(t.id, {}))
+        for t in staff_info
+    ]
+    return staff, [(rid, merge(closed + by_room.get(rid, []))) for rid in room_ids]
+
+
+class _LocalDays(dict[int, date]):
+    """Local dates of instants (microseconds), each distinct instant converted once."""
+
+    def __init__(self, tz: ZoneInfo) -> None:
+        super().__init__()
+        self.tz = tz
+
+    def __missing__(self, us: int) -> date:
+        day = self[us] = local_date(us, self.tz)
+        return day
 
 
 # ---------------------------------------------------------------------------------------
 # The computation (no I/O)
 
 
+_START, _END = itemgetter(0), itemgetter(1)
+
+
 def merge(spans: Iterable[Span]) -> list[Span]:
     """Sorted, non-overlapping cover of ``spans`` (touching spans join)."""
     ordered = sorted(spans)
     # Usual case: one therapist's (or room's) sessions never overlap; nothing to join.
-    if all(a[1] < b[0] for a, b in itertools.pairwise(ordered)):
+    if all(map(lt, map(_END, ordered), map(_START, itertools.islice(ordered, 1, None)))):
         return ordered
     out: list[Span] = []
     for s, e in ordered:
@@ -393,6 +412,14 @@ def offers(
         for _, tid, part in runs:
             best.update(dict.fromkeys(part, tid))
 
+    return _with_rooms(best, rooms, occupied)
+
+
+def _with_rooms(
+    best: dict[int, str], rooms: Sequence[tuple[str, list[Span]]], occupied: int
+) -> list[Offer]:
+    """Each start with the first room by id free for the treatment plus its buffer (a
+    start no room can hold is not offered)."""
     indexed = [(rid, [b[0] for b in spans], [b[1] for b in spans]) for rid, spans in rooms]
     indexed.sort()
     out: list[Offer] = []
@@ -437,14 +464,23 @@ def as_json(found: Sequence[Offer], duration: timedelta) -> bytes:
 _UNIX_DAY = date(1970, 1, 1).toordinal()
 
 
+@functools.lru_cache(maxsize=4096)
+def _day_text(days: int) -> str:
+    """``YYYY-MM-DD`` of a day counted from 1970-01-01 (a window has a few dozen)."""
+    return date.fromordinal(_UNIX_DAY + days).isoformat()
+
+
 def _iso(us: int) -> str:
     """RFC 3339 in UTC as pydantic writes it: ``Z``, microseconds only when not zero."""
     seconds, micro = divmod(us, 1_000_000)
     days, second = divmod(seconds, 86_400)
-    hour, second = divmod(second, 3600)
     minute, second = divmod(second, 60)
-    text = f"{date.fromordinal(_UNIX_DAY + days).isoformat()}T{hour:02d}:{minute:02d}:{second:02d}"
+    text = f"{_day_text(days)}T{_CLOCK[minute]}:{second:02d}"
     return f"{text}.{micro:06d}Z" if micro else text + "Z"
+
+
+#: ``HH:MM`` of each minute of a day.
+_CLOCK = [f"{m // 60:02d}:{m % 60:02d}" for m in range(24 * 60)]
 
 
 def available_slots(
