@@ -289,9 +289,10 @@ class _Grid:
     def first(self, us: int) -> int:
         found = self._first.get(us)
         if found is None:
-            local = instant(us).astimezone(self.tz)
+            seconds, micro = divmod(us, 1_000_000)
+            local = datetime.fromtimestamp(seconds, self.tz)
             offset = (-(local.hour * 60 + local.minute)) % self.step_minutes
-            found = us + offset * 60_000_000 - local.second * 1_000_000 - local.microsecond
+            found = us + offset * 60_000_000 - local.second * 1_000_000 - micro
             if found < us:
                 found += self.step
             self._first[us] = found

@@ -25,13 +25,11 @@ from services.booking.domain import (
     WeeklyHours,
 )
 
-NY = ZoneInfo("America/New_York")
-NO_NOTICE = BookingPolicy(min_notice=timedelta(0), horizon=timedelta(days=3650))
 LONG_AGO = datetime(2020, 1, 1, tzinfo=UTC)
 
 
 def random_calendar(
-    rng: random.Random, day0: datetime
+    rng: random.Random, day0: datetime, tz: ZoneInfo
 ) -> tuple[list[TherapistCalendar], list[RoomCalendar]]:
     def span() -> Interval:
         start = day0 + timedelta(
@@ -55,7 +53,7 @@ def random_calendar(
         if busy and rng.random() < 0.3:  # a span touching another
             busy.append(Interval(busy[0].end, busy[0].end + timedelta(minutes=40)))
         load = {
-            (day0 + timedelta(days=d)).astimezone(NY).date(): rng.randrange(0, 3) for d in range(4)
+            (day0 + timedelta(days=d)).astimezone(tz).date(): rng.randrange(0, 3) for d in range(4)
         }
         therapists.append(
             TherapistCalendar(
@@ -72,40 +70,59 @@ def random_calendar(
 def booked_as(
     treatment: Treatment,
     start: datetime,
+    tz: ZoneInfo,
     therapists: list[TherapistCalendar],
     rooms: list[RoomCalendar],
 ) -> tuple[str, str] | None:
     try:
-        return domain.choose_for_booking(treatment, "downtown", NY, start, therapists, rooms)
+        return domain.choose_for_booking(treatment, "downtown", tz, start, therapists, rooms)
     except (domain.OutsideWorkingHours, domain.SlotTaken, domain.NoRoomFree):
         return None
+
+
+#: (zone, first day, grid step): New York's autumn change, Kathmandu's +05:45, Lord Howe's
+#: half-hour change (2026-04-05), Chicago's spring change on a 20-minute grid.
+CASES = [
+    ("America/New_York", datetime(2026, 10, 30), 15),
+    ("America/New_York", datetime(2026, 10, 20), 15),
+    ("Asia/Kathmandu", datetime(2026, 6, 1), 15),
+    ("Australia/Lord_Howe", datetime(2026, 4, 3), 30),
+    ("America/Chicago", datetime(2026, 3, 6), 20),
+]
 
 
 @pytest.mark.parametrize("seed", range(40))
 def test_a_start_is_offered_exactly_when_a_booking_there_would_succeed(seed: int) -> None:
     rng = random.Random(seed)
-    # Around the autumn change for some seeds (2026-11-01 in New York).
-    day0 = datetime(2026, 10, 30 if seed % 3 == 0 else 20, tzinfo=NY).astimezone(UTC)
+    zone, first_day, step = CASES[seed % len(CASES)]
+    tz = ZoneInfo(zone)
+    day0 = first_day.replace(tzinfo=tz).astimezone(UTC)
     treatment = Treatment("t", "medical_massage", rng.choice([30, 45, 60, 90]), rng.choice([0, 15]))
-    therapists, rooms = random_calendar(rng, day0)
+    therapists, rooms = random_calendar(rng, day0, tz)
     window = Interval(
         day0 + timedelta(minutes=rng.randrange(0, 600)),
         day0 + timedelta(days=3, minutes=rng.randrange(0, 600)),
     )
+    policy = BookingPolicy(
+        min_notice=timedelta(0), horizon=timedelta(days=3650), step=timedelta(minutes=step)
+    )
     offered = {
         s.start: (s.therapist_id, s.room_id, s.end)
         for s in availability.available_slots(
-            treatment, "downtown", NY, window, therapists, rooms, now=LONG_AGO, policy=NO_NOTICE
+            treatment, "downtown", tz, window, therapists, rooms, now=LONG_AGO, policy=policy
         )
     }
+    # Every instant on the location's wall-clock grid (each minute looked at).
     expected = {}
-    at = window.start.replace(minute=0, second=0, microsecond=0)  # New York: whole hours off UTC
+    at = window.start.replace(second=0, microsecond=0)
     while at + treatment.duration <= window.end:
-        if at >= window.start:
-            chosen = booked_as(treatment, at, therapists, rooms)
+        local = at.astimezone(tz)
+        if at >= window.start and (local.hour * 60 + local.minute) % step == 0:
+            chosen = booked_as(treatment, at, tz, therapists, rooms)
             if chosen is not None:
                 expected[at] = (*chosen, at + treatment.duration)
-        at += timedelta(minutes=15)
+        at += timedelta(minutes=1)
+    assert offered
     assert offered == expected
 
 
