@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import TypeAdapter
 
-from services.booking import availability, domain
+from services.booking import domain, free_time
 from services.booking.domain import (
     BookingPolicy,
     Interval,
@@ -108,7 +108,7 @@ def test_a_start_is_offered_exactly_when_a_booking_there_would_succeed(seed: int
     )
     offered = {
         s.start: (s.therapist_id, s.room_id, s.end)
-        for s in availability.available_slots(
+        for s in free_time.available_slots(
             treatment, "downtown", tz, window, therapists, rooms, now=LONG_AGO, policy=policy
         )
     }
@@ -132,18 +132,18 @@ def test_instants_round_trip_to_the_microsecond() -> None:
         datetime(2026, 11, 30, 14, 0, 0, 500_001, tzinfo=UTC),
         datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
     ):
-        assert availability.instant(availability.micros(at)) == at
+        assert free_time.instant(free_time.micros(at)) == at
 
 
 def test_the_json_answer_is_what_pydantic_writes_for_the_slots() -> None:
     slots_json = TypeAdapter(list[domain.Slot])
     found = [
-        (availability.micros(datetime(2026, 11, 30, 14, 0, tzinfo=UTC)), "t-1", "r-1"),
-        (availability.micros(datetime(2026, 11, 30, 14, 0, 7, 250, tzinfo=UTC)), 't"2', "r-é"),
-        (availability.micros(datetime(1999, 1, 2, 3, 4, 5, tzinfo=UTC)), "t-1", "r-1"),
+        (free_time.micros(datetime(2026, 11, 30, 14, 0, tzinfo=UTC)), "t-1", "r-1"),
+        (free_time.micros(datetime(2026, 11, 30, 14, 0, 7, 250, tzinfo=UTC)), 't"2', "r-é"),
+        (free_time.micros(datetime(1999, 1, 2, 3, 4, 5, tzinfo=UTC)), "t-1", "r-1"),
     ]
     for duration in (timedelta(minutes=60), timedelta(minutes=45, microseconds=1)):
-        assert availability.as_json(found, duration) == slots_json.dump_json(
-            availability.as_slots(found, duration)
+        assert free_time.as_json(found, duration) == slots_json.dump_json(
+            free_time.as_slots(found, duration)
         )
-    assert availability.as_json([], timedelta(minutes=60)) == b"[]"
+    assert free_time.as_json([], timedelta(minutes=60)) == b"[]"
