@@ -97,19 +97,7 @@ class _Instants(dict[Any, int]):
         return us
 
 
-async def search(app: Booking, **query: Any) -> list[domain.Slot]:
-    """The free slots of ``[start, end)``, checked like a booking (see the module)."""
-    duration, found = await _search(app, **query)
-    return as_slots(found, duration)
-
-
-async def search_json(app: Booking, **query: Any) -> bytes:
-    """:func:`search`'s answer as the API sends it (``list[SlotOut]``)."""
-    duration, found = await _search(app, **query)
-    return as_json(found, duration)
-
-
-async def _search(
+async def search(
     app: Booking,
     *,
     service_id: str,
@@ -117,6 +105,41 @@ async def _search(
     start: datetime,
     end: datetime,
     therapist_id: str | None = None,
+    scope: Scope,
+) -> list[domain.Slot]:
+    """The free slots of ``[start, end)``, checked like a booking (see the module)."""
+    duration, found = await _search(
+        app, service_id, location_id, start, end, therapist_id=therapist_id, scope=scope
+    )
+    return as_slots(found, duration)
+
+
+async def search_json(
+    app: Booking,
+    *,
+    service_id: str,
+    location_id: str,
+    start: datetime,
+    end: datetime,
+    therapist_id: str | None = None,
+    scope: Scope,
+) -> bytes:
+    """:func:`search`'s answer as the API sends it (``list[SlotOut]``), written straight
+    from the integers (no datetimes, dataclasses or pydantic per slot)."""
+    duration, found = await _search(
+        app, service_id, location_id, start, end, therapist_id=therapist_id, scope=scope
+    )
+    return as_json(found, duration)
+
+
+async def _search(
+    app: Booking,
+    service_id: str,
+    location_id: str,
+    start: datetime,
+    end: datetime,
+    *,
+    therapist_id: str | None,
     scope: Scope,
 ) -> tuple[timedelta, list[Offer]]:
     if end <= start:
