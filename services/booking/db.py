@@ -207,7 +207,10 @@ class Session(Base):
         Index("ix_sessions_therapist_span", "therapist_id", "start_at", "blocked_until"),
         Index("ix_sessions_room_span", "room_id", "start_at", "blocked_until"),
         Index("ix_sessions_location_start", "location_id", "start_at"),
-        Index("ix_sessions_start_at", "start_at", "blocked_until"),
+        # Availability reads a window from this index alone (migration 0008).
+        Index(
+            "ix_sessions_window", "start_at", "blocked_until", "status", "therapist_id", "room_id"
+        ),
     )
 
 

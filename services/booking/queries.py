@@ -23,7 +23,7 @@ from services.booking.scope import get_visible, visible
 from services.booking.setup_cache import LocationInfo, Setup
 from services.booking.usecases import Booking, get_or_404
 from shared.auth import Scope
-from shared.errors import InvalidRequest, NotFound
+from shared.errors import NotFound
 from shared.pagination import PageRequest, keyset
 from shared.phones import normalize_phone
 
@@ -298,49 +298,6 @@ async def staff_calendars(
         for t in staff
     ]
     return therapists, [domain.RoomCalendar(rid, spans) for rid, spans in rooms.items()]
-
-
-MAX_AVAILABILITY_DAYS = 62
-
-
-async def availability(
-    app: Booking,
-    *,
-    service_id: str,
-    location_id: str,
-    start: datetime,
-    end: datetime,
-    therapist_id: str | None = None,
-    scope: Scope,
-) -> list[domain.Slot]:
-    if end <= start:
-        raise InvalidRequest(None, "end must be after start")
-    if end - start > timedelta(days=MAX_AVAILABILITY_DAYS):
-        raise InvalidRequest(None, f"ask for at most {MAX_AVAILABILITY_DAYS} days at a time")
-    async with app.uow.read() as session:
-        setup = await app.setup.current(session)
-        location = setup.location(location_id, scope)
-        treatment = setup.treatment(service_id)
-        if not treatment.active:
-            raise domain.NotOffered(f"service {treatment.id} is retired and no longer offered")
-        if therapist_id is not None:
-            setup.therapist(therapist_id, scope)
-        window = domain.Interval(start, end)
-        # Busy spans that start before the window can still reach into it.
-        lookup = domain.Interval(start - timedelta(days=1), end + timedelta(days=1))
-        therapists, rooms = await staff_calendars(
-            session, setup, location, lookup, modality=treatment.modality, therapist_id=therapist_id
-        )
-    return domain.available_slots(
-        treatment.rule,
-        location.id,
-        location.tz,
-        window,
-        therapists,
-        rooms,
-        now=app.clock(),
-        policy=location.policy,
-    )
 
 
 # ---------------------------------------------------------------------------------------

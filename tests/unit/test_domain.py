@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from services.booking import domain
+from services.booking import domain, free_time
 from services.booking.domain import (
     BookingPolicy,
     Interval,
@@ -50,7 +50,7 @@ def slots_on(
     rooms: list[RoomCalendar] | None = None,
     treatment: Treatment = MASSAGE_60,
 ) -> list[domain.Slot]:
-    return domain.available_slots(
+    return free_time.available_slots(
         treatment,
         "downtown",
         NY,
@@ -150,7 +150,7 @@ def test_the_least_booked_therapist_that_day_is_proposed() -> None:
 def test_minimum_notice_and_horizon_limit_what_is_offered() -> None:
     now = ny(2026, 11, 30, 9, 0)
     policy = BookingPolicy(min_notice=timedelta(hours=2), horizon=timedelta(days=1))
-    slots = domain.available_slots(
+    slots = free_time.available_slots(
         MASSAGE_60,
         "downtown",
         NY,

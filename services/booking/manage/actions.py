@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from services.booking import db, domain, queries
+from services.booking import availability, db, domain
 from services.booking.usecases import Booking, sessions
 from shared.auth import EVERYTHING
 from shared.errors import DomainError
@@ -96,7 +96,7 @@ async def free_times(booking: Booking, row: db.Session) -> list[domain.Slot]:
     """Free starts of the next two weeks for the same treatment at the same location."""
     now = booking.clock()
     try:
-        return await queries.availability(
+        return await availability.search(
             booking,
             service_id=row.treatment_id,
             location_id=row.location_id,
