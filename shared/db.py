@@ -128,6 +128,21 @@ async def transaction(
             raise
 
 
+async def batch_writes(session: AsyncSession) -> None:
+    """Let this transaction's plain writes travel with its next read or its commit.
+
+    On SQLite (``shared.sqlite_driver``) that saves a thread hop per write; a constraint
+    broken by a write then raises at that read or at the commit, still inside the unit of
+    work, and a write's row count is not known. For units of work that read neither;
+    elsewhere (PostgreSQL) nothing changes.
+    """
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    if isinstance(driver, sqlite_driver.Connection):
+        driver.defer_writes()
+
+
 class UtcDateTime(TypeDecorator[datetime]):
     """Aware UTC datetimes in, aware UTC datetimes out, on SQLite (naive storage) too."""
 

@@ -8,6 +8,12 @@ statement is one job on that thread (cursor, execute, fetch every row, close), t
 ``BEGIN`` is sent with the transaction's first statement, and a rollback or commit with no
 transaction open (the pool's reset on return) does not leave the event loop at all.
 
+A transaction may also ask for its writes to wait (:meth:`Connection.defer_writes`,
+``shared.db.batch_writes``): an ``INSERT``, ``UPDATE`` or ``DELETE`` without ``RETURNING``
+then goes with the next read or with the ``COMMIT``, in the same job. Its errors (a
+constraint) show there, still inside the transaction, so only a unit of work that reads
+neither a write's row count nor its error on its own opts in.
+
 Used through :func:`connect` as the engine's ``async_creator`` (``shared.db``).
 """
 
@@ -25,11 +31,29 @@ class _Done:
 
     __slots__ = ("description", "lastrowid", "rowcount", "rows")
 
-    def __init__(self, cursor: sqlite3.Cursor, rows: list[Any]) -> None:
-        self.description = cursor.description
-        self.rowcount = cursor.rowcount
-        self.lastrowid = cursor.lastrowid
+    def __init__(self, cursor: sqlite3.Cursor | None, rows: list[Any], rowcount: int = -1) -> None:
+        self.description = cursor.description if cursor else None
+        self.rowcount = cursor.rowcount if cursor else rowcount
+        self.lastrowid = cursor.lastrowid if cursor else None
         self.rows = rows
+
+
+#: A statement waiting for the next job: sql, parameters, executemany.
+_Deferred = tuple[str, Any, bool]
+
+
+def _is_plain_write(sql: str) -> bool:
+    head = sql.lstrip()[:6].upper()
+    return head in ("INSERT", "UPDATE", "DELETE") and "RETURNING" not in sql.upper()
+
+
+def _run(conn: sqlite3.Connection, sql: str, parameters: Any, many: bool) -> sqlite3.Cursor:
+    cursor = conn.cursor()
+    if many:
+        cursor.executemany(sql, parameters)
+    else:
+        cursor.execute(sql, parameters)
+    return cursor
 
 
 class Cursor:
@@ -58,7 +82,7 @@ class Cursor:
         return self
 
     async def executemany(self, sql: str, parameters: Iterable[Iterable[Any]]) -> Cursor:
-        self._done = await self._conn._run_statement(sql, parameters, many=True)
+        self._done = await self._conn._run_statement(sql, list(parameters), many=True)
         self._at = 0
         return self
 
@@ -105,27 +129,43 @@ class Connection(aiosqlite.Connection):
         super().__init__(*args, **kwargs)
         #: ``BEGIN`` (or ``BEGIN IMMEDIATE``) to send before the next statement.
         self.pending_begin: str | None = None
+        self._defer = False
+        self._deferred: list[_Deferred] = []
 
     def begin_later(self, sql: str) -> None:
         """Open the transaction with the next statement instead of a job of its own."""
         self.pending_begin = sql
 
+    def defer_writes(self) -> None:
+        """Until this transaction ends, plain writes wait for the next read or the commit."""
+        self._defer = True
+
     def cursor(self) -> Cursor:  # type: ignore[override]
         return Cursor(self)
 
-    async def _run_statement(self, sql: str, parameters: Any, *, many: bool) -> _Done:
+    def _take_pending(self) -> tuple[str | None, list[_Deferred]]:
         begin, self.pending_begin = self.pending_begin, None
+        deferred, self._deferred = self._deferred, []
+        return begin, deferred
+
+    @staticmethod
+    def _prelude(conn: sqlite3.Connection, begin: str | None, deferred: list[_Deferred]) -> None:
+        if begin is not None:
+            conn.execute(begin)
+        for sql, parameters, many in deferred:
+            _run(conn, sql, parameters, many).close()
+
+    async def _run_statement(self, sql: str, parameters: Any, *, many: bool) -> _Done:
+        if self._defer and _is_plain_write(sql):
+            self._deferred.append((sql, parameters, many))
+            return _Done(None, [], len(parameters) if many else 1)
+        begin, deferred = self._take_pending()
         conn = self._conn
 
         def job() -> _Done:
-            if begin is not None:
-                conn.execute(begin)
-            cursor = conn.cursor()
+            self._prelude(conn, begin, deferred)
+            cursor = _run(conn, sql, parameters, many)
             try:
-                if many:
-                    cursor.executemany(sql, parameters)
-                else:
-                    cursor.execute(sql, parameters)
                 rows = cursor.fetchall() if cursor.description else []
                 return _Done(cursor, rows)
             finally:
@@ -137,19 +177,30 @@ class Connection(aiosqlite.Connection):
         cursor = self.cursor()
         return await cursor.execute(sql, parameters)
 
-    def _idle(self) -> bool:
-        """No transaction open and none pending: nothing to commit or roll back."""
-        if self.pending_begin is not None:
-            self.pending_begin = None
-            return self._connection is None or not self._connection.in_transaction
-        return self._connection is None or not self._connection.in_transaction
+    def _end(self) -> tuple[bool, str | None, list[_Deferred]]:
+        """Whether a transaction is open on SQLite's side, and what still waits to go."""
+        self._defer = False
+        begin, deferred = self._take_pending()
+        live = self._connection is not None and self._connection.in_transaction
+        return live, begin, deferred
 
     async def commit(self) -> None:
-        if not self._idle():
-            await super().commit()
+        live, begin, deferred = self._end()
+        if not deferred:
+            if live:
+                await super().commit()
+            return
+        conn = self._conn
+
+        def job() -> None:
+            self._prelude(conn, begin, deferred)
+            conn.commit()
+
+        await self._execute(job)
 
     async def rollback(self) -> None:
-        if not self._idle():
+        live, _begin, _deferred = self._end()  # what never went to SQLite is just dropped
+        if live:
             await super().rollback()
 
 
