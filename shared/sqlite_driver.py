@@ -136,6 +136,12 @@ class Connection(aiosqlite.Connection):
         """Open the transaction with the next statement instead of a job of its own."""
         self.pending_begin = sql
 
+    def skip_deferred_begin(self) -> None:
+        """A transaction of one read: its statement runs on its own (SQLite's implicit
+        transaction gives it one snapshot) and no ``COMMIT`` job follows."""
+        if self.pending_begin == "BEGIN":
+            self.pending_begin = None
+
     def defer_writes(self) -> None:
         """Until this transaction ends, plain writes wait for the next read or the commit."""
         self._defer = True
