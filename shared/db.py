@@ -143,6 +143,17 @@ async def batch_writes(session: AsyncSession) -> None:
         driver.defer_writes()
 
 
+async def run_inline(session: AsyncSession) -> None:
+    """This write transaction's statements are few and short (reads by key and a narrow
+    window): on SQLite run them on the event loop, not as a thread hop each, unless another
+    process holds the lock (``shared.sqlite_driver``). Elsewhere nothing changes."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    if isinstance(driver, sqlite_driver.Connection):
+        driver.run_inline()
+
+
 async def one_read(session: AsyncSession) -> None:
     """This transaction is a single ``SELECT``: on SQLite it runs without ``BEGIN`` and
     ``COMMIT`` (one statement has one snapshot anyway), one thread hop instead of two.

@@ -56,6 +56,27 @@ def _run(conn: sqlite3.Connection, sql: str, parameters: Any, many: bool) -> sql
     return cursor
 
 
+#: SQLITE_BUSY and SQLITE_LOCKED: another connection holds what the statement needs.
+_WAITING = (5, 6)
+
+
+def _work(conn: sqlite3.Connection, steps: list[_Deferred], progress: list[int]) -> _Done:
+    """Run ``steps`` from ``progress[0]`` on; the rows of the last one are the answer.
+    ``progress`` counts what ran, so a step that found the database locked (and did
+    nothing) is where the thread takes over."""
+    done = _Done(None, [])
+    while progress[0] < len(steps):
+        sql, parameters, many = steps[progress[0]]
+        cursor = _run(conn, sql, parameters, many)
+        try:
+            if progress[0] == len(steps) - 1:
+                done = _Done(cursor, cursor.fetchall() if cursor.description else [])
+        finally:
+            cursor.close()
+        progress[0] += 1
+    return done
+
+
 class Cursor:
     """The part of ``aiosqlite.Cursor`` SQLAlchemy's adapter uses, with every row fetched
     in the statement's job; fetching and closing cost nothing more."""
@@ -130,7 +151,10 @@ class Connection(aiosqlite.Connection):
         #: ``BEGIN`` (or ``BEGIN IMMEDIATE``) to send before the next statement.
         self.pending_begin: str | None = None
         self._defer = False
+        self._inline = False
         self._deferred: list[_Deferred] = []
+        #: The busy timeout in force on the thread (``timeout`` given to ``connect``).
+        self.busy_ms = 5000
 
     def begin_later(self, sql: str) -> None:
         """Open the transaction with the next statement instead of a job of its own."""
@@ -141,6 +165,13 @@ class Connection(aiosqlite.Connection):
         transaction gives it one snapshot) and no ``COMMIT`` job follows."""
         if self.pending_begin == "BEGIN":
             self.pending_begin = None
+
+    def run_inline(self) -> None:
+        """Until this transaction ends, statements run on the event loop's thread unless
+        the database is locked by another process (then on the connection's thread, which
+        waits); the ``COMMIT`` still goes to the thread. For short statements only: a
+        booking's few reads by key and time window cost less than a hop each."""
+        self._inline = True
 
     def defer_writes(self) -> None:
         """Until this transaction ends, plain writes wait for the next read or the commit."""
@@ -166,18 +197,27 @@ class Connection(aiosqlite.Connection):
             self._deferred.append((sql, parameters, many))
             return _Done(None, [], len(parameters) if many else 1)
         begin, deferred = self._take_pending()
-        conn = self._conn
-
-        def job() -> _Done:
-            self._prelude(conn, begin, deferred)
-            cursor = _run(conn, sql, parameters, many)
+        steps: list[_Deferred] = [(begin, (), False)] if begin else []
+        steps += [*deferred, (sql, parameters, many)]
+        conn, progress = self._conn, [0]
+        if self._inline:
             try:
-                rows = cursor.fetchall() if cursor.description else []
-                return _Done(cursor, rows)
-            finally:
-                cursor.close()
+                return self._on_the_loop(conn, steps, progress)
+            except sqlite3.OperationalError as exc:
+                if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF not in _WAITING:
+                    raise
+                # Another process holds the lock: the rest waits for it on the thread.
+        return await self._execute(lambda: _work(conn, steps, progress))
 
-        return await self._execute(job)
+    def _on_the_loop(
+        self, conn: sqlite3.Connection, steps: list[_Deferred], progress: list[int]
+    ) -> _Done:
+        """Run ``steps`` here, failing at once (not waiting) if the database is locked."""
+        conn.execute("PRAGMA busy_timeout=0")
+        try:
+            return _work(conn, steps, progress)
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={self.busy_ms}")
 
     async def execute(self, sql: str, parameters: Iterable[Any] | None = None) -> Any:  # type: ignore[override]
         cursor = self.cursor()
@@ -185,7 +225,7 @@ class Connection(aiosqlite.Connection):
 
     def _end(self) -> tuple[bool, str | None, list[_Deferred]]:
         """Whether a transaction is open on SQLite's side, and what still waits to go."""
-        self._defer = False
+        self._defer = self._inline = False
         begin, deferred = self._take_pending()
         live = self._connection is not None and self._connection.in_transaction
         return live, begin, deferred
@@ -213,9 +253,14 @@ class Connection(aiosqlite.Connection):
 def connect(database: str, **kwargs: Any) -> Connection:
     """Like ``aiosqlite.connect``; the worker thread is a daemon (as SQLAlchemy makes it)."""
 
+    # Statements run on the connection's thread, or on the loop's (``run_inline``), one
+    # at a time (SQLAlchemy's adapter awaits each), never on both at once.
+    kwargs["check_same_thread"] = False
+
     def connector() -> sqlite3.Connection:
         return sqlite3.connect(database, **kwargs)
 
     connection = Connection(connector, 64)
+    connection.busy_ms = int(float(kwargs.get("timeout", 5.0)) * 1000)
     connection._thread.daemon = True
     return connection

@@ -30,7 +30,7 @@ from services.booking.usecases.clients import client_ref
 from services.booking.waitlist import offers as waitlist
 from shared import events
 from shared.auth import EVERYTHING, Scope
-from shared.db import batch_writes
+from shared.db import batch_writes, run_inline
 from shared.errors import NotFound
 from shared.ids import new_id
 from shared.outbox import enqueue
@@ -259,6 +259,7 @@ async def book(
             # on SQLite instead of four. A reused key then raises at the commit, still
             # inside this block.
             await batch_writes(session)
+            await run_inline(session)
             row = await book_in(session, app, data, scope=scope)
             body = render(row)
             if idempotency_key is not None:
