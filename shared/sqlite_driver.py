@@ -14,6 +14,11 @@ then goes with the next read or with the ``COMMIT``, in the same job. Its errors
 constraint) show there, still inside the transaction, so only a unit of work that reads
 neither a write's row count nor its error on its own opts in.
 
+A transaction of a few short statements may run them on the event loop itself
+(:meth:`Connection.run_inline`, ``shared.db.run_inline``): with the busy timeout at zero,
+so a lock held by another process sends the rest to the connection's thread, which waits
+for it as before; the ``COMMIT`` (which may checkpoint) always goes to the thread.
+
 Used through :func:`connect` as the engine's ``async_creator`` (``shared.db``).
 """
 
