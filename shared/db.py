@@ -128,6 +128,13 @@ async def transaction(
             raise
 
 
+async def _sqlite_driver(session: AsyncSession) -> sqlite_driver.Connection | None:
+    """The transaction's connection, when it is ours (SQLite); it begins the transaction."""
+    raw = await (await session.connection()).get_raw_connection()
+    driver = raw.driver_connection
+    return driver if isinstance(driver, sqlite_driver.Connection) else None
+
+
 async def batch_writes(session: AsyncSession) -> None:
     """Let this transaction's plain writes travel with its next read or its commit.
 
@@ -136,10 +143,8 @@ async def batch_writes(session: AsyncSession) -> None:
     work, and a write's row count is not known. For units of work that read neither;
     elsewhere (PostgreSQL) nothing changes.
     """
-    connection = await session.connection()
-    raw = await connection.get_raw_connection()
-    driver = raw.driver_connection
-    if isinstance(driver, sqlite_driver.Connection):
+    driver = await _sqlite_driver(session)
+    if driver is not None:
         driver.defer_writes()
 
 
@@ -147,10 +152,8 @@ async def run_inline(session: AsyncSession) -> None:
     """This write transaction's statements are few and short (reads by key and a narrow
     window): on SQLite run them on the event loop, not as a thread hop each, unless another
     process holds the lock (``shared.sqlite_driver``). Elsewhere nothing changes."""
-    connection = await session.connection()
-    raw = await connection.get_raw_connection()
-    driver = raw.driver_connection
-    if isinstance(driver, sqlite_driver.Connection):
+    driver = await _sqlite_driver(session)
+    if driver is not None:
         driver.run_inline()
 
 
@@ -158,10 +161,8 @@ async def one_read(session: AsyncSession) -> None:
     """This transaction is a single ``SELECT``: on SQLite it runs without ``BEGIN`` and
     ``COMMIT`` (one statement has one snapshot anyway), one thread hop instead of two.
     Call it first, and read nothing more after that statement."""
-    connection = await session.connection()
-    raw = await connection.get_raw_connection()
-    driver = raw.driver_connection
-    if isinstance(driver, sqlite_driver.Connection):
+    driver = await _sqlite_driver(session)
+    if driver is not None:
         driver.skip_deferred_begin()
 
 
