@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared.db import UtcDateTime, transaction
+from shared.db import UtcDateTime, batch_writes, one_read, transaction
 from shared.events import CloudEvent
 from shared.timeutil import utcnow
 from shared.uow import after_commit
@@ -124,12 +124,14 @@ class OutboxRelay:
                 await self._publish_rows(rows)
                 await self._mark(session, rows)
                 return len(rows)
+            await one_read(session)
             rows = (await session.execute(self._pending())).all()
         # SQLite has one write lock for the whole file: never hold it while waiting on NATS.
         # A crash between publish and mark republishes; Nats-Msg-Id makes that a no-op.
         await self._publish_rows(rows)
         if rows:
             async with transaction(self._sessions, write=True) as session:
+                await batch_writes(session)  # the mark goes with the commit: one job
                 await self._mark(session, rows)
         return len(rows)
 
