@@ -7,9 +7,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import Row, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -57,7 +58,8 @@ class Outgoing:
     leased_by: str | None = None
 
 
-def outgoing_of(row: db.Message, reconcile: bool = False) -> Outgoing:
+def outgoing_of(row: db.Message | Row[*tuple[Any, ...]], reconcile: bool = False) -> Outgoing:
+    """A ledger row (the ORM's, or a Core row with the same columns) as a text to send."""
     return Outgoing(
         message_id=row.id,
         key=row.key or "",

@@ -76,22 +76,7 @@ async def _read_due(session: AsyncSession, ids: list[str]) -> list[Outgoing | No
             t.c.status,
         ).where(t.c.id.in_(set(ids)))
     )
-    rows = {
-        row.id: None
-        if row.status != "submitting"
-        else Outgoing(
-            message_id=row.id,
-            key=row.key or "",
-            phone=row.phone,
-            body=row.body,
-            session_id=row.session_id,
-            rule=row.rule or "",
-            created_at=row.created_at,
-            deadline=row.deadline_at,
-            leased_by=row.sending_by,
-        )
-        for row in found
-    }
+    rows = {row.id: None if row.status != "submitting" else outgoing_of(row) for row in found}
     # A copy each: the same text twice in a pull is two senders' own state.
     return [copy.copy(rows.get(message_id)) for message_id in ids]
 
