@@ -28,7 +28,7 @@ from nats.js.kv import KeyValue
 
 from services.reminders import api, db, firing, planning, transmit, waitlist
 from services.reminders.aftercare import AftercareLibrary
-from services.reminders.batch import GroupCommit
+from services.reminders.batch import GroupCommit, Reads
 from services.reminders.consumers import build_consumers
 from services.reminders.context import PLANNER, Reminders
 from services.reminders.jobs import REFERRAL_JOB, SESSION_JOB, WAITLIST_JOB
@@ -151,6 +151,7 @@ def bootstrap(settings: RemindersSettings) -> Runtime:
         aftercare=library,
         scheduler=scheduler,
         batch=GroupCommit(uow.write),
+        reads=Reads(uow.read),
         rules=RulesCache(settings),
     )
     planner = Worker(

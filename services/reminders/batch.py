@@ -1,4 +1,5 @@
-"""Group commit: small writes from many concurrent tasks share one transaction.
+"""Group commit: small writes from many concurrent tasks share one transaction (and
+reads of one kind share one read).
 
 A burst of sends makes thousands of tiny writes (a ledger row before each send, its
 result after, two status callbacks). On SQLite each transaction takes the one write lock
@@ -14,6 +15,9 @@ still a thousand UPDATEs, each a round trip to the driver's thread. :class:`Coal
 goes one step further for writes of one kind that cannot fail one another (the send
 leases, the send results, the status callbacks): the items queued by concurrent callers
 are written by one bulk write (an ``IN`` or an executemany) in the next group commit.
+The same shape serves reads: over :class:`Reads`, the rows concurrent callers ask for
+(the jobs a scheduler pass fires together) are read by one ``IN`` per table in one read
+transaction, instead of a transaction and a statement per table for each caller.
 """
 
 from __future__ import annotations
@@ -42,17 +46,50 @@ Write = Callable[[AsyncSession], Awaitable[Any]]
 Transaction = Callable[[], contextlib.AbstractAsyncContextManager[AsyncSession]]
 
 
-class GroupCommit:
+class Coalescing:
+    """Runs a function of a session in a transaction, and keeps the :class:`Coalesced`
+    callers made over it by name."""
+
+    def __init__(self) -> None:
+        self._coalesced: dict[str, Coalesced[Any, Any]] = {}
+
+    async def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        raise NotImplementedError
+
+    def coalesced(
+        self, name: str, apply: Callable[[AsyncSession, list[I]], Awaitable[list[R]]]
+    ) -> Coalesced[I, R]:
+        """The :class:`Coalesced` caller called ``name`` (made with ``apply`` on first use)."""
+        found = self._coalesced.get(name)
+        if found is None:
+            found = self._coalesced[name] = Coalesced(self, apply, name)
+        return found
+
+
+class Reads(Coalescing):
+    """Each function in a read transaction of its own: reads need no queue, only their
+    items gathered (:meth:`coalesced`)."""
+
+    def __init__(self, transaction: Transaction) -> None:
+        super().__init__()
+        self._transaction = transaction
+
+    async def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        async with self._transaction() as session:
+            return await work(session)
+
+
+class GroupCommit(Coalescing):
     """Queues writes and applies them in batches on a :class:`~shared.worker.Worker`."""
 
     def __init__(self, transaction: Transaction, max_batch: int = 200) -> None:
+        super().__init__()
         self._transaction = transaction
         self._max_batch = max_batch
         self._pending: list[tuple[Write, asyncio.Future[Any]]] = []
         self._worker = Worker("group-commit", self._step, poll_seconds=None)
         self._applying = False
         self.batches = 0
-        self._coalesced: dict[str, Coalesced[Any, Any]] = {}
 
     def start(self) -> None:
         self._worker.start()
@@ -80,15 +117,6 @@ class GroupCommit:
         self._pending.append((write, future))
         self._worker.wake()
         return await future
-
-    def coalesced(
-        self, name: str, apply: Callable[[AsyncSession, list[I]], Awaitable[list[R]]]
-    ) -> Coalesced[I, R]:
-        """The :class:`Coalesced` writer called ``name`` (made with ``apply`` on first use)."""
-        found = self._coalesced.get(name)
-        if found is None:
-            found = self._coalesced[name] = Coalesced(self, apply, name)
-        return found
 
     async def _step(self) -> bool:
         """One batch; ``True`` (again at once) while more writes wait."""
@@ -131,8 +159,8 @@ class GroupCommit:
 
 
 class Coalesced(Generic[I, R]):
-    """Items of concurrent callers, written together by ``apply(session, items)`` (one
-    result per item, in order) as one write of the next group commit.
+    """Items of concurrent callers, written (or read) together by ``apply(session, items)``
+    (one result per item, in order) as one write of the next group commit (or one read).
 
     A flush task, not a caller, hands the bulk write to the group commit and resolves
     every item once it committed, so a cancelled caller leaves no other one waiting. If
@@ -141,7 +169,7 @@ class Coalesced(Generic[I, R]):
 
     def __init__(
         self,
-        group: GroupCommit,
+        group: Coalescing,
         apply: Callable[[AsyncSession, list[I]], Awaitable[list[R]]],
         name: str = "",
     ) -> None:

@@ -15,11 +15,17 @@ log = structlog.get_logger(__name__)
 
 
 async def consent_of(session: AsyncSession, client: db.Client | None) -> domain.Consent:
-    """No text without consent: the phone's own STOP beats everything; a START after the
-    front desk's record counts as consent."""
+    """:func:`consent_from` the client's record and its phone's, as stored now."""
     if client is None or not client.phone:
         return "no_phone"
-    phone = await session.get(db.PhoneConsent, client.phone)
+    return consent_from(client, await session.get(db.PhoneConsent, client.phone))
+
+
+def consent_from(client: db.Client | None, phone: db.PhoneConsent | None) -> domain.Consent:
+    """No text without consent: the phone's own STOP beats everything; a START after the
+    front desk's record counts as consent. ``phone`` is the row of the client's phone."""
+    if client is None or not client.phone:
+        return "no_phone"
     if phone is not None and not phone.sms_consent:
         return "opted_out"
     if client.sms_consent:

@@ -8,7 +8,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from services.reminders.aftercare import AftercareLibrary
-from services.reminders.batch import GroupCommit
+from services.reminders.batch import GroupCommit, Reads
 from services.reminders.links import Links
 from services.reminders.rules import RulesCache
 from services.reminders.sender import Sender
@@ -33,6 +33,9 @@ class Reminders:
     scheduler: LeasedScheduler
     #: Small writes of concurrent tasks share a transaction (see batch.py).
     batch: GroupCommit
+    #: Reads of one kind by concurrent tasks share a read transaction (the session jobs
+    #: that fire together: ``firing``).
+    reads: Reads
     rules: RulesCache
     #: Ledger keys this process is sending right now (a reconcile must leave them alone).
     in_flight: set[str] = field(default_factory=set)

@@ -1,14 +1,19 @@
 """Reads several steps share: a stored session as the domain sees it, where a client is
-seen, the ledger row of a message key."""
+seen, the ledger row of a message key, the rows of many keys at once."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
 from services.reminders import db, domain
+
+K = TypeVar("K")
 
 
 def state_of(row: db.Session) -> domain.SessionState:
@@ -47,3 +52,14 @@ async def client_location(
 
 async def message_by_key(session: AsyncSession, key: str) -> db.Message | None:
     return (await session.scalars(select(db.Message).where(db.Message.key == key))).first()
+
+
+async def rows_by(
+    session: AsyncSession, column: InstrumentedAttribute[K], keys: Collection[K]
+) -> dict[K, Any]:
+    """The rows of ``column``'s table whose ``column`` is one of ``keys``, by that value:
+    one ``IN`` for a batch's look-ups (the column is unique)."""
+    if not keys:
+        return {}
+    found = await session.scalars(select(column.class_).where(column.in_(list(keys))))
+    return {getattr(row, column.key): row for row in found}
