@@ -19,7 +19,7 @@ import pytest_asyncio
 from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 
-from services.reminders import db, domain, transmit
+from services.reminders import db, domain, firing, transmit
 from services.reminders.app import Runtime, create_app
 from services.reminders.ledger import Recipient, claim
 from services.reminders.links import AFTERCARE, Links
@@ -359,6 +359,51 @@ async def test_a_burst_larger_than_one_scheduler_pass_is_sent_once_each(
         await publish(reminders.nats_url, *(b.booked() for b in burst))
         for b in burst:
             assert len(await reminders.sandbox.wait_for(b.phone, 1)) == 1
+
+
+async def test_jobs_firing_together_each_decide_on_their_own_session(
+    reminders: Reminders,
+) -> None:
+    # Session jobs that fire together read their rows together; each still decides on its
+    # own: a text sent already is not sent again, a phone that said STOP and a client who
+    # never consented get a row saying why, one not yet due waits, and an unknown session
+    # or rule changes nothing.
+    app = reminders.runtime.reminders
+    sent, stopped, waiting = Booking(), Booking(), Booking()
+    refused = Booking(consent=False)
+    await publish(
+        reminders.nats_url, sent.booked(), stopped.booked(), waiting.booked(), refused.booked()
+    )
+    for b in (sent, stopped, waiting):
+        await reminders.sandbox.wait_for(b.phone, 1, status="delivered")
+    assert (await reminders.sandbox.reply(stopped.phone, "stop"))["webhook_status"] == 200
+
+    await asyncio.gather(
+        firing.send_session_message(app, sent.session_id, "confirmation"),
+        firing.send_session_message(app, stopped.session_id, "reminder_24h"),
+        firing.send_session_message(app, refused.session_id, "reminder_24h"),
+        firing.send_session_message(app, waiting.session_id, "reminder_24h"),
+        firing.send_session_message(app, "no-such-session", "reminder_24h"),
+        firing.send_session_message(app, waiting.session_id, "no_such_rule"),
+    )
+
+    for b, reason in ((stopped, "opted_out"), (refused, "no_consent")):
+        rows = await wait_log(
+            reminders.http,
+            lambda rows: any(r["rule"] == "reminder_24h" for r in rows),
+            session_id=b.session_id,
+        )
+        dropped = next(r for r in rows if r["rule"] == "reminder_24h")
+        assert dropped["status"] == "skipped" and dropped["reason"] == reason
+    assert [r["rule"] for r in await log_of(reminders.http, session_id=waiting.session_id)] == [
+        "confirmation"
+    ]
+    jobs = await reminders.jobs(waiting.session_id)
+    assert jobs["reminder_24h"] == pytest.approx((waiting.start - timedelta(hours=24)).timestamp())
+    for b in (sent, stopped, waiting):
+        assert len(await reminders.sandbox.to(b.phone)) == 1
+    assert await reminders.sandbox.to(refused.phone) == []
+    assert not app.firing
 
 
 async def test_a_copy_of_a_text_still_being_sent_waits_and_never_sends_twice(
