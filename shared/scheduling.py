@@ -90,22 +90,36 @@ class ChunkedJobStore(SQLAlchemyJobStore):
         hundreds of jobs: one commit each was a fifth of the planner's time). An add is an
         upsert then, since a failed insert would abort PostgreSQL's whole transaction; the
         adds wait in a list and go as one statement of many rows (built once per store),
-        before any remove and at the end."""
+        the removes (a scheduler pass removes every job it starts) as one ``IN``: both
+        before any other statement of the block, and at its end."""
         with self.engine.begin() as connection:
             self._local.connection = connection
             self._local.rows = []
+            self._local.removed = []
             try:
                 yield
-                self._write_added()
+                self._write_pending()
             finally:
                 self._local.connection = None
                 self._local.rows = []
+                self._local.removed = []
 
     def _batch(self) -> Connection | None:
         connection: Connection | None = getattr(self._local, "connection", None)
         if connection is not None:
-            self._write_added()  # a remove or a look after an add sees it
+            self._write_pending()  # a look or a write sees what was asked before it
         return connection
+
+    def _write_pending(self) -> None:
+        """The removes, then the adds: a remove asked for after an add wrote that add
+        first (``remove_job``), so the removes waiting were all asked for before the adds."""
+        removed = getattr(self._local, "removed", None)
+        if removed:
+            self._local.removed = []
+            self._local.connection.execute(
+                self.jobs_t.delete().where(self.jobs_t.c.id.in_(removed))
+            )
+        self._write_added()
 
     def _write_added(self) -> None:
         rows = getattr(self._local, "rows", None)
@@ -140,12 +154,13 @@ class ChunkedJobStore(SQLAlchemyJobStore):
 
     def remove_job(self, job_id: str) -> None:
         """In a batch, a job already gone is not an error: a scheduler's pass removes the
-        jobs it started, and one raise would roll back every removal of the pass."""
-        connection = self._batch()
-        if connection is None:
+        jobs it started, and one raise would roll back every removal of the pass. The
+        removes wait for the next statement or the batch's end, and go as one."""
+        if getattr(self._local, "connection", None) is None:
             super().remove_job(job_id)
             return
-        connection.execute(self.jobs_t.delete().where(self.jobs_t.c.id == job_id))
+        self._write_added()
+        self._local.removed.append(job_id)
 
     def update_job(self, job: Job) -> None:
         connection = self._batch()
