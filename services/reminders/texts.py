@@ -10,6 +10,7 @@ for it: a link the client can tap is worth the second segment, a third is not.
 
 from __future__ import annotations
 
+import functools
 import tomllib
 import unicodedata
 from dataclasses import dataclass, replace
@@ -101,8 +102,12 @@ def local_time(moment: datetime, tz: ZoneInfo, language: str | None = DEFAULT_LA
     return format_datetime(moment, LANGUAGES[code].until_pattern, tzinfo=tz, locale=code)
 
 
+@functools.lru_cache(maxsize=256)
 def display_phone(phone: str, region: str = "US") -> str:
-    """``(706) 555-0100`` for a number of the clinic's region, ``+44 20 …`` otherwise."""
+    """``(706) 555-0100`` for a number of the clinic's region, ``+44 20 …`` otherwise.
+
+    Remembered: the phones shown are the clinic's and its locations', a handful, and
+    parsing one again for every text was two fifths of rendering a burst's texts."""
     try:
         parsed = phonenumbers.parse(phone, region)
     except phonenumbers.NumberParseException:
