@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -51,7 +52,24 @@ async def serve(app: FastAPI) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
-        await task
+        await _stopped(task, server)
+
+
+async def _stopped(task: asyncio.Task[None], server: uvicorn.Server, timeout: float = 60) -> None:
+    """Wait for a served app to shut down; one that hangs is a failure that names what it
+    waits on, and is cancelled, so its workers do not go on inside the next tests."""
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if done:
+        task.result()
+        return
+    stuck = io.StringIO()
+    for other in asyncio.all_tasks():
+        if other is not asyncio.current_task():
+            other.print_stack(limit=12, file=stuck)
+    server.force_exit = True
+    task.cancel()
+    await asyncio.wait({task}, timeout=5)
+    raise AssertionError(f"the app did not shut down in {timeout}s; tasks:\n{stuck.getvalue()}")
 
 
 async def _started(server: uvicorn.Server) -> bool:
