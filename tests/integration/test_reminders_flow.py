@@ -25,7 +25,7 @@ from services.reminders.ledger import Recipient, claim
 from services.reminders.links import AFTERCARE, Links
 from services.reminders.settings import SANDBOX_AUTH_TOKEN
 from shared import events
-from shared.broker import Deferred
+from shared.consumers import Deferred
 from shared.natsd import free_port
 from shared.settings import PROJECT_ROOT
 from tests.reminders_support import (
