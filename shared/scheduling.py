@@ -400,6 +400,7 @@ class LeasedScheduler:
         self.became_active = asyncio.Event()
         self._engine: Engine | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._listener_tasks: set[asyncio.Task[None]] = set()
         #: Due jobs run at once, by id (see :meth:`add_jobs`); cancelled on standing down.
         self._running_now: dict[str, asyncio.Task[None]] = {}
@@ -497,19 +498,22 @@ class LeasedScheduler:
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name=f"scheduler-{self.key}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Cancel the loop and wait for it; it also ends at its next look at
+        ``_stopping``, should a NATS call lose the cancel (see ``shared.worker``)."""
+        task, self._task = self._task, None
+        if task is not None:
+            self._stopping = True
+            task.cancel()
+            await asyncio.wait({task})
 
     async def _run(self) -> None:
         await self._connected.wait()
         delay = 0.5
-        while True:
+        while not self._stopping:
             self.role = "standby"
             try:
                 if self.lease is None:
@@ -517,6 +521,9 @@ class LeasedScheduler:
                         self._jetstream(), key=self.key, ttl_seconds=self._ttl, bucket=self._bucket
                     )
                 await self.lease.acquire()
+                if self._stopping:
+                    await self.lease.release()
+                    return
                 await self._lead(self.lease)
                 delay = 0.5
             except asyncio.CancelledError:

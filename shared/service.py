@@ -21,13 +21,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import asyncapi
-from shared.broker import (
+from shared.broker import ensure_streams, jetstream, make_broker, publish_raw
+from shared.consumers import (
     Consumer,
     ensure_consumer,
-    ensure_streams,
-    jetstream,
-    make_broker,
-    publish_raw,
     register_consumer,
     watch_max_deliveries,
 )

@@ -9,7 +9,6 @@ group commit all "wait for a reason, do a batch, repeat". Each is a :class:`Work
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -56,6 +55,7 @@ class Worker:
         self._backoff_max = backoff_max_seconds
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.failures = 0
 
     @property
@@ -70,17 +70,24 @@ class Worker:
     def start(self) -> None:
         if not self.running:
             self._wakeup = asyncio.Event()
+            self._stopping = False
             self._task = asyncio.create_task(self._run(), name=self.name)
 
     async def stop(self) -> None:
+        """Cancel the loop and wait for it to end. A cancel can be lost on the way (Python
+        3.11's ``asyncio.wait_for``, which nats-py uses, returns a result that arrived in
+        the same turn and drops the cancel), so the loop also ends at its next look at
+        ``_stopping``, woken for it; a stop that is itself cancelled is not held up."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is None:
+            return
+        self._stopping = True
+        self._wakeup.set()
+        task.cancel()
+        await asyncio.wait({task})
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             self._wakeup.clear()
             try:
                 answer = await self._step()
@@ -106,7 +113,8 @@ class Worker:
             if isinstance(answer, int | float) and not isinstance(answer, bool):
                 timeout = max(0.0, answer) if timeout is None else min(timeout, max(0.0, answer))
             try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout=timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: it can lose a cancel
+                    await self._wakeup.wait()
                 self._poll = self.poll_seconds
             except TimeoutError:
                 self._stretch_poll()

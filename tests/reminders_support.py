@@ -3,19 +3,17 @@ over HTTP, the reminders app on a chosen port, and reminders as a child process.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 from fastapi import FastAPI
 
 from services.reminders.settings import RemindersSettings
@@ -133,28 +131,6 @@ def settings_for(
     }
     values.update(extra)
     return RemindersSettings(**values)
-
-
-@asynccontextmanager
-async def serve_on(app: FastAPI, port: int) -> AsyncIterator[str]:
-    """Run ``app`` under uvicorn on ``port`` in this event loop (its public URL is known
-    before it starts: Twilio's callbacks and the signatures name it)."""
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    task = asyncio.create_task(server.serve())
-
-    async def started() -> bool:
-        if task.done():
-            task.result()
-        return server.started
-
-    await eventually(started, timeout=30, what="uvicorn to start")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def wait_active(app: FastAPI, timeout: float = 15) -> None:

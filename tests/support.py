@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -39,23 +40,44 @@ async def eventually(
 
 
 @asynccontextmanager
-async def serve(app: FastAPI) -> AsyncIterator[str]:
-    """Run ``app`` under uvicorn on a free port in this event loop; yields its base URL."""
-    port = free_port()
+async def serve(app: FastAPI, port: int | None = None) -> AsyncIterator[str]:
+    """Run ``app`` under uvicorn in this event loop, on ``port`` (when its public URL must
+    be known before it starts: Twilio's callbacks and the signatures name it) or a free
+    one; yields its base URL."""
+    port = port or free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )
     task = asyncio.create_task(server.serve())
-    await eventually(lambda: _started(server), timeout=30, what="uvicorn to start")
+
+    async def started() -> bool:
+        if task.done():
+            task.result()  # it failed to start: say why
+        return server.started
+
+    await eventually(started, timeout=30, what="uvicorn to start")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
-        await task
+        await _stopped(task, server)
 
 
-async def _started(server: uvicorn.Server) -> bool:
-    return server.started
+async def _stopped(task: asyncio.Task[None], server: uvicorn.Server, timeout: float = 60) -> None:
+    """Wait for a served app to shut down; one that hangs is a failure that names what it
+    waits on, and is cancelled, so its workers do not go on inside the next tests."""
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if done:
+        task.result()
+        return
+    stuck = io.StringIO()
+    for other in asyncio.all_tasks():
+        if other is not asyncio.current_task():
+            other.print_stack(limit=12, file=stuck)
+    server.force_exit = True
+    task.cancel()
+    await asyncio.wait({task}, timeout=5)
+    raise AssertionError(f"the app did not shut down in {timeout}s; tasks:\n{stuck.getvalue()}")
 
 
 async def wait_ready(base_url: str, timeout: float = 30.0) -> None:

@@ -29,7 +29,8 @@ from services.booking.waitlist.lapses import Lapses
 from services.booking.waitlist.offers import LAPSES
 from shared import events
 from shared.auth import Authenticator
-from shared.broker import Consumer, jetstream
+from shared.broker import jetstream
+from shared.consumers import Consumer
 from shared.db import create_engine
 from shared.errors import install_error_handlers
 from shared.events import CloudEvent

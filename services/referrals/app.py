@@ -24,7 +24,8 @@ from services.referrals.usecases.context import DEADLINES, DISPATCHER
 from services.referrals.usecases.create_queue import CreateQueue
 from shared import events
 from shared.auth import Authenticator, remember_key
-from shared.broker import Consumer, jetstream
+from shared.broker import jetstream
+from shared.consumers import Consumer
 from shared.db import create_engine, sync_url
 from shared.events import ClientEvent, CloudEvent, SessionEvent
 from shared.gate import Gate

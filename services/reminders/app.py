@@ -40,7 +40,8 @@ from services.reminders.sender import Sender
 from services.reminders.settings import RemindersSettings
 from shared import events
 from shared.auth import Authenticator
-from shared.broker import Consumer, jetstream
+from shared.broker import jetstream
+from shared.consumers import Consumer
 from shared.db import create_engine
 from shared.errors import install_error_handlers
 from shared.http import install_input_guard

@@ -19,7 +19,7 @@ from services.reminders.questions import close_offer_questions
 from services.reminders.settings import RemindersSettings
 from shared import events
 from shared.auth import remember_key
-from shared.broker import Consumer
+from shared.consumers import Consumer
 from shared.timeutil import as_utc
 from shared.uow import after_commit
 

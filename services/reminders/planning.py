@@ -106,12 +106,16 @@ async def plan_pending(app: Reminders, limit: int = PLAN_BATCH) -> int:
     done: list[tuple[str, int, list[str]]] = []
     job_keys: dict[str, str] = {}
     async with app.uow.read() as session:
-        rules = await load_rules(session, app.settings)
         rows = (
             await session.scalars(
                 select(db.Session).where(db.Session.plan_pending.is_(True)).limit(limit)
             )
         ).all()
+        # The rules after the sessions: a rules change bumps every session's change_seq in
+        # its commit, so rules read first could be older than the change_seq read next
+        # (on PostgreSQL each statement sees what is committed when it starts), and the
+        # session would be marked planned under rules it never saw.
+        rules = await load_rules(session, app.settings)
         keys = await _keys_with_rows(session, [r.id for r in rows])
         for row in rows:
             planned = domain.plan_session(state_of(row), rules.for_location(row.location_id))

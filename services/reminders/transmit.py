@@ -12,7 +12,7 @@ Who sends is decided by the database, not by the queue: before asking the provid
 replica takes the row's send lease (a conditional UPDATE of ``sending_by`` and
 ``sending_until``) and renews it while it works. A copy the queue hands to a second replica
 while the first is still sending (its in-progress marks could not reach NATS: a node's
-loss) finds the lease held and comes back later (:class:`~shared.broker.Deferred`); a dead
+loss) finds the lease held and comes back later (:class:`~shared.consumers.Deferred`); a dead
 replica's lease lapses, and whoever takes it next looks at the provider first."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from services.reminders.ledger import Outgoing, outgoing_of
 from services.reminders.sender import UNSUBSCRIBED, Accepted, SendFailed
 from services.reminders.status import MESSAGES, STATUS_RANK, apply_early, sms_event
 from shared import events
-from shared.broker import Deferred
+from shared.consumers import Deferred
 from shared.outbox import enqueue
 
 log = structlog.get_logger(__name__)
@@ -84,7 +84,7 @@ async def _read_due(session: AsyncSession, ids: list[str]) -> list[Outgoing | No
 async def transmit(app: Reminders, out: Outgoing) -> None:
     """Send a claimed message once: look first when an earlier attempt may have gone.
     Raises :class:`Unresolved` when that could not be told (the queue retries), and
-    :class:`~shared.broker.Deferred` while another process holds the row's send lease."""
+    :class:`~shared.consumers.Deferred` while another process holds the row's send lease."""
 
     if not await take_lease(app, out):
         return

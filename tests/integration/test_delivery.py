@@ -25,14 +25,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.booking.app import create_app
 from shared import events
-from shared.broker import (
-    BROKER_LOGGER,
+from shared.broker import BROKER_LOGGER, ensure_streams, jetstream, make_broker
+from shared.consumers import (
     Consumer,
     QuietPullSubscriber,
     ensure_consumer,
-    ensure_streams,
-    jetstream,
-    make_broker,
     register_consumer,
 )
 from shared.db import create_engine, transaction

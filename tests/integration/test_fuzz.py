@@ -33,7 +33,6 @@ from shared.natsd import free_port
 from tests.integration.test_booking_api import make_clinic
 from tests.integration.test_booking_api import settings_for as booking_settings
 from tests.referrals_support import referrals_settings
-from tests.reminders_support import serve_on
 from tests.reminders_support import settings_for as reminders_settings
 from tests.support import AUTH, serve, wait_ready
 
@@ -120,7 +119,7 @@ async def test_booking_answers_no_5xx(database_url: str, nats_url: str) -> None:
 async def test_reminders_answers_no_5xx(database_url: str, nats_url: str) -> None:
     port = free_port()
     settings = reminders_settings(database_url, nats_url, "http://127.0.0.1:9", port)
-    async with serve_on(reminders_app(settings), port) as base_url:
+    async with serve(reminders_app(settings), port) as base_url:
         await wait_ready(base_url)
         await run_fuzz("reminders", base_url)
 

@@ -21,8 +21,8 @@ from services.reminders.texts import local_when
 from shared.natsd import free_port
 from tests.integration.test_booking_api import make_clinic, next_monday_at, session_body
 from tests.integration.test_booking_api import settings_for as booking_settings
-from tests.reminders_support import running_sandbox, serve_on, settings_for, wait_active
-from tests.support import AUTH, EventTap, eventually, sqlite_url, wait_ready
+from tests.reminders_support import running_sandbox, settings_for, wait_active
+from tests.support import AUTH, EventTap, eventually, serve, sqlite_url, wait_ready
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = [
@@ -60,8 +60,8 @@ async def booked(tmp_path: Path, nats_url: str) -> AsyncIterator[dict[str, Any]]
             settings_for(sqlite_url(tmp_path, "reminders"), nats_url, sandbox.url, reminders_port)
         )
         async with (
-            serve_on(booking_app, booking_port) as booking_url,
-            serve_on(reminders_app, reminders_port),
+            serve(booking_app, booking_port) as booking_url,
+            serve(reminders_app, reminders_port),
         ):
             await wait_ready(booking_url)
             await wait_active(reminders_app)

@@ -31,7 +31,6 @@ from tests.integration.test_booking_api import settings_for as booking_settings
 from tests.reminders_support import (
     Sandbox,
     running_sandbox,
-    serve_on,
     settings_for,
     wait_active,
 )
@@ -193,7 +192,7 @@ async def test_booking_and_reminders_do_all_they_need_as_their_own_users(
     reminders_app = create_reminders(reminders_settings)
     async with (
         serve(booking_app) as booking_url,
-        serve_on(reminders_app, port) as reminders_url,
+        serve(reminders_app, port) as reminders_url,
     ):
         sandbox.point_inbound_at(reminders_url)
         await wait_ready(booking_url)

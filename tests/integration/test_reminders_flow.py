@@ -19,13 +19,13 @@ import pytest_asyncio
 from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 
-from services.reminders import db, domain, firing, transmit
+from services.reminders import db, domain, firing, planning, transmit
 from services.reminders.app import Runtime, create_app
 from services.reminders.ledger import Recipient, claim
 from services.reminders.links import AFTERCARE, Links
 from services.reminders.settings import SANDBOX_AUTH_TOKEN
 from shared import events
-from shared.broker import Deferred
+from shared.consumers import Deferred
 from shared.natsd import free_port
 from shared.settings import PROJECT_ROOT
 from tests.reminders_support import (
@@ -35,12 +35,11 @@ from tests.reminders_support import (
     now,
     publish,
     running_sandbox,
-    serve_on,
     settings_for,
     wait_active,
     wait_log,
 )
-from tests.support import AUTH, EventTap, eventually
+from tests.support import AUTH, EventTap, eventually, serve
 from tools.kit.events import RIVERSIDE
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -81,7 +80,7 @@ async def start_reminders(
 ) -> AsyncIterator[Reminders]:
     port = free_port()
     app = create_app(settings_for(database_url, nats_url, sandbox.url, port, **extra))
-    async with serve_on(app, port) as url:
+    async with serve(app, port) as url:
         sandbox.point_inbound_at(url)
         await wait_active(app)
         async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=30) as http:
@@ -616,15 +615,54 @@ async def test_rules_api_validates_and_replans(reminders: Reminders) -> None:
         "end": "21:00",
     }
 
+    seen: list[dict[str, float]] = []
+
     async def replanned() -> dict[str, float] | None:
         jobs = await reminders.jobs(b.session_id)
+        seen.append(jobs)
         # The confirmation went before the change: no copy of it may wait in the store
         # (in the evening the new quiet hours would hold one until the morning).
         return jobs if set(jobs) == {"reminder_24h", "reminder_2h"} else None
 
-    jobs = await eventually(replanned, what="the jobs re-planned under the new rules")
+    try:
+        jobs = await eventually(replanned, what="the jobs re-planned under the new rules")
+    except AssertionError as timed_out:
+        raise AssertionError(f"{timed_out}; the jobs stored: {seen[-1]}") from None
     expected = (b.start - timedelta(hours=3)).timestamp()
     assert jobs["reminder_2h"] >= expected - 1, "moved to 3 h before (or later, for quiet hours)"
+
+
+async def test_rules_changed_while_the_planner_reads_are_planned_again(
+    reminders: Reminders, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An admin's change that commits between the planner's read of the rules and its read
+    of the sessions: the session must not be marked planned under the old rules (on
+    PostgreSQL each statement sees what is committed when it starts; the follow-up of
+    the old rules stayed in the store)."""
+    b = Booking()
+    without_followup = [
+        r
+        for r in (await reminders.http.get("/v1/rules")).json()["defaults"]["rules"]
+        if r["name"] != "followup"
+    ]
+    read_rules = planning.load_rules
+    changed: list[int] = []
+
+    async def rules_then_a_change(session: Any, settings: Any) -> Any:
+        rules = await read_rules(session, settings)
+        if not changed:
+            changed.append((await reminders.put_rules(without_followup)).status_code)
+        return rules
+
+    monkeypatch.setattr(planning, "load_rules", rules_then_a_change)
+    await publish(reminders.nats_url, b.booked())
+
+    async def planned_under_the_new_rules() -> dict[str, float] | None:
+        jobs = await reminders.jobs(b.session_id)
+        return jobs if changed and set(jobs) == {"reminder_24h", "reminder_2h"} else None
+
+    await eventually(planned_under_the_new_rules, what="the follow-up dropped by the change")
+    assert changed == [200]
 
 
 async def test_followup_links_to_the_aftercare_page(on_sqlite: Reminders) -> None:

@@ -23,7 +23,6 @@ from tests.reminders_support import (
     now,
     publish,
     running_sandbox,
-    serve_on,
     settings_for,
     wait_active,
     wait_log,
@@ -49,7 +48,7 @@ async def test_booked_then_confirmed_by_text_then_opted_out(
     )
     async with (
         serve(booking_app) as booking_url,
-        serve_on(reminders_app, port) as reminders_url,
+        serve(reminders_app, port) as reminders_url,
     ):
         sandbox.point_inbound_at(reminders_url)
         await wait_ready(booking_url)
@@ -121,7 +120,7 @@ async def test_reminders_due_while_down_are_sent_on_restart_when_still_useful(
         return app, port
 
     app, port = await run_once()
-    async with serve_on(app, port) as url:
+    async with serve(app, port) as url:
         sandbox.point_inbound_at(url)
         await wait_active(app)
         async with httpx.AsyncClient(base_url=url, headers=AUTH) as http:
@@ -140,7 +139,7 @@ async def test_reminders_due_while_down_are_sent_on_restart_when_still_useful(
     await eventually(passed, what="the reminder's time to pass while the service is down")
 
     app, port = await run_once()
-    async with serve_on(app, port) as url:
+    async with serve(app, port) as url:
         sandbox.point_inbound_at(url)
         await wait_active(app)
         messages = await sandbox.wait_for(useful.phone, 2)
@@ -165,7 +164,7 @@ async def test_the_confirmation_carries_the_clients_page_and_r_answers_with_it(
     )
     async with (
         serve(booking_app) as booking_url,
-        serve_on(reminders_app, port) as reminders_url,
+        serve(reminders_app, port) as reminders_url,
     ):
         sandbox.point_inbound_at(reminders_url)
         await wait_ready(booking_url)

@@ -20,7 +20,7 @@ from tests.integration.test_booking_api import make_clinic, next_monday_at
 from tests.integration.test_booking_api import settings_for as booking_settings
 from tests.keys_support import key_answers
 from tests.referrals_support import make_partner, referral_body, referrals_settings
-from tests.reminders_support import Sandbox, running_sandbox, serve_on, wait_active
+from tests.reminders_support import Sandbox, running_sandbox, wait_active
 from tests.reminders_support import settings_for as reminders_settings
 from tests.support import AUTH, eventually, serve, sqlite_url, wait_ready
 from tools.kit.care import plan_body
@@ -242,7 +242,7 @@ async def test_a_key_of_booking_holds_everywhere_and_sees_its_location_only(
     )
     async with (
         serve(booking_app) as booking_url,
-        serve_on(reminders_app, port) as reminders_url,
+        serve(reminders_app, port) as reminders_url,
         serve(referrals_app) as referrals_url,
     ):
         for url in (booking_url, reminders_url, referrals_url):

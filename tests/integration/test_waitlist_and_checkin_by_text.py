@@ -27,7 +27,7 @@ from tests.booking_support import make_clinic
 from tests.integration.test_booking_api import next_monday_at, session_body
 from tests.integration.test_booking_api import settings_for as booking_settings
 from tests.referrals_support import known_client, make_plan, running_referrals
-from tests.reminders_support import Sandbox, running_sandbox, serve_on, settings_for, wait_active
+from tests.reminders_support import Sandbox, running_sandbox, settings_for, wait_active
 from tests.support import AUTH, eventually, serve, sqlite_url, wait_ready
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -55,7 +55,7 @@ async def clinic(tmp_path: Path, nats_url: str) -> AsyncIterator[Clinic]:
         )
         async with (
             serve(booking_app) as booking_url,
-            serve_on(reminders_app, port) as reminders_url,
+            serve(reminders_app, port) as reminders_url,
             running_referrals(sqlite_url(tmp_path, "referrals"), nats_url) as (referrals, _),
             httpx.AsyncClient(base_url=booking_url, headers=AUTH, timeout=30) as front,
             httpx.AsyncClient(base_url=reminders_url, headers=AUTH, timeout=30) as reminders,

@@ -143,7 +143,7 @@ def test_a_subscription_must_cover_subjects_of_its_one_payload() -> None:
 
 
 def test_a_consumer_built_from_a_subscription_carries_its_payload() -> None:
-    from shared.broker import Consumer
+    from shared.consumers import Consumer
 
     async def on_session(_session: Any, _event: events.CloudEvent[events.SessionEvent]) -> None:
         return None

@@ -48,3 +48,30 @@ async def test_without_an_idle_poll_the_poll_stays_as_set() -> None:
     finally:
         await worker.stop()
     assert looks >= 12, "a planner keeps its poll (another replica may have left work)"
+
+
+async def test_a_stop_right_after_a_wake_up_stops_the_worker() -> None:
+    """The shutdown of an app whose worker was woken in the same turn of the loop (a
+    calendar push finishing as the app stops): Python 3.11's ``asyncio.wait_for`` returned
+    the wake-up and lost the cancel, and the stop waited for ever while the worker went on
+    pushing inside the next tests."""
+    steps = 0
+
+    async def step() -> None:
+        nonlocal steps
+        steps += 1
+
+    worker = Worker("calendar-push", step, poll_seconds=60)
+    worker.start()
+    await asyncio.sleep(0.05)  # waiting for a wake-up
+    worker.wake()
+    loop = asyncio.get_running_loop()
+    asked = loop.time()
+    stopping = asyncio.ensure_future(worker.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=2)
+    assert done, "the stop waits for a worker that goes on"
+    assert loop.time() - asked < 1
+    assert not worker.running
+    ran = steps
+    await asyncio.sleep(0.1)
+    assert steps == ran, "nothing runs after the stop"
