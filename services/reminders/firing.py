@@ -77,6 +77,8 @@ class _Facts:
     warrants the message."""
 
     row: db.Session
+    #: The session as the domain sees it (``state_of(row)``).
+    state: domain.SessionState
     rule: domain.Rule | None
     quiet: domain.QuietHours
     planned: domain.Planned | None
@@ -117,12 +119,14 @@ async def _read_session_jobs(
         if rule is not None and not rule.enabled:
             rule = None
         client = clients.get(row.client_id)
+        state = state_of(row)
         facts.append(
             _Facts(
                 row=row,
+                state=state,
                 rule=rule,
                 quiet=rules.quiet_hours,
-                planned=domain.plan_one(state_of(row), rule, rules.quiet_hours) if rule else None,
+                planned=domain.plan_one(state, rule, rules.quiet_hours) if rule else None,
                 client=client,
                 consent=consent_from(client, phones.get(client.phone) if client else None),
                 existing=None,
@@ -155,8 +159,8 @@ async def _fire_session_job(app: Reminders, session_id: str, rule_name: str) -> 
     if facts.rule is None:
         log.info("job.rule_gone", session=session_id, rule=rule_name)
         return False
-    row, client, planned, existing = facts.row, facts.client, facts.planned, facts.existing
-    state = state_of(row)
+    row, state, client, planned = facts.row, facts.state, facts.client, facts.planned
+    existing = facts.existing
     decision = domain.decide(planned, facts.consent, now, state.zone, facts.quiet)
     body = (
         text_for_session(app, decision.planned.kind, row, client)
