@@ -224,7 +224,9 @@ async def _release_lease(app: Reminders, message_id: str) -> None:
 
 async def _finish_accepted(app: Reminders, out: Outgoing, accepted: Accepted) -> None:
     await app.batch.coalesced("results", _record_accepted).run((out, accepted, app.now()))
-    log.info("sms.sent", key=out.key, sid=accepted.sid, attempts=accepted.attempts)
+    # A line per text would be thousands in a burst: the message log (``GET /v1/messages``)
+    # is where a person looks; failures and reconciliations stay at INFO and above.
+    log.debug("sms.sent", key=out.key, sid=accepted.sid, attempts=accepted.attempts)
 
 
 async def _record_accepted(

@@ -30,7 +30,8 @@ async def test_two_replicas_share_the_sending_and_the_rate_limit(
     tmp_path: Path, nats_url: str, sandbox: Sandbox
 ) -> None:
     database = sqlite_url(tmp_path, "reminders")
-    settings = {"SMS_RATE_PER_SECOND": str(RATE), "SMS_CONCURRENCY": "2"}
+    # DEBUG: each replica's "sms.sent" lines say which one sent.
+    settings = {"SMS_RATE_PER_SECOND": str(RATE), "SMS_CONCURRENCY": "2", "LOG_LEVEL": "DEBUG"}
     # Slow answers keep each replica's few send slots busy, so both take work.
     await sandbox.fault(to=PREFIX + "*", delay_ms=200)
     first = Process(process_env(database, nats_url, sandbox.url, **settings), tmp_path / "a.log")
