@@ -25,6 +25,9 @@ its own process as in production (``nats-server``, ``python -m tools.twilio_sand
 5. Anchor: the plain twilio SDK (``create_async``, 16 at once, no status callbacks) sends
    up to 2,000 texts into the same sandbox; the burst's rate is printed beside it with the
    ratio (issue 12's floor: 0.5).
+6. Schedules (direction 4): the burst also times APScheduler alone (due until the job
+   store is empty), printed beside ``--messages`` raw JetStream message schedules due at
+   one instant and taken by a pull consumer: what moving one-shot texts would gain.
 
 Run from the project root::
 
@@ -196,15 +199,26 @@ async def burst(
         what="every reminder job to be stored",
     )
     spare = (due - datetime.now(UTC)).total_seconds()
+    due_perf = time.perf_counter() + spare
     if spare <= 0:
         raise SystemExit(f"planning took longer than the lead; rerun with --lead {lead * 2:.0f}")
     log(f"{name}: {n} jobs stored {spare:.1f}s before they fall due")
+    # APScheduler's part alone: a fired one-shot job leaves the store (direction 4's figure).
+    fired = asyncio.create_task(
+        wait_until(
+            lambda: count(db, "SELECT count(*) FROM apscheduler_jobs") == 0,
+            timeout=600,
+            what="every job to fire",
+            every=0.1,
+        )
+    )
     await wait_until(
         lambda: count(db, "SELECT count(*) FROM messages WHERE provider_sid IS NOT NULL") >= n,
         timeout=600,
         what="every message to be sent",
         every=0.5,
     )
+    fired_after_due_s = await fired - due_perf
     _ = planned_at
     async with httpx.AsyncClient(timeout=120) as client:
         state = (await client.get(f"{sandbox_url}/_sandbox/messages")).json()
@@ -229,6 +243,7 @@ async def burst(
         "rejected": len(state["requests"]) - len(accepted),
         "delay_from_due": latency_summary(delays_ms),
         "sends_per_s": round((len(received) - 1) / window, 1) if window > 0 else None,
+        "jobs_fired_per_s": round(n / fired_after_due_s, 1) if fired_after_due_s > 0 else None,
         "first_after_due_ms": round(delays_ms[0], 1),
         "last_after_due_ms": round(delays_ms[-1], 1),
         "log_findings": findings,
@@ -347,6 +362,69 @@ async def sdk_anchor(sandbox_url: str, n: int, concurrency: int = 16) -> dict[st
     return {"messages": n, "concurrency": concurrency, "sends_per_s": round(n / wall, 1)}
 
 
+async def schedules_anchor(nats_url: str, n: int, lead: float = 5.0) -> dict[str, Any]:
+    """JetStream message schedules (issue 12's direction 4), raw: ``n`` messages published
+    with ``Nats-Schedule: @at T`` to a stream allowing schedules, each targeting a subject a
+    durable pull consumer takes (fetch 256, ack each). How fast the server turns due
+    schedules into messages a sender would take, beside APScheduler's firing in the burst."""
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    stream = "BENCHSCHED"
+    with contextlib.suppress(Exception):  # absent on a fresh server
+        await js.delete_stream(stream)
+    await js.add_stream(
+        js_api.StreamConfig(
+            name=stream,
+            subjects=["benchsched.>"],
+            storage=js_api.StorageType.FILE,
+            allow_msg_schedules=True,
+        )
+    )
+    sub = await js.pull_subscribe("benchsched.due.>", durable="bench-sched", stream=stream)
+    due = (datetime.now(UTC) + timedelta(seconds=lead)).replace(microsecond=0)
+    at = f"@at {due:%Y-%m-%dT%H:%M:%SZ}"
+    started = time.perf_counter()
+    for i in range(0, n, 500):
+        await asyncio.gather(
+            *(
+                js.publish(
+                    f"benchsched.plan.{k}",
+                    b"{}",
+                    headers={
+                        "Nats-Schedule": at,
+                        "Nats-Schedule-Target": f"benchsched.due.{k}",
+                        "Nats-Msg-Id": str(uuid.uuid4()),
+                    },
+                )
+                for k in range(i, min(n, i + 500))
+            )
+        )
+    published = time.perf_counter() - started
+    if datetime.now(UTC) >= due:
+        raise SystemExit(f"publishing {n} schedules took longer than {lead:.0f}s")
+    arrivals: list[float] = []
+    while len(arrivals) < n:
+        try:
+            msgs = await sub.fetch(256, timeout=1)
+        except (nats.errors.TimeoutError, TimeoutError):
+            if (datetime.now(UTC) - due).total_seconds() > 60:
+                raise SystemExit("message schedules did not fire within 60 s") from None
+            continue
+        for msg in msgs:
+            await msg.ack()
+        arrivals.extend([time.time()] * len(msgs))
+    await js.delete_stream(stream)
+    await nc.close()
+    last_ms = (arrivals[-1] - due.timestamp()) * 1000
+    return {
+        "messages": n,
+        "scheduled_per_s": round(n / published, 1),
+        "first_after_due_ms": round((arrivals[0] - due.timestamp()) * 1000, 1),
+        "last_after_due_ms": round(last_ms, 1),
+        "fired_per_s": round(n / (last_ms / 1000), 1) if last_ms > 0 else None,
+    }
+
+
 # ---------------------------------------------------------------------------------------
 
 
@@ -372,6 +450,7 @@ async def scenario(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         unlimited["sdk_anchor_per_s"] = anchor["sends_per_s"]
         sent = unlimited["sends_per_s"] or 0
         unlimited["ratio_to_sdk"] = round(sent / anchor["sends_per_s"], 3)
+        unlimited["message_schedules"] = await schedules_anchor(str(stack.nats_url), args.messages)
         figures["burst"] = unlimited
     if args.limited:
         figures["rate_limited"] = await burst(
@@ -408,6 +487,19 @@ def report(figures: dict[str, Any]) -> str:
         rows.append(["plain twilio SDK, 16 at once (anchor)", "", "", b["sdk_anchor_per_s"], ""])
         ratio = f"{b['messages']} due at once / SDK (ratio, floor 0.5)"
         rows.append([ratio, "", "", b["ratio_to_sdk"], ""])
+        rows.append(
+            [f"{b['messages']} jobs fired by APScheduler", "", "", b["jobs_fired_per_s"], ""]
+        )
+        sched = b["message_schedules"]
+        rows.append(
+            [
+                f"{sched['messages']} JetStream message schedules (raw)",
+                sched["first_after_due_ms"],
+                sched["last_after_due_ms"],
+                sched["fired_per_s"],
+                "",
+            ]
+        )
     parts = []
     if rows:
         parts.append(table(rows, ["run", "p50 ms from due", "p99 ms from due", "sends/s", "dupes"]))
