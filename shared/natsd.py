@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.lifeline import DIES_WITH_PARENT
 from shared.natsauth import Credentials, authorization_block
 from shared.settings import PROJECT_ROOT
 
@@ -139,7 +140,9 @@ class EmbeddedNats:
         # The server's log goes to a file: a pipe nobody reads fills up after 64 KiB and
         # then blocks the server (a cluster node logs every route and leader change).
         with self.log_file.open("ab") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=log)
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=log, preexec_fn=DIES_WITH_PARENT
+            )
         deadline = time.monotonic() + timeout
         while not port_open(self.host, self.port):
             if self.process.poll() is not None:

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 import httpx
 
+from shared.lifeline import DIES_WITH_PARENT
 from shared.natsauth import Credentials, parse_servers, redact
 from shared.natsd import EmbeddedNats, port_open
 from shared.settings import DEV_ADMIN_API_KEY, PROJECT_ROOT
@@ -102,6 +103,7 @@ def spawn(
             env={**os.environ, **(env or {})},
             stdout=out,
             stderr=subprocess.STDOUT if out is not None else None,
+            preexec_fn=DIES_WITH_PARENT,  # no orphans if this launcher is killed
         )
     finally:
         if out is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import secrets
 import shutil
@@ -27,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from shared.lifeline import DIES_WITH_PARENT
 from shared.natsauth import with_credentials
 from shared.natsd import EmbeddedNats, free_port, port_open
 
@@ -59,19 +59,6 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-try:  # loaded here, not between fork and exec
-    _LIBC: Any = (
-        ctypes.CDLL("libc.so.6", use_errno=True) if sys.platform.startswith("linux") else None
-    )
-except OSError:
-    _LIBC = None
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    """Linux: the child gets SIGTERM when the benchmark process dies, even by SIGKILL."""
-    _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 class ChildFailed(RuntimeError):
     """A server process exited or did not become ready."""
 
@@ -96,7 +83,7 @@ class Child:
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent if _LIBC is not None else None,
+            preexec_fn=DIES_WITH_PARENT,
         )
         return self
 

@@ -18,16 +18,15 @@ import icalendar
 import nats
 import pytest
 
-from shared.natsd import free_port
+from shared.natsd import free_port, port_open
 from shared.settings import PROJECT_ROOT
 from tests.support import EventTap
 
 ADMIN = "e2e-admin-key"
 
 
-@pytest.fixture(scope="module")
-def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    var = tmp_path_factory.mktemp("var")
+def _launch(var: Path) -> tuple[subprocess.Popen[bytes], dict[str, int], Path]:
+    """``make run``'s launcher on free ports under ``var``, once it says the clinic runs."""
     ports = {name: free_port() for name in ("booking", "reminders", "referrals", "sandbox", "nats")}
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "SANDBOX_"))},
@@ -39,25 +38,34 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         "BOOKING_PORT": str(ports["booking"]),
         "ADMIN_API_KEY": ADMIN,
     }
-    log = (var / "run.log").open("w+")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tools.run"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    log = var / "run.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tools.run"],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = datetime.now() + timedelta(seconds=90)
+    while "The clinic is running" not in log.read_text():
+        if process.poll() is not None or datetime.now() > deadline:
+            process.kill()
+            pytest.fail(f"make run did not come up in 90 s: {log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    return process, ports, log
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    var = tmp_path_factory.mktemp("var")
+    process, ports, log = _launch(var)
     try:
-        deadline = datetime.now() + timedelta(seconds=90)
-        while "The clinic is running" not in Path(log.name).read_text():
-            assert process.poll() is None, Path(log.name).read_text()[-3000:]
-            assert datetime.now() < deadline, "make run did not come up in 90 s"
-            time.sleep(0.2)
         yield {
             "booking": f"http://127.0.0.1:{ports['booking']}",
             # make run's NATS refuses anonymous connections: the tests connect as admin.
             "nats": (var / "nats" / "admin.url").read_text().strip(),
-            "log": Path(log.name),
+            "log": log,
         }
     finally:
         process.send_signal(signal.SIGINT)
@@ -65,7 +73,18 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
-        log.close()
+
+
+def test_a_killed_launcher_leaves_no_server_running(tmp_path: Path) -> None:
+    """kill -9 of ``make run`` (the OOM killer, a closed terminal's hard kill) stops NATS,
+    the sandbox and the three services too: none is left holding its port and database."""
+    process, ports, _log = _launch(tmp_path)
+    process.kill()
+    process.wait()
+    deadline = time.monotonic() + 40
+    while still := [name for name, port in ports.items() if port_open("127.0.0.1", port)]:
+        assert time.monotonic() < deadline, f"still running 40 s after the launcher died: {still}"
+        time.sleep(0.5)
 
 
 def test_the_launcher_prints_a_curl_that_works(system: dict[str, Any]) -> None:
