@@ -17,8 +17,9 @@ import pytest
 
 from shared import events
 from shared.gate import Gate
+from shared.jobstore import ChunkedJobStore
 from shared.lease import Lease
-from shared.scheduling import ChunkedJobStore, JobSpec, JobStoreConfig, LeasedScheduler
+from shared.scheduling import JobSpec, JobStoreConfig, LeasedScheduler
 from tests.referrals_support import (
     client_event,
     known_client,
