@@ -66,7 +66,7 @@ def build_consumers(booking: Booking, settings: BookingSettings) -> list[Consume
         await replies.apply_reply(booking, session, event.data)
 
     async def on_consent(session: AsyncSession, event: CloudEvent[events.ConsentChanged]) -> None:
-        await replies.apply_consent(session, event.data, booking.clock())
+        await replies.apply_consent(session, event.data, event.time, booking.clock())
 
     common: dict[str, Any] = {
         "service": "booking",

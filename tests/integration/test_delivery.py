@@ -12,6 +12,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +187,36 @@ async def test_stop_from_a_phone_withdraws_consent_for_its_clients(
         await publish_event(nats_url, change)
         updated = await tap.wait_for(lambda e: e["data"]["client"]["id"] == clinic["client"]["id"])
     assert updated["data"]["client"]["sms_consent"] is False
+    row = (await client.get(f"/v1/clients/{clinic['client']['id']}")).json()
+    assert row["sms_consent"] is False and row["sms_consent_source"] == "sms:STOP"
+
+
+async def test_a_consent_change_arriving_after_a_later_one_is_ignored(
+    booking_app: Any, nats_url: str
+) -> None:
+    """STOP at 10:00:05, then a START from 10:00:00 that comes late (retried, or published
+    again after a failure): the client stays opted out, as they last asked."""
+    client, _app = booking_app
+    clinic = await make_clinic(client)
+    phone = "+12125550199"  # the clinic's client
+    stop = events.make_event(
+        events.CONSENT_CHANGED,
+        "reminders",
+        events.ConsentChanged(phone=phone, sms_consent=False, source="STOP"),
+    )
+    late_start = events.make_event(
+        events.CONSENT_CHANGED,
+        "reminders",
+        events.ConsentChanged(phone=phone, sms_consent=True, source="START"),
+    ).model_copy(update={"time": stop.time - timedelta(seconds=5)})
+    async with EventTap(nats_url, events.CLIENT_UPDATED) as tap:
+        await publish_event(nats_url, stop)
+        await tap.wait_for(lambda e: e["data"]["client"]["id"] == clinic["client"]["id"])
+    await publish_event(nats_url, late_start)
+    await eventually(
+        lambda: _consumer_caught_up(nats_url, "booking-consent"),
+        what="the consent consumer to take the late START",
+    )
     row = (await client.get(f"/v1/clients/{clinic['client']['id']}")).json()
     assert row["sms_consent"] is False and row["sms_consent_source"] == "sms:STOP"
 

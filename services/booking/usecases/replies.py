@@ -45,15 +45,19 @@ async def apply_reply(app: Booking, session: AsyncSession, reply: events.ReplyRe
 
 
 async def apply_consent(
-    session: AsyncSession, change: events.ConsentChanged, now: datetime
+    session: AsyncSession, change: events.ConsentChanged, changed_at: datetime, now: datetime
 ) -> None:
-    """A phone opted out (STOP) or back in (START): every client with that phone follows."""
+    """A phone opted out (STOP) or back in (START) at ``changed_at``: every client with that
+    phone follows, unless their consent was changed later than that (a STOP retried after
+    the START that followed it, or the front desk's own later change): the latest wins."""
     clients = (
         await session.scalars(select(db.Client).where(db.Client.phone == change.phone))
     ).all()
     for client in clients:
         if client.sms_consent == change.sms_consent:
             continue
-        set_consent(client, change.sms_consent, f"sms:{change.source}", now)
+        if client.sms_consent_at is not None and client.sms_consent_at > changed_at:
+            continue
+        set_consent(client, change.sms_consent, f"sms:{change.source}", changed_at)
         client.updated_at = now
         await announce_client(session, client, events.CLIENT_UPDATED)
