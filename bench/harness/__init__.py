@@ -9,7 +9,9 @@ JSON line, and tears every process down (see :mod:`bench.harness.processes`).
 - :mod:`~bench.harness.services`: starters for booking, reminders, referrals, the Twilio
   sandbox, Radicale, a bare uvicorn app; a count from a service's database;
 - :mod:`~bench.harness.load`: keep-alive clients, closed- and open-loop drivers;
-- :mod:`~bench.harness.figures`: percentiles, tables, the JSON line, log findings.
+- :mod:`~bench.harness.figures`: percentiles, tables, the JSON line, log findings;
+- :mod:`~bench.harness.anchors`: what reminders' figures are set beside (raw JetStream,
+  the plain twilio SDK, JetStream message schedules).
 
 The clinic and the events a scenario needs come from the test kit, ``tools.kit``.
 """
