@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,71 +14,34 @@ import icalendar
 import nats
 import pytest
 
-from shared.natsd import free_port, port_open
-from shared.settings import PROJECT_ROOT
+from shared.natsd import port_open
+from tests.make_run_support import launch, stop
 from tests.support import EventTap
 
 ADMIN = "e2e-admin-key"
 
 
-def _launch(var: Path) -> tuple[subprocess.Popen[bytes], dict[str, int], Path]:
-    """``make run``'s launcher on free ports under ``var``, once it says the clinic runs."""
-    ports = {name: free_port() for name in ("booking", "reminders", "referrals", "sandbox", "nats")}
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "SANDBOX_"))},
-        "REMINDERS_PORT": str(ports["reminders"]),
-        "REFERRALS_PORT": str(ports["referrals"]),
-        "SANDBOX_PORT": str(ports["sandbox"]),
-        "VAR_DIR": str(var),
-        "NATS_URL": f"nats://127.0.0.1:{ports['nats']}",
-        "BOOKING_PORT": str(ports["booking"]),
-        "ADMIN_API_KEY": ADMIN,
-    }
-    log = var / "run.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tools.run"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = datetime.now() + timedelta(seconds=90)
-    while "The clinic is running" not in log.read_text():
-        if process.poll() is not None or datetime.now() > deadline:
-            process.kill()
-            pytest.fail(f"make run did not come up in 90 s: {log.read_text()[-3000:]}")
-        time.sleep(0.2)
-    return process, ports, log
-
-
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    var = tmp_path_factory.mktemp("var")
-    process, ports, log = _launch(var)
+    running = launch(tmp_path_factory.mktemp("var"), ADMIN, scrub=("TWILIO_", "SANDBOX_"))
     try:
         yield {
-            "booking": f"http://127.0.0.1:{ports['booking']}",
-            # make run's NATS refuses anonymous connections: the tests connect as admin.
-            "nats": (var / "nats" / "admin.url").read_text().strip(),
-            "log": log,
+            "booking": running.url("booking"),
+            "nats": running.admin_nats_url,
+            "log": running.log,
         }
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(running.process)
 
 
 def test_a_killed_launcher_leaves_no_server_running(tmp_path: Path) -> None:
     """kill -9 of ``make run`` (the OOM killer, a closed terminal's hard kill) stops NATS,
     the sandbox and the three services too: none is left holding its port and database."""
-    process, ports, _log = _launch(tmp_path)
-    process.kill()
-    process.wait()
+    running = launch(tmp_path, ADMIN, scrub=("TWILIO_", "SANDBOX_"))
+    running.process.kill()
+    running.process.wait()
     deadline = time.monotonic() + 40
-    while still := [name for name, port in ports.items() if port_open("127.0.0.1", port)]:
+    while still := [s for s, port in running.ports.items() if port_open("127.0.0.1", port)]:
         assert time.monotonic() < deadline, f"still running 40 s after the launcher died: {still}"
         time.sleep(0.5)
 

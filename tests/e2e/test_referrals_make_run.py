@@ -5,26 +5,18 @@ Skipped until ``tools.commands.SERVICE_COMMANDS`` starts referrals."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from shared.natsd import free_port
-from shared.settings import PROJECT_ROOT
+from tests.make_run_support import launch, stop
 from tests.support import EventTap, eventually
 from tools.commands import SERVICE_COMMANDS
 
 ADMIN = "e2e-referrals-make-run-key"
-PORT_VARS = ("BOOKING_PORT", "REMINDERS_PORT", "REFERRALS_PORT", "SANDBOX_PORT")
 
 pytestmark = pytest.mark.skipif(
     "referrals" not in SERVICE_COMMANDS, reason="make run does not start referrals yet"
@@ -34,43 +26,16 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     var = tmp_path_factory.mktemp("var")
-    ports = {name: free_port() for name in PORT_VARS}
-    nats_url = f"nats://127.0.0.1:{free_port()}"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("REFERRALS_", "APP_ENV"))},
-        **{name: str(port) for name, port in ports.items()},
-        "VAR_DIR": str(var),
-        "NATS_URL": nats_url,
-        "ADMIN_API_KEY": ADMIN,
-    }
-    log = (var / "run.log").open("w+")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tools.run"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    running = launch(var, ADMIN, scrub=("REFERRALS_", "APP_ENV"), timeout=120)
     try:
-        deadline = time.monotonic() + 120
-        while "The clinic is running" not in Path(log.name).read_text():
-            assert process.poll() is None, Path(log.name).read_text()[-3000:]
-            assert time.monotonic() < deadline, "make run did not come up in 120 s"
-            time.sleep(0.2)
         yield {
-            "booking": f"http://127.0.0.1:{ports['BOOKING_PORT']}",
-            "referrals": f"http://127.0.0.1:{ports['REFERRALS_PORT']}",
-            # make run's NATS refuses anonymous connections: the tests connect as admin.
-            "nats": (var / "nats" / "admin.url").read_text().strip(),
-            "log": Path(log.name),
+            "booking": running.url("booking"),
+            "referrals": running.url("referrals"),
+            "nats": running.admin_nats_url,
+            "log": running.log,
         }
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+        stop(running.process)
 
 
 @pytest.mark.asyncio(loop_scope="session")

@@ -8,22 +8,16 @@ the seed, on free ports here.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from shared.natsd import free_port
-from shared.settings import PROJECT_ROOT
+from tests.make_run_support import launch, stop
 from tests.support import eventually
 
 ADMIN = "e2e-admin-key"
@@ -39,47 +33,17 @@ CHROMIUM_ARGS = [
 ]
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    var = tmp_path_factory.mktemp("var")
-    ports = {name: free_port() for name in ("booking", "reminders", "referrals", "sandbox", "nats")}
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "SANDBOX_"))},
-        "VAR_DIR": str(var),
-        "NATS_URL": f"nats://127.0.0.1:{ports['nats']}",
-        "BOOKING_PORT": str(ports["booking"]),
-        "REMINDERS_PORT": str(ports["reminders"]),
-        "REFERRALS_PORT": str(ports["referrals"]),
-        "SANDBOX_PORT": str(ports["sandbox"]),
-        "ADMIN_API_KEY": ADMIN,
-        "PYTHONUNBUFFERED": "1",
-    }
-    log = (var / "run.log").open("w+")
-    children: list[subprocess.Popen[bytes]] = []
-
-    def spawn(argv: list[str]) -> None:
-        children.append(
-            subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        )
-
-    spawn([sys.executable, "-m", "tools.run"])
+    deadline = time.monotonic() + 120
+    running = launch(
+        tmp_path_factory.mktemp("var"),
+        ADMIN,
+        scrub=("TWILIO_", "SANDBOX_"),
+        PYTHONUNBUFFERED="1",
+    )
     try:
-        deadline = time.monotonic() + 90
-        while "The clinic is running" not in Path(log.name).read_text():
-            assert children[0].poll() is None, Path(log.name).read_text()[-3000:]
-            assert time.monotonic() < deadline, "make run did not come up in 90 s"
-            time.sleep(0.2)
-        urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+        urls = {server: running.url(server) for server in running.ports}
         while True:
             try:
                 ready = httpx.get(f"{urls['reminders']}/readyz", timeout=1).json()
@@ -88,14 +52,12 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
                     break
             except (httpx.HTTPError, ValueError):
                 pass
-            assert all(c.poll() is None for c in children), Path(log.name).read_text()[-3000:]
-            assert time.monotonic() < deadline + 30, "reminders or the sandbox did not come up"
+            assert running.process.poll() is None, running.log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "reminders or the sandbox did not come up"
             time.sleep(0.2)
-        yield {**urls, "log": Path(log.name)}
+        yield {**urls, "log": running.log}
     finally:
-        for child in reversed(children):
-            _stop(child)
-        log.close()
+        stop(running.process)
 
 
 def book_for_maria(booking: str) -> tuple[dict[str, Any], dict[str, Any]]:
