@@ -187,7 +187,7 @@ async def burst(
     items = [booked_event(due + timedelta(hours=1), i) for i in range(n)]
     log(f"{name}: publishing {n} booked events, reminders due at {due:%H:%M:%S} (+{lead:.0f}s)")
     await publish(str(stack.nats_url), *items, in_flight=500)
-    planned_at = await wait_until(
+    await wait_until(
         lambda: count(db, "SELECT count(*) FROM apscheduler_jobs") >= n,
         timeout=lead + 600,
         what="every reminder job to be stored",
@@ -213,7 +213,6 @@ async def burst(
         every=0.5,
     )
     fired_after_due_s = await fired - due_perf
-    _ = planned_at
     async with httpx.AsyncClient(timeout=120) as client:
         state = (await client.get(f"{sandbox_url}/_sandbox/messages")).json()
     accepted = [r for r in state["requests"] if r["http_status"] == 201]
