@@ -26,6 +26,8 @@ from nats.js.api import PubAck
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
+from shared.worker import Worker
+
 log = structlog.get_logger(__name__)
 
 DEFAULT_BUCKET = "leases"
@@ -223,19 +225,27 @@ class Lease:
         log.info("lease.revision_adopted", key=self.key, revision=entry.revision)
         return True
 
-    async def keep(self) -> None:
-        """Renew until the lease is lost (taken, or NATS unreachable for half a TTL); then
-        set :attr:`lost` and return."""
-        while not self.lost.is_set():
-            await asyncio.sleep(self.renew_every_seconds)
-            try:
-                if not await self.renew():
-                    self.lost.set()
-            except (TimeoutError, OSError, nats.errors.Error, nats.js.errors.Error) as exc:
-                if time.monotonic() - self._renewed_at >= self.ttl_seconds / 2:
-                    log.warning("lease.unrenewable", key=self.key, error=type(exc).__name__)
-                    self.revision = None
-                    self.lost.set()
+    def keeper(self) -> Worker:
+        """Renews every :attr:`renew_every_seconds` until the lease is lost (taken, or NATS
+        unreachable for half a TTL), which sets :attr:`lost`. A :class:`Worker`, so that its
+        stop holds even when a NATS call swallows the cancel (Python 3.11's
+        ``asyncio.wait_for``): a keeper of its own kept renewing, and a stopping
+        scheduler waited for it for ever."""
+        return Worker(
+            f"lease-keeper-{self.key}", self._renew_when_held, poll_seconds=self.renew_every_seconds
+        )
+
+    async def _renew_when_held(self) -> None:
+        if self.lost.is_set():
+            return
+        try:
+            if not await self.renew():
+                self.lost.set()
+        except (TimeoutError, OSError, nats.errors.Error, nats.js.errors.Error) as exc:
+            if time.monotonic() - self._renewed_at >= self.ttl_seconds / 2:
+                log.warning("lease.unrenewable", key=self.key, error=type(exc).__name__)
+                self.revision = None
+                self.lost.set()
 
     async def release(self) -> None:
         """Give the lease up now, so a standby need not wait for the TTL."""

@@ -378,7 +378,8 @@ class LeasedScheduler:
 
     async def _lead(self, lease: Lease) -> None:
         """Run the scheduler while the lease holds; return when it is lost."""
-        keeper = asyncio.create_task(lease.keep(), name=f"lease-keeper-{self.key}")
+        keeper = lease.keeper()
+        keeper.start()
         try:
             scheduler = self._build()
             async with self.gate.exclusive():
@@ -394,9 +395,7 @@ class LeasedScheduler:
         finally:
             self.role = "standby"
             self.became_active.clear()
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            await keeper.stop()
             scheduler_, self.scheduler = self.scheduler, None
             if scheduler_ is not None:
                 await scheduler_.stop()

@@ -1,10 +1,15 @@
 """The background loop's poll: a quiet service stops looking every few seconds, and a
-wake-up (a commit) still runs the step at once."""
+wake-up (a commit) still runs the step at once; its stop holds whatever its step does."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from typing import cast
 
+from nats.js.client import JetStreamContext
+
+from shared.lease import Lease
 from shared.worker import Worker
 
 
@@ -75,3 +80,28 @@ async def test_a_stop_right_after_a_wake_up_stops_the_worker() -> None:
     ran = steps
     await asyncio.sleep(0.1)
     assert steps == ran, "nothing runs after the stop"
+
+
+async def test_a_lease_keeper_whose_renewal_swallows_the_cancel_still_stops() -> None:
+    """nats-py's request waits with ``asyncio.wait_for``, which on Python 3.11 returns a
+    reply that came in the same turn as the cancel and drops the cancel: a keeper stopped
+    then went on renewing, and the scheduler stopping it waited for ever (a test's app
+    that did not shut down in 60 s)."""
+    lease = Lease(cast(JetStreamContext, None), key="test", ttl_seconds=3)
+    renewing = asyncio.Event()
+
+    async def renew(*, again: bool = True) -> bool:
+        renewing.set()
+        # The reply arrives with the cancel: wait_for returns it and drops the cancel.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.2)
+        return True
+
+    lease.renew = renew  # type: ignore[method-assign]
+    keeper = lease.keeper()
+    keeper.start()
+    await asyncio.wait_for(renewing.wait(), timeout=2)
+    stopping = asyncio.ensure_future(keeper.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=3)
+    assert done, "the keeper's stop waits for a keeper that goes on renewing"
+    assert not keeper.running
