@@ -18,6 +18,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 
 import nats.errors
 import nats.js.errors
@@ -172,15 +173,17 @@ class Lease:
         self.revision = ack.seq
         return True
 
-    async def acquire(self) -> None:
-        """Wait until this instance holds the lease."""
-        while True:
+    async def acquire(self, stopping: Callable[[], bool] = lambda: False) -> bool:
+        """Wait until this instance holds the lease (True), or until ``stopping()`` (False):
+        a cancel that a NATS call swallows (see :meth:`keeper`) still ends the wait."""
+        while not stopping():
             try:
                 if await self.try_acquire():
-                    return
+                    return True
             except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
                 log.warning("lease.unavailable", key=self.key, error=type(exc).__name__)
             await asyncio.sleep(self.renew_every_seconds)
+        return False
 
     async def _write_after(self, revision: int) -> PubAck:
         """Write the key as ours (with its TTL) only if ``revision`` is still its latest."""

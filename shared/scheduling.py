@@ -358,8 +358,7 @@ class LeasedScheduler:
                     self.lease = Lease(
                         self._jetstream(), key=self.key, ttl_seconds=self._ttl, bucket=self._bucket
                     )
-                await self.lease.acquire()
-                if self._stopping:
+                if not await self.lease.acquire(lambda: self._stopping) or self._stopping:
                     await self.lease.release()
                     return
                 await self._lead(self.lease)

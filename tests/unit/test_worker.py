@@ -105,3 +105,26 @@ async def test_a_lease_keeper_whose_renewal_swallows_the_cancel_still_stops() ->
     done, _ = await asyncio.wait({stopping}, timeout=3)
     assert done, "the keeper's stop waits for a keeper that goes on renewing"
     assert not keeper.running
+
+
+async def test_a_standby_waiting_for_the_lease_stops_when_its_cancel_is_swallowed() -> None:
+    """A standby replica's wait for the lease (another holds it) ends once it is stopping,
+    even when the look at the lease swallowed the cancel the same way."""
+    lease = Lease(cast(JetStreamContext, None), key="test", ttl_seconds=3)
+    looked = asyncio.Event()
+    stopping = False
+
+    async def try_acquire() -> bool:
+        looked.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.2)
+        return False  # another replica holds it
+
+    lease.try_acquire = try_acquire  # type: ignore[method-assign]
+    waiting = asyncio.ensure_future(lease.acquire(lambda: stopping))
+    await asyncio.wait_for(looked.wait(), timeout=2)
+    stopping = True
+    waiting.cancel()
+    done, _ = await asyncio.wait({waiting}, timeout=3)
+    assert done, "the wait for the lease goes on after its stop"
+    assert waiting.result() is False, "a stopped wait does not hold the lease"
