@@ -15,7 +15,8 @@ What it does, all on 127.0.0.1 with free ports and a temporary directory:
    ``booking.session.booked``: booking's CalDAV consumer, reminders, referrals; half
    ``reminders.consent.changed``… see :func:`events_for`), waits until every durable
    consumer has acked them all, and counts the log lines written meanwhile: a line per
-   message at the default level is a finding (floor: 0 per message);
+   message at the default level is a finding (floor: 0 per message), and each service's
+   RSS after them (work loads what idle never needs: reminders' CLDR data for the texts);
 5. prints a table with the floors beside, and one JSON line (stdout, or ``--json FILE``).
 
 Floors (issue 12): no traceback, no log line per message or per poll, under 0.5% CPU and
@@ -232,6 +233,8 @@ async def scenario(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
                 "cpu_ms_per_event": round(
                     1000 * ((child.cpu_seconds() or 0.0) - cpu_before[name]) / len(to_send), 2
                 ),
+                # after work has loaded what idle never needs (reminders: the texts' CLDR data)
+                "rss_after_mb": round(status_kb(child, "VmRSS") / 1024, 1),
                 "sample": lines[:3],
             }
         busy["drained_s"] = round(drained, 2)
@@ -279,6 +282,7 @@ def report(figures: dict[str, Any]) -> str:
                 i["tracebacks"],
                 m.get("log_lines", "-"),
                 m.get("cpu_ms_per_event", "-"),
+                m.get("rss_after_mb", "-"),
             ]
         )
     rows.append(
@@ -291,6 +295,7 @@ def report(figures: dict[str, Any]) -> str:
             0,
             0,
             "",
+            "",
         ]
     )
     header = [
@@ -302,6 +307,7 @@ def report(figures: dict[str, Any]) -> str:
         "tracebacks",
         f"lines/{figures['events']} events",
         "CPU ms/event",
+        "RSS MB after",
     ]
     found = misses(figures)
     tail = ["", "floors missed: " + ("; ".join(found) if found else "none")]

@@ -16,9 +16,10 @@ import httpx
 import nats
 from nats.js import JetStreamContext
 from nats.js import api as js_api
+from twilio.http.async_http_client import AsyncTwilioHttpClient
 
-from services.reminders.sender import twilio_client
-from services.reminders.settings import SANDBOX_FROM_NUMBER, RemindersSettings
+from services.reminders.settings import SANDBOX_FROM_NUMBER
+from tools.twilio_sandbox import sandbox_client
 
 
 async def _fresh_stream(
@@ -80,9 +81,7 @@ async def raw_jetstream(nats_url: str, payloads: list[bytes]) -> float:
 async def sdk_anchor(sandbox_url: str, n: int, concurrency: int = 16) -> dict[str, Any]:
     """Texts/s of the plain twilio SDK (``create_async``, ``concurrency`` at once) into the
     same sandbox: what the provider side allows on this machine, with nothing of ours."""
-    client = twilio_client(
-        RemindersSettings(twilio_api_base_url=sandbox_url, reminders_link_secret="bench")
-    )
+    client = sandbox_client(sandbox_url, http_client=AsyncTwilioHttpClient())
     slots = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> None:
