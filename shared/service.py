@@ -64,6 +64,7 @@ class Messaging:
         self.ready = asyncio.Event()
         self._on_ready: list[Callable[[], None]] = []
         self._connecting: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def add_consumers(self, consumers: Sequence[Consumer[Any]]) -> None:
         for consumer in consumers:
@@ -90,16 +91,19 @@ class Messaging:
 
     async def stop(self) -> None:
         if self._connecting is not None:
+            # The connect loop also ends at its next look at ``_stopping``: nats-py's
+            # connect can lose the cancel (see ``shared.worker``), and with NATS away the
+            # loop would otherwise retry for ever.
+            self._stopping = True
             self._connecting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._connecting
+            await asyncio.wait({self._connecting})
         await self.relay.stop()
         with contextlib.suppress(Exception):
             await self.broker.stop()
 
     async def _connect_when_possible(self) -> None:
         delay = 0.2
-        while True:
+        while not self._stopping:
             try:
                 await self.broker.connect()
                 js = jetstream(self.broker)
@@ -120,6 +124,8 @@ class Messaging:
                     await self.broker.stop()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        if self._stopping:
+            return
         self.ready.set()
         self.relay.wake()  # rows committed while NATS was away leave now, not at the next poll
         log.info("nats.ready", service=self.service, url=redact(self.nats_url))

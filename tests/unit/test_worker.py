@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 from typing import cast
 
 from nats.js.client import JetStreamContext
@@ -128,3 +129,38 @@ async def test_a_standby_waiting_for_the_lease_stops_when_its_cancel_is_swallowe
     done, _ = await asyncio.wait({waiting}, timeout=3)
     assert done, "the wait for the lease goes on after its stop"
     assert waiting.result() is False, "a stopped wait does not hold the lease"
+
+
+async def test_a_service_stopping_while_nats_is_away_stops_when_its_cancel_is_swallowed(
+    tmp_path: Path,
+) -> None:
+    """A service shut down while NATS is away: the connect that lost the cancel fails as
+    NATS is away, and the retry loop must still end instead of trying for ever."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from shared.service import Messaging
+    from shared.uow import UnitOfWork
+
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'away.db'}")
+    messaging = Messaging("booking", "nats://127.0.0.1:9", UnitOfWork(engine))
+    tries: list[int] = []
+
+    async def connect_losing_the_cancel(*_: object, **__: object) -> None:
+        tries.append(1)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(1.0)  # where the stop's cancel lands
+        raise ConnectionRefusedError("NATS is away")
+
+    messaging.broker.connect = connect_losing_the_cancel  # type: ignore[method-assign]
+    messaging.start()
+    await asyncio.sleep(0.1)
+    loop = asyncio.get_running_loop()
+    try:
+        asked = loop.time()
+        await asyncio.wait_for(messaging.stop(), timeout=5)
+        assert loop.time() - asked < 2.5, "the stop waited for the connect loop to give up"
+        after_stop = len(tries)
+        await asyncio.sleep(3)  # longer than a retry's wait and connect together
+        assert len(tries) == after_stop, "still trying to connect after the stop"
+    finally:
+        await engine.dispose()
