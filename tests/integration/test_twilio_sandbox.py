@@ -581,3 +581,46 @@ def test_help_is_left_to_the_application(sandbox: Running, receiver: Receiver) -
     bodies = [m["body"] for m in thread if m.get("to") == phone]
     assert AUTO_REPLIES["help"] not in bodies
     assert bodies.count(AUTO_REPLIES["stop"]) == 1
+
+
+# --- the reminders service's sender -------------------------------------------------------
+
+
+@pytest.mark.parametrize("through", ["number", "messaging service"])
+async def test_the_reminders_sender_sends_from_its_sender_and_finds_the_message_again(
+    client: Client, sandbox: Running, receiver: Receiver, through: str
+) -> None:
+    """Reminders sends through the SDK's request layer (not ``client.messages``): the
+    message must still leave from the configured number or Messaging Service, carry the
+    status callback, and be found at the provider on a look after a lost answer."""
+    from services.reminders.sender import Sender
+    from services.reminders.settings import RemindersSettings
+
+    settings = RemindersSettings(
+        twilio_account_sid=ACCOUNT,
+        twilio_auth_token=TOKEN,
+        twilio_api_base_url=sandbox.url,
+        twilio_from_number=SENDER,
+        twilio_messaging_service_sid=SERVICE if through == "messaging service" else None,
+        public_base_url=receiver.url,
+    )
+    sender = Sender(settings)
+    sent_at = datetime.now(UTC)
+    try:
+        accepted = await sender.send("+15551110031", "See you Tuesday at 10:00", sent_at)
+        found = await sender.find("+15551110031", "See you Tuesday at 10:00", sent_at)
+        other = await sender.find("+15551110031", "another text", sent_at)
+    finally:
+        await sender.close()
+
+    message = client.messages(accepted.sid).fetch()
+    assert (message.to, message.body, message.from_) == (
+        "+15551110031",
+        "See you Tuesday at 10:00",
+        SENDER,
+    )
+    assert message.messaging_service_sid == (SERVICE if through == "messaging service" else None)
+    assert found is not None and found.sid == accepted.sid
+    assert other is None
+    statuses = receiver.statuses("twilio/status", {"delivered"})
+    assert statuses[-1].params["MessageSid"] == accepted.sid
