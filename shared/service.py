@@ -10,6 +10,7 @@ import logging
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from types import FrameType
 from typing import Any
 
 import structlog
@@ -19,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from uvicorn.main import STARTUP_FAILURE
 
 from shared import asyncapi
 from shared.broker import ensure_streams, jetstream, make_broker, publish_raw
@@ -185,6 +187,42 @@ def add_ops_routes(
         return JSONResponse(events_document[0])
 
 
+class QuietServer(uvicorn.Server):
+    """uvicorn's server, looking at its own state once a second instead of ten times.
+
+    uvicorn's main loop wakes every 0.1 s to refresh the ``Date`` header (once a second)
+    and to see whether it should exit. On this machine those wake-ups alone cost an idle
+    bare app 0.33 % of a core against 0.07 % at one a second (30 s of each side by side),
+    most of a service's idle CPU (issue 12's floor is 0.5 %). A signal wakes the loop at
+    once, so a shutdown does not wait for the next look.
+    """
+
+    TICK_SECONDS = 1.0
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._asked_to_exit: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def main_loop(self) -> None:
+        self._asked_to_exit = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        counter = 0
+        should_exit = await self.on_tick(counter)
+        while not should_exit:
+            # A multiple of ten: every look refreshes the Date header, as uvicorn's tenth does.
+            counter = (counter + 10) % 864_000
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.TICK_SECONDS):
+                    await self._asked_to_exit.wait()
+            should_exit = await self.on_tick(counter)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if self._loop is not None and self._asked_to_exit is not None:
+            self._loop.call_soon_threadsafe(self._asked_to_exit.set)
+
+
 def run_service(
     create_app: Callable[[Any], FastAPI],
     settings: Any,
@@ -216,10 +254,15 @@ def run_service(
         if done.returncode != 0:
             raise SystemExit(f"{module}: the start-up migration failed ({done.returncode})")
         settings = settings.model_copy(update={"migrate_on_start": False})
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
         host=host,
         port=port,
         log_level=settings.log_level.lower(),
         access_log=False,
     )
+    server = QuietServer(config)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:  # as uvicorn.run: a port in use, a lifespan that failed
+        sys.exit(STARTUP_FAILURE)
