@@ -417,6 +417,8 @@ def report(fig: dict[str, Any]) -> str:
         f"slots per response min {slots['min']} / max {slots['max']}; "
         f"{fig['slots_overlapping_a_session']} slots overlapping an existing session; "
         f"{fig['inserted_sessions_overlapping']} overlaps among the inserted sessions",
+        f"machine speed probe {fig['machine']['speed_probe_ms']} ms (sum(range(10**7)); "
+        "about 100 on a quiet hour here, 200 on a busy one: an absolute floor moves with it)",
     ]
     if fig["failures"]:
         lines.append("failures: " + ", ".join(f"{k} x{v}" for k, v in fig["failures"].items()))
