@@ -31,11 +31,11 @@ import structlog
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.batches import Batches
 from shared.events import CloudEvent
 from shared.outbox import OUTBOX, outbox
 from shared.timeutil import utcnow
 from shared.uow import after_commit
-from shared.worker import Worker
 
 log = structlog.get_logger(__name__)
 
@@ -80,82 +80,37 @@ class Reads(Coalescing):
 
 
 class GroupCommit(Coalescing):
-    """Queues writes and applies them in batches on a :class:`~shared.worker.Worker`."""
+    """Queues writes and applies each batch of them in one transaction
+    (:class:`shared.batches.Batches`)."""
 
     def __init__(self, transaction: Transaction, max_batch: int = 200) -> None:
         super().__init__()
         self._transaction = transaction
-        self._max_batch = max_batch
-        self._pending: list[tuple[Write, asyncio.Future[Any]]] = []
-        self._worker = Worker("group-commit", self._step, poll_seconds=None)
-        self._applying = False
-        self.batches = 0
+        self._writes: Batches[Write, Any] = Batches(
+            "group-commit", self._commit, max_batch=max_batch
+        )
+
+    @property
+    def batches(self) -> int:
+        return self._writes.batches
 
     def start(self) -> None:
-        self._worker.start()
+        self._writes.start()
 
     async def stop(self, drain_seconds: float = 5.0) -> None:
-        """Commit what is queued (a deploy's SIGTERM must not cancel claims half way; the
-        jobs waiting on them would end in tracebacks), then stop."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(drain_seconds):
-                while self._pending or self._applying:
-                    self._worker.wake()
-                    await asyncio.sleep(0.01)
-        await self._worker.stop()
-        for _, future in self._pending:
-            if not future.done():
-                future.set_exception(RuntimeError("the service is stopping"))
-        self._pending.clear()
+        await self._writes.stop(drain_seconds)
 
     async def run(self, write: Callable[[AsyncSession], Awaitable[T]]) -> T:
         """Apply ``write`` in the next batch; returns its result once committed."""
-        if not self._worker.running:  # not started (tests, tools): a transaction of its own
+        if not self._writes.running:  # not started (tests, tools): a transaction of its own
             async with self._transaction() as session:
                 return await write(session)
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending.append((write, future))
-        self._worker.wake()
-        return await future
+        result: T = await self._writes.run(write)
+        return result
 
-    async def _step(self) -> bool:
-        """One batch; ``True`` (again at once) while more writes wait."""
-        if self._pending:
-            batch = self._pending[: self._max_batch]
-            del self._pending[: len(batch)]
-            self._applying = True
-            try:
-                await self._apply(batch)
-            finally:
-                self._applying = False
-        return bool(self._pending)
-
-    async def _apply(self, batch: list[tuple[Write, asyncio.Future[Any]]]) -> None:
-        results: list[Any] = []
-
-        try:
-            async with self._transaction() as session:
-                for write, _ in batch:
-                    results.append(await write(session))
-        except asyncio.CancelledError:
-            for _, future in batch:
-                if not future.done():
-                    future.cancel()
-            raise
-        except Exception as exc:
-            if len(batch) == 1:
-                write_future = batch[0][1]
-                if not write_future.done():
-                    write_future.set_exception(exc)
-                return
-            log.info("batch.retry_alone", size=len(batch), error=type(exc).__name__)
-            for write, future in batch:
-                await self._apply([(write, future)])
-            return
-        self.batches += 1
-        for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():
-                future.set_result(result)
+    async def _commit(self, writes: list[Write]) -> list[Any]:
+        async with self._transaction() as session:
+            return [await write(session) for write in writes]
 
 
 class Coalesced(Generic[I, R]):

@@ -13,12 +13,9 @@ tried alone, so one caller's failure is never another's.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
 from sqlalchemy.exc import IntegrityError
 
 from services.referrals.codes import DiagnosisCode
@@ -26,10 +23,8 @@ from services.referrals.domain import ReferralAlreadyLive
 from services.referrals.schemas import ReferralIn
 from services.referrals.usecases import creating
 from shared.auth import Scope
+from shared.batches import Batches
 from shared.errors import DomainError
-from shared.worker import Worker
-
-log = structlog.get_logger(__name__)
 
 #: Creates written per transaction.
 MAX_BATCH = 64
@@ -43,68 +38,42 @@ class CreateRequest:
     within: Scope
 
 
-Waiting = tuple[CreateRequest, "asyncio.Future[creating.Created]"]
-
-
 class CreateQueue:
-    """The creates waiting for the next batch, written on a :class:`Worker`."""
+    """The creates waiting for the next batch (:class:`shared.batches.Batches`)."""
 
     def __init__(self) -> None:
         self._app: Any = None
-        self._pending: list[Waiting] = []
-        self._worker = Worker("referral-creates", self._step, poll_seconds=None)
-        self.batches = 0
+        self._creates: Batches[CreateRequest, Outcome] = Batches(
+            "referral-creates", self._write, max_batch=MAX_BATCH
+        )
+
+    @property
+    def batches(self) -> int:
+        return self._creates.batches
 
     def start(self, app: Any) -> None:
         self._app = app
-        self._worker.start()
+        self._creates.start()
 
     async def stop(self, drain_seconds: float = 5.0) -> None:
         """Write what is queued, then stop (a deploy's SIGTERM answers the creates it has)."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(drain_seconds):
-                while self._pending:
-                    self._worker.wake()
-                    await asyncio.sleep(0.01)
-        await self._worker.stop()
-        for _, future in self._pending:
-            if not future.done():
-                future.set_exception(RuntimeError("the service is stopping"))
-        self._pending.clear()
+        await self._creates.stop(drain_seconds)
 
     async def create(self, app: Any, request: CreateRequest) -> creating.Created:
-        if not self._worker.running:  # not started (tools, tests of a use case): alone
+        if not self._creates.running:  # not started (tools, tests of a use case): alone
             return await create_alone(app, request)
-        future: asyncio.Future[creating.Created] = asyncio.get_running_loop().create_future()
-        self._pending.append((request, future))
-        self._worker.wake()
-        return await future
-
-    async def _step(self) -> bool:
-        if self._pending:
-            batch = self._pending[:MAX_BATCH]
-            del self._pending[: len(batch)]
-            await self._apply(batch)
-        return bool(self._pending)
-
-    async def _apply(self, batch: list[Waiting]) -> None:
         try:
-            outcomes = await _write(self._app, [request for request, _ in batch])
-        except asyncio.CancelledError:
-            for _, future in batch:
-                future.cancel()
-            raise
-        except Exception as exc:
-            if len(batch) == 1:
-                _settle(batch[0][1], exc=_refusal(exc))
-                return
-            log.info("referrals.batch_retry_alone", size=len(batch), error=type(exc).__name__)
-            for waiting in batch:
-                await self._apply([waiting])
-            return
-        self.batches += 1
-        for (_, future), outcome in zip(batch, outcomes, strict=True):
-            _settle(future, outcome)
+            outcome = await self._creates.run(request)
+        except IntegrityError as exc:
+            # Tried alone after its batch failed: two concurrent creates on PostgreSQL,
+            # and the partial unique index decided.
+            raise ReferralAlreadyLive() from exc
+        if isinstance(outcome, DomainError):
+            raise outcome
+        return outcome
+
+    async def _write(self, requests: list[CreateRequest]) -> list[Outcome]:
+        return await _write(self._app, requests)
 
 
 async def create_alone(app: Any, request: CreateRequest) -> creating.Created:
@@ -118,28 +87,7 @@ async def create_alone(app: Any, request: CreateRequest) -> creating.Created:
     return outcome
 
 
-def _refusal(exc: Exception) -> Exception:
-    # Two concurrent creates on PostgreSQL: the partial unique index decided.
-    return ReferralAlreadyLive() if isinstance(exc, IntegrityError) else exc
-
-
 Outcome = creating.Created | DomainError
-
-
-def _settle(
-    future: asyncio.Future[creating.Created],
-    outcome: Outcome | None = None,
-    *,
-    exc: Exception | None = None,
-) -> None:
-    if future.done():
-        return
-    if exc is None and isinstance(outcome, DomainError):
-        exc = outcome
-    if exc is not None:
-        future.set_exception(exc)
-    elif isinstance(outcome, creating.Created):
-        future.set_result(outcome)
 
 
 async def _write(app: Any, requests: list[CreateRequest]) -> list[Outcome]:
