@@ -13,6 +13,7 @@ tried alone, so one caller's failure is never another's.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,10 @@ class CreateRequest:
     codes: list[DiagnosisCode]
     actor: str
     within: Scope
+
+
+#: A create's answer: its referral, or its refusal.
+Outcome = creating.Created | DomainError
 
 
 class CreateQueue:
@@ -62,15 +67,7 @@ class CreateQueue:
     async def create(self, app: Any, request: CreateRequest) -> creating.Created:
         if not self._creates.running:  # not started (tools, tests of a use case): alone
             return await create_alone(app, request)
-        try:
-            outcome = await self._creates.run(request)
-        except IntegrityError as exc:
-            # Tried alone after its batch failed: two concurrent creates on PostgreSQL,
-            # and the partial unique index decided.
-            raise ReferralAlreadyLive() from exc
-        if isinstance(outcome, DomainError):
-            raise outcome
-        return outcome
+        return await _answer(self._creates.run(request))
 
     async def _write(self, requests: list[CreateRequest]) -> list[Outcome]:
         return await _write(self._app, requests)
@@ -78,16 +75,23 @@ class CreateQueue:
 
 async def create_alone(app: Any, request: CreateRequest) -> creating.Created:
     """One create in a transaction of its own."""
+
+    async def alone() -> Outcome:
+        return (await _write(app, [request]))[0]
+
+    return await _answer(alone())
+
+
+async def _answer(written: Awaitable[Outcome]) -> creating.Created:
+    """The referral created, or its refusal raised. An ``IntegrityError`` (a create tried
+    alone) is two concurrent creates on PostgreSQL: the partial unique index decided."""
     try:
-        outcome = (await _write(app, [request]))[0]
+        outcome = await written
     except IntegrityError as exc:
         raise ReferralAlreadyLive() from exc
     if isinstance(outcome, DomainError):
         raise outcome
     return outcome
-
-
-Outcome = creating.Created | DomainError
 
 
 async def _write(app: Any, requests: list[CreateRequest]) -> list[Outcome]:
