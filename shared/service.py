@@ -35,6 +35,7 @@ from shared.logging import configure_logging
 from shared.natsauth import redact
 from shared.outbox import OUTBOX, OutboxRelay
 from shared.uow import UnitOfWork
+from shared.worker import Worker
 
 log = structlog.get_logger(__name__)
 
@@ -65,8 +66,11 @@ class Messaging:
         self.consumers: list[Consumer[Any]] = []
         self.ready = asyncio.Event()
         self._on_ready: list[Callable[[], None]] = []
-        self._connecting: asyncio.Task[None] | None = None
-        self._stopping = False
+        #: Connects in the background: a :class:`Worker`, whose stop holds even when
+        #: nats-py's connect swallows the cancel (with NATS away, a loop of its own
+        #: retried for ever).
+        self._connector = Worker("nats-connect", self._connect_once, poll_seconds=None)
+        self._retry_in = 0.2
 
     def add_consumers(self, consumers: Sequence[Consumer[Any]]) -> None:
         for consumer in consumers:
@@ -89,50 +93,40 @@ class Messaging:
 
     def start(self) -> None:
         self.relay.start()
-        self._connecting = asyncio.create_task(self._connect_when_possible(), name="nats-connect")
+        self._connector.start()
 
     async def stop(self) -> None:
-        if self._connecting is not None:
-            # The connect loop also ends at its next look at ``_stopping``: nats-py's
-            # connect can lose the cancel (see ``shared.worker``), and with NATS away the
-            # loop would otherwise retry for ever.
-            self._stopping = True
-            self._connecting.cancel()
-            await asyncio.wait({self._connecting})
+        await self._connector.stop()
         await self.relay.stop()
         with contextlib.suppress(Exception):
             await self.broker.stop()
 
-    async def _connect_when_possible(self) -> None:
-        delay = 0.2
-        while not self._stopping:
-            try:
-                await self.broker.connect()
-                js = jetstream(self.broker)
-                await ensure_streams(js, replicas=self.replicas)
-                await ensure_lease_bucket(js, replicas=self.replicas)
-                for consumer in self.consumers:
-                    await ensure_consumer(js, consumer)
-                await self.broker.start()
-                await watch_max_deliveries(self.broker, self.consumers)
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning(
-                    "nats.unavailable", error=f"{type(exc).__name__}: {exc}", retry_in=delay
-                )
-                with contextlib.suppress(Exception):
-                    await self.broker.stop()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        if self._stopping:
-            return
+    async def _connect_once(self) -> float | None:
+        """One try (the worker then idles until the stop); after a failure, the seconds
+        until the next try: 0.2, doubling up to 5."""
+        if self.ready.is_set():
+            return None
+        try:
+            await self.broker.connect()
+            js = jetstream(self.broker)
+            await ensure_streams(js, replicas=self.replicas)
+            await ensure_lease_bucket(js, replicas=self.replicas)
+            for consumer in self.consumers:
+                await ensure_consumer(js, consumer)
+            await self.broker.start()
+            await watch_max_deliveries(self.broker, self.consumers)
+        except Exception as exc:
+            delay, self._retry_in = self._retry_in, min(self._retry_in * 2, 5.0)
+            log.warning("nats.unavailable", error=f"{type(exc).__name__}: {exc}", retry_in=delay)
+            with contextlib.suppress(Exception):
+                await self.broker.stop()
+            return delay
         self.ready.set()
         self.relay.wake()  # rows committed while NATS was away leave now, not at the next poll
         log.info("nats.ready", service=self.service, url=redact(self.nats_url))
         for callback in self._on_ready:
             callback()
+        return None
 
 
 def add_ops_routes(
