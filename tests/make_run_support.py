@@ -4,7 +4,6 @@ free ports under a directory of its own, once it says the clinic runs, and its s
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import pytest
 
 from shared.natsd import free_port
 from shared.settings import PROJECT_ROOT
+from tests.support import interrupt
 
 #: What the launcher starts, each on a port of its own.
 SERVERS = ("booking", "reminders", "referrals", "sandbox", "nats")
@@ -74,10 +74,4 @@ def launch(
 
 def stop(process: subprocess.Popen[bytes]) -> None:
     """Ctrl-C, as a person stops it; killed if it has not stopped in 30 s."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    interrupt(process, timeout=30)

@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from services.reminders.settings import RemindersSettings
 from shared.natsd import free_port
 from shared.settings import PROJECT_ROOT
-from tests.support import ADMIN_KEY, eventually
+from tests.support import ADMIN_KEY, eventually, interrupt
 from tools.kit.events import SessionStory
 from tools.kit.events import publish as publish
 from tools.twilio_sandbox import SandboxSettings, create_app, serve_in_thread
@@ -194,13 +194,8 @@ class Process:
         self.process.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            interrupt(self.process, timeout=15)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -6,6 +6,8 @@ import asyncio
 import io
 import json
 import os
+import signal
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -141,3 +143,14 @@ def postgres_url() -> str | None:
 
 def sqlite_url(directory: Path, name: str = "booking") -> str:
     return f"sqlite+aiosqlite:///{directory / name}.db"
+
+
+def interrupt(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Ctrl-C, as a person stops a process; killed if it has not stopped in ``timeout`` s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -24,7 +24,7 @@ from shared.natsauth import with_credentials
 from shared.natsd import EmbeddedNats, free_port
 from shared.settings import PROJECT_ROOT
 from tests.referrals_support import client_event, publish
-from tests.support import EventTap, eventually
+from tests.support import EventTap, eventually, interrupt
 from tools.seed import seed_referrals as seed_demo
 
 ADMIN = "e2e-referrals-admin-key"
@@ -81,12 +81,7 @@ def service(
             time.sleep(0.1)
         yield {"url": url, "process": process, "var": var, "log": Path(log.name)}
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        interrupt(process, timeout=20)
         log.close()
 
 
