@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import cast
 
 from nats.js.client import JetStreamContext
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from shared.lease import Lease
+from shared.service import Messaging
+from shared.uow import UnitOfWork
 from shared.worker import Worker
 
 
@@ -136,11 +139,6 @@ async def test_a_service_stopping_while_nats_is_away_stops_when_its_cancel_is_sw
 ) -> None:
     """A service shut down while NATS is away: the connect that lost the cancel fails as
     NATS is away, and the retry loop must still end instead of trying for ever."""
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    from shared.service import Messaging
-    from shared.uow import UnitOfWork
-
     engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'away.db'}")
     messaging = Messaging("booking", "nats://127.0.0.1:9", UnitOfWork(engine))
     tries: list[int] = []
