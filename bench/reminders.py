@@ -60,6 +60,7 @@ from bench.harness import (  # noqa: E402
     log,
     machine,
     main,
+    reset_sandbox,
     service_log_findings,
     start_reminders,
     start_sandbox,
@@ -177,8 +178,7 @@ async def burst(
         )
         for k in range(2, senders + 1)
     ]
-    async with httpx.AsyncClient(timeout=60) as client:
-        (await client.post(f"{sandbox_url}/_sandbox/reset")).raise_for_status()
+    await reset_sandbox(sandbox_url)
     await put_rules(
         url, stack.admin_key, [{"name": "reminder_1h", "kind": "reminder", "offset_minutes": -60}]
     )

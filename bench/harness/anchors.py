@@ -12,12 +12,12 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import nats
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 
+from bench.harness.services import reset_sandbox
 from services.reminders.settings import SANDBOX_FROM_NUMBER
 from tools.twilio_sandbox import sandbox_client
 
@@ -90,14 +90,12 @@ async def sdk_anchor(sandbox_url: str, n: int, concurrency: int = 16) -> dict[st
                 to=f"+1213556{i % 10000:04d}", from_=SANDBOX_FROM_NUMBER, body=f"anchor {i}"
             )
 
-    async with httpx.AsyncClient(timeout=60) as http:
-        (await http.post(f"{sandbox_url}/_sandbox/reset")).raise_for_status()
+    await reset_sandbox(sandbox_url)
     started = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(n)))
     wall = time.perf_counter() - started
     await client.http_client.close()  # type: ignore[attr-defined]
-    async with httpx.AsyncClient(timeout=60) as http:
-        (await http.post(f"{sandbox_url}/_sandbox/reset")).raise_for_status()
+    await reset_sandbox(sandbox_url)
     return {"messages": n, "concurrency": concurrency, "sends_per_s": round(n / wall, 1)}
 
 

@@ -119,6 +119,12 @@ async def start_sandbox(
     return Service(child, url)
 
 
+async def reset_sandbox(url: str) -> None:
+    """Forget every message the sandbox holds (a run's counts start from nothing)."""
+    async with httpx.AsyncClient(timeout=60) as http:
+        (await http.post(f"{url}/_sandbox/reset")).raise_for_status()
+
+
 async def start_radicale(stack: Stack) -> tuple[Service, Path]:
     """Radicale (CalDAV, filesystem storage, no auth); returns it and its storage folder."""
     port = free_port()
